@@ -1,0 +1,195 @@
+//! The route API, compatible with configurable-http-proxy 5.x, on its own listener: JupyterHub
+//! or any spawner that drives CHP drives latchkey unchanged.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+
+use crate::app::App;
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::http_util::{self, Body, json_response, no_content};
+use crate::paths;
+use crate::routes::{RouteSpec, normalize_path};
+use crate::secret::{self, constant_time_eq};
+use crate::store::{NewRoute, StoredRoute};
+
+/// Answers one request on the route API listener.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let request_id = secret::random_id();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = match dispatch(&app, req).await {
+        Ok(r) => r,
+        Err(e) => e.render(&request_id, true),
+    };
+    tracing::info!(
+        target: "latchkey::access",
+        request_id = %request_id,
+        listener = "api",
+        %method,
+        path = %path,
+        status = resp.status().as_u16(),
+    );
+    resp
+}
+
+async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let path = req.uri().path().to_owned();
+    if path == paths::CHP_HEALTHZ || path == paths::HEALTHZ {
+        return Ok(json_response(StatusCode::OK, &json!({"status": "OK"})));
+    }
+    if path == paths::READYZ {
+        app.store.ping().await?;
+        return Ok(json_response(StatusCode::OK, &json!({"status": "ready"})));
+    }
+    let Some(route_path) = path
+        .strip_prefix(paths::ROUTES_API)
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+    else {
+        return Err(Error::NotFound("There is no such API endpoint.".into()));
+    };
+    if !authorized(app, &req) {
+        return Err(Error::Forbidden(
+            "The route API needs Authorization: token <api token>.".into(),
+        ));
+    }
+    let query = req.uri().query().map(str::to_owned);
+    let method = req.method().clone();
+    match (method, route_path) {
+        (Method::GET, "" | "/") => list(app, query.as_deref()),
+        (Method::GET, p) => get_one(app, p),
+        (Method::POST, p) => {
+            let body = http_util::read_body(req.into_body(), app.config.max_body).await?;
+            post(app, p, &body).await
+        }
+        (Method::DELETE, p) => delete(app, p).await,
+        _ => Err(Error::MethodNotAllowed),
+    }
+}
+
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let Some(value) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return false;
+    };
+    (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
+        && constant_time_eq(token.trim().as_bytes(), app.config.api_token.as_bytes())
+}
+
+fn route_json(data: &Map<String, Value>, last_activity: i64) -> Value {
+    let mut out = data.clone();
+    out.insert(
+        "last_activity".into(),
+        Value::String(clock::iso_millis(last_activity)),
+    );
+    Value::Object(out)
+}
+
+fn list(app: &App, query: Option<&str>) -> Result<Response<Body>> {
+    let since = http_util::query_value(query, "inactive_since")
+        .or_else(|| http_util::query_value(query, "inactiveSince"));
+    let since = match since {
+        None => None,
+        Some(s) => Some(clock::parse_iso_millis(&s).ok_or_else(|| {
+            Error::bad_request(format!("inactive_since={s:?} is not an ISO 8601 date"))
+        })?),
+    };
+    let table = app.cache.routes();
+    let mut out = Map::new();
+    for r in table.iter() {
+        if since.is_some_and(|s| r.last_activity() >= s) {
+            continue;
+        }
+        out.insert(r.path.clone(), route_json(&r.data, r.last_activity()));
+    }
+    Ok(json_response(StatusCode::OK, &Value::Object(out)))
+}
+
+fn get_one(app: &App, raw: &str) -> Result<Response<Body>> {
+    let path = normalize_path(raw).map_err(Error::BadRequest)?;
+    let table = app.cache.routes();
+    let r = table
+        .get(&path)
+        .ok_or_else(|| Error::NotFound(format!("There is no route {path}.")))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &route_json(&r.data, r.last_activity()),
+    ))
+}
+
+async fn post(app: &Arc<App>, raw: &str, body: &[u8]) -> Result<Response<Body>> {
+    let path = normalize_path(raw).map_err(Error::BadRequest)?;
+    // JupyterHub sends JSON as text/plain: parse whatever the content type says.
+    let data: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return Err(Error::bad_request("The route body must be a JSON object.")),
+        Err(e) => {
+            return Err(Error::bad_request(format!(
+                "The route body is not valid JSON: {e}"
+            )));
+        }
+    };
+    let spec = RouteSpec::from_data(&path, &data).map_err(Error::BadRequest)?;
+    if spec.target.scheme == http::uri::Scheme::HTTPS {
+        return Err(Error::bad_request(
+            "https:// targets are not supported yet; use an http:// target.",
+        ));
+    }
+    let change = app
+        .store
+        .put_route(NewRoute {
+            path: path.clone(),
+            data,
+            target: spec.target_str.clone(),
+            server: spec.server.clone(),
+            explicit_session: spec.explicit_session.clone(),
+            fresh_session: secret::random_id(),
+            now: clock::now(),
+        })
+        .await?;
+    if let Some((server, _)) = &change.ended {
+        tracing::info!(server = %server, "server session ended: grants and links are void");
+    }
+    tracing::info!(path = %path, server = ?spec.server.as_ref().map(|s| s.key()), "route stored");
+    app.routes_changed(spec.server.as_ref()).await;
+    let mut resp = Response::new(http_util::empty());
+    *resp.status_mut() = StatusCode::CREATED;
+    Ok(resp)
+}
+
+async fn delete(app: &Arc<App>, raw: &str) -> Result<Response<Body>> {
+    let path = normalize_path(raw).map_err(Error::BadRequest)?;
+    let server = app
+        .cache
+        .routes()
+        .get(&path)
+        .and_then(|r| r.server.clone());
+    // The cache may lag another instance; the store has the truth about the route's server.
+    let server = match server {
+        Some(s) => Some(s),
+        None => app
+            .store
+            .list_routes()
+            .await?
+            .into_iter()
+            .find(|r: &StoredRoute| r.path == path)
+            .and_then(|r| RouteSpec::from_data(&path, &r.data).ok())
+            .and_then(|s| s.server),
+    };
+    let change = app.store.delete_route(&path, server.as_ref()).await?;
+    if change.route.is_none() {
+        return Err(Error::NotFound(format!("There is no route {path}.")));
+    }
+    tracing::info!(path = %path, "route deleted");
+    app.routes_changed(server.as_ref()).await;
+    Ok(no_content())
+}

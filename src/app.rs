@@ -1,0 +1,520 @@
+//! `App::handle`: the whole request flow of the public listener in one place.
+//!
+//! accept -> reserved path? (pages, API, health) -> route lookup -> who is calling -> pure access
+//! decision -> forward.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::cookies::{self, CookiePolicy};
+use crate::auth::ratelimit::FailureLimiter;
+use crate::auth::{Credential, Identity, Users};
+use crate::cache::Cache;
+use crate::clock;
+use crate::config::Config;
+use crate::connections::{Connections, Registrar};
+use crate::error::{Error, Result};
+use crate::http_util::{self, Body};
+use crate::ids::ServerRef;
+use crate::paths;
+use crate::proxy::{self, UpstreamClient, headers::Forwarding};
+use crate::routes::Route;
+use crate::secret::{self, Secret, TokenHash};
+use crate::sharing::access::{self, Decision, RequestKind, Standing};
+use crate::store::Store;
+
+/// Shared state of one latchkey instance.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub users: Users,
+    pub cache: Cache,
+    pub connections: Arc<Connections>,
+    pub client: UpstreamClient,
+    pub limiter: FailureLimiter,
+    pub cookies: CookiePolicy,
+    /// Upgraded connections (WebSockets), which hyper's graceful shutdown does not see.
+    pub tracker: TaskTracker,
+}
+
+/// Per-request facts every handler may need.
+pub struct Ctx {
+    pub request_id: String,
+    /// The client's address (after trusted proxies).
+    pub client_ip: IpAddr,
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Someone who proved who they are.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: Identity,
+    pub credential: Credential,
+    /// The hashed sign-in session id, when signed in with the cookie.
+    pub login: Option<TokenHash>,
+}
+
+impl App {
+    pub async fn new(config: Config, store: Arc<dyn Store>) -> Arc<App> {
+        let app = Arc::new(App {
+            users: Users::new(&config.users),
+            cookies: CookiePolicy {
+                secure: config.secure_cookies(),
+                max_age: config.session_max_age,
+            },
+            limiter: FailureLimiter::new(config.max_failures, config.failure_window),
+            config,
+            store,
+            cache: Cache::default(),
+            connections: Arc::default(),
+            client: proxy::client(),
+            tracker: TaskTracker::new(),
+        });
+        if let Err(e) = app.cache.reload_routes(app.store.as_ref()).await {
+            tracing::warn!(error = %e, "could not load routes at start; will retry");
+        }
+        if let Ok(rev) = app.store.revision().await {
+            app.cache.note_revision(rev);
+        }
+        app
+    }
+
+    /// Answers one request on the public listener. Never fails: errors are rendered here.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let ctx = Ctx {
+            request_id: secret::random_id(),
+            client_ip: self.client_ip(peer, req.headers()),
+            peer,
+            tls,
+        };
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let json = http_util::wants_json(req.headers(), &path);
+        let mut resp = match self.dispatch(req, &ctx).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.status().is_server_error() {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "request failed");
+                }
+                e.render(&ctx.request_id, json)
+            }
+        };
+        if let Ok(v) = http::HeaderValue::from_str(&ctx.request_id) {
+            resp.headers_mut().entry("x-request-id").or_insert(v);
+        }
+        // The access line: never the query string, which may carry codes or upstream tokens.
+        tracing::info!(
+            target: "latchkey::access",
+            request_id = %ctx.request_id,
+            client = %ctx.client_ip,
+            %method,
+            path = %path,
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+        );
+        resp
+    }
+
+    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+        let path = req.uri().path();
+        proxy::check_path(path)?;
+        if let Some(name) = req
+            .headers()
+            .keys()
+            .find(|n| proxy::headers::aliases_identity_header(n))
+        {
+            return Err(Error::bad_request(format!(
+                "The header {name} is not allowed: it could be read as an identity header."
+            )));
+        }
+        match path {
+            paths::HEALTHZ | paths::CHP_HEALTHZ => {
+                return Ok(http_util::json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "OK"}),
+                ));
+            }
+            paths::READYZ => {
+                return match self.store.ping().await {
+                    Ok(()) => Ok(http_util::json_response(
+                        StatusCode::OK,
+                        &serde_json::json!({"status": "ready"}),
+                    )),
+                    Err(e) => Err(e),
+                };
+            }
+            _ => {}
+        }
+        if path.starts_with(paths::API) {
+            return crate::api::handle(self, req, ctx).await;
+        }
+        if paths::is_reserved(path) {
+            return crate::web::handle(self, req, ctx).await;
+        }
+        self.proxy(req, ctx).await
+    }
+
+    /// The proxy path: find the route, decide, forward.
+    async fn proxy(self: &Arc<Self>, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+        let table = self.cache.routes();
+        let Some(route) = table.lookup(req.uri().path()).cloned() else {
+            return Err(Error::NotFound(
+                "No server is running at this address.".into(),
+            ));
+        };
+        let websocket = is_websocket(req.headers());
+        let caller = self.identify(req.headers()).await?;
+
+        let mut registrar = None;
+        let mut role = None;
+        if let Some(server) = &route.server {
+            let kind = RequestKind::new(req.method(), websocket);
+            let standing = self.decide(&route, server, caller.as_ref(), kind).await;
+            let standing = match standing? {
+                Decision::Allow(s) => s,
+                Decision::NeedsLogin => return Err(self.needs_login(&req)),
+                Decision::NotShared => {
+                    let user = caller.as_ref().map(|c| &c.identity.name);
+                    let reason = match user {
+                        Some(u) => self.store.end_reason(server, u).await.unwrap_or(None),
+                        None => None,
+                    };
+                    return Err(Error::NotShared {
+                        server: server.label(),
+                        reason,
+                    });
+                }
+                Decision::ViewOnly => {
+                    return Err(Error::ViewOnly {
+                        server: server.label(),
+                    });
+                }
+            };
+            // Injected upstream credentials switch off the tool's own cross-site checks, so
+            // latchkey makes them.
+            if websocket || !kind.safe_method {
+                crate::auth::csrf::check_same_origin(
+                    req.headers(),
+                    self.own_origin(req.headers(), ctx.tls).as_deref(),
+                    req.uri().authority().map(|a| a.as_str()),
+                )?;
+            }
+            let caller = caller.as_ref().expect("allowed requests have a caller");
+            role = Some(match standing {
+                Standing::Owner => "owner",
+                Standing::Grantee(r) => r.as_str(),
+            });
+            registrar = Some(Registrar {
+                registry: self.connections.clone(),
+                server: server.clone(),
+                session: route.session.clone(),
+                user: caller.identity.name.clone(),
+                login: caller.login,
+            });
+        }
+
+        let uri = proxy::upstream_uri(&route, req.uri().path(), req.uri().query())?;
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        let mut req = req;
+        let user = caller.as_ref().map(|c| c.identity.name.to_string());
+        let guarded = route.server.is_some();
+        proxy::headers::prepare_request(
+            req.headers_mut(),
+            websocket,
+            &Forwarding {
+                client_ip: ctx.client_ip,
+                trust_forwarded: self.config.trusted_proxies.contains(&ctx.peer.ip()),
+                proto: if ctx.tls { "https" } else { "http" },
+                host: host.as_deref(),
+                user: if guarded { user.as_deref() } else { None },
+                role,
+                request_id: &ctx.request_id,
+                drop_authorization: caller
+                    .as_ref()
+                    .is_some_and(|c| c.credential == Credential::Token),
+                upstream_headers: &route.upstream_headers,
+            },
+        );
+        proxy::forward(
+            req,
+            uri,
+            websocket,
+            proxy::Forward {
+                client: &self.client,
+                route: route.clone(),
+                timeout: self.config.upstream_timeout,
+                registrar,
+                tracker: &self.tracker,
+                peer: ctx.peer,
+            },
+        )
+        .await
+    }
+
+    /// The access decision for a guarded route. The owner needs no store; grantees are decided
+    /// from cached grants, refreshed once if the cache belongs to another session.
+    async fn decide(
+        &self,
+        route: &Route,
+        server: &ServerRef,
+        caller: Option<&Caller>,
+        kind: RequestKind,
+    ) -> Result<Decision> {
+        let now = clock::now();
+        let identity = caller.map(|c| &c.identity);
+        if identity.is_none_or(|i| i.name == server.owner) {
+            return Ok(access::decide(&server.owner, identity, &[], kind, now));
+        }
+        let mut grants = self.cache.grants(self.store.as_ref(), server).await?;
+        if grants.session.as_deref() != Some(route.session.as_str()) {
+            grants = self
+                .cache
+                .refresh_grants(self.store.as_ref(), server)
+                .await?;
+        }
+        if grants.session.as_deref() != Some(route.session.as_str()) {
+            return Ok(Decision::NotShared);
+        }
+        Ok(access::decide(
+            &server.owner,
+            identity,
+            &grants.grants,
+            kind,
+            now,
+        ))
+    }
+
+    fn needs_login(&self, req: &Request<Incoming>) -> Error {
+        if http_util::wants_json(req.headers(), req.uri().path()) {
+            return Error::Unauthorized;
+        }
+        let next = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        Error::Redirect(format!(
+            "{}?next={}",
+            paths::LOGIN,
+            http_util::percent_encode(next)
+        ))
+    }
+
+    /// Who is calling: an API token in `Authorization`, else the session cookie.
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Option<Caller>> {
+        if let Some(token) = bearer_token(headers)
+            && secret::looks_like_token(token)
+        {
+            let hash = TokenHash::of(token);
+            if let Some(rec) = self.cache.api_token(self.store.as_ref(), &hash).await?
+                && let Some(identity) = self.users.identity(&rec.user)
+            {
+                return Ok(Some(Caller {
+                    identity,
+                    credential: Credential::Token,
+                    login: None,
+                }));
+            }
+        }
+        let Some(id) = cookies::find(headers, self.cookies.session_name()) else {
+            return Ok(None);
+        };
+        if !secret::looks_like_token(&id) {
+            return Ok(None);
+        }
+        let hash = TokenHash::of(&id);
+        let Some(rec) = self.cache.login(self.store.as_ref(), &hash).await? else {
+            return Ok(None);
+        };
+        Ok(self.users.identity(&rec.user).map(|identity| Caller {
+            identity,
+            credential: Credential::Cookie,
+            login: Some(hash),
+        }))
+    }
+
+    /// The origin this request was addressed to.
+    pub fn own_origin(&self, headers: &HeaderMap, tls: bool) -> Option<String> {
+        crate::auth::csrf::own_origin(headers, self.config.public_url.as_deref(), tls)
+    }
+
+    fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        if self.config.trusted_proxies.contains(&peer.ip())
+            && let Some(ip) = headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        {
+            return ip;
+        }
+        peer.ip()
+    }
+
+    /// Closes every open connection that its user may no longer hold: grant revoked or
+    /// expired, server session ended, user removed. `only` limits the check to one server.
+    pub async fn recheck_connections(&self, only: Option<&ServerRef>) {
+        let open = self.connections.snapshot();
+        if open.is_empty() {
+            return;
+        }
+        let table = self.cache.routes();
+        let now = clock::now();
+        let mut servers: Vec<ServerRef> = open
+            .iter()
+            .map(|c| c.server.clone())
+            .filter(|s| only.is_none_or(|o| o == s))
+            .collect();
+        servers.sort();
+        servers.dedup();
+        for server in servers {
+            let session = table.server_route(&server).map(|r| r.session.clone());
+            // Without the store, connections stay open until the next successful check.
+            let grants = self.cache.grants(self.store.as_ref(), &server).await.ok();
+            self.connections.close_where(|c| {
+                if c.server != server {
+                    return false;
+                }
+                if session.as_deref() != Some(c.session.as_str()) {
+                    return true;
+                }
+                let Some(identity) = self.users.identity(&c.user) else {
+                    return true;
+                };
+                if identity.name == server.owner {
+                    return false;
+                }
+                let Some(grants) = &grants else {
+                    return false;
+                };
+                if grants.session.as_deref() != Some(c.session.as_str()) {
+                    return true;
+                }
+                let kind = RequestKind {
+                    safe_method: true,
+                    websocket: c.websocket,
+                };
+                !matches!(
+                    access::decide(&server.owner, Some(&identity), &grants.grants, kind, now),
+                    Decision::Allow(_)
+                )
+            });
+        }
+    }
+
+    /// After a local change to a server's sharing: refresh its cached grants and close what
+    /// must close.
+    pub async fn sharing_changed(&self, server: &ServerRef) {
+        if let Err(e) = self
+            .cache
+            .refresh_grants(self.store.as_ref(), server)
+            .await
+        {
+            tracing::warn!(error = %e, "could not refresh grants after a change");
+            self.cache.forget_grants();
+        }
+        self.recheck_connections(Some(server)).await;
+    }
+
+    /// After a route change: reload the table, then close connections of ended sessions.
+    pub async fn routes_changed(&self, server: Option<&ServerRef>) {
+        if let Err(e) = self.cache.reload_routes(self.store.as_ref()).await {
+            tracing::warn!(error = %e, "could not reload routes after a change");
+        }
+        if let Some(server) = server {
+            self.sharing_changed(server).await;
+        }
+    }
+
+    /// Starts a sign-in session; returns the cookie value (shown only to the browser).
+    pub async fn start_login(&self, identity: &Identity) -> Result<Secret> {
+        let id = Secret::generate();
+        let now = clock::now();
+        self.store
+            .put_login(
+                &id.hash(),
+                &crate::store::LoginRecord {
+                    user: identity.name.clone(),
+                    created_at: now,
+                    expires_at: now + self.config.session_max_age as i64,
+                },
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// Ends a sign-in session and closes the connections opened with it.
+    pub async fn end_login(&self, login: &TokenHash) -> Result<()> {
+        self.store.delete_login(login).await?;
+        self.cache.forget_login(login);
+        self.connections.close_where(|c| c.login.as_ref() == Some(login));
+        Ok(())
+    }
+
+    /// Keeps the cache coherent with the store, closes connections whose access ended, and
+    /// saves route activity. Runs until the process ends.
+    pub async fn run_background(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flushed: std::collections::HashMap<String, i64> = Default::default();
+        let mut n: u64 = 0;
+        loop {
+            tick.tick().await;
+            n += 1;
+            match self.store.revision().await {
+                Ok(rev) if self.cache.note_revision(rev) => {
+                    if let Err(e) = self.cache.reload_routes(self.store.as_ref()).await {
+                        tracing::warn!(error = %e, "route reload failed");
+                    }
+                    self.cache.forget_grants();
+                }
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+            self.recheck_connections(None).await;
+            if n.is_multiple_of(5) {
+                let table = self.cache.routes();
+                let changed: Vec<(String, i64)> = table
+                    .iter()
+                    .filter(|r| flushed.get(&r.path) != Some(&r.last_activity()))
+                    .map(|r| (r.path.clone(), r.last_activity()))
+                    .collect();
+                if self.store.record_activity(&changed).await.is_ok() {
+                    flushed.extend(changed);
+                }
+            }
+        }
+    }
+}
+
+pub fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The token in `Authorization: token X` or `Authorization: Bearer X`.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
+        .then(|| token.trim())
+}

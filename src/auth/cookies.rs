@@ -1,0 +1,152 @@
+//! Reading and writing latchkey's cookies, and removing them before a request goes upstream.
+
+use cookie::{Cookie, SameSite};
+use http::{HeaderMap, HeaderValue, header};
+
+use crate::paths::{SESSION_COOKIE, SESSION_COOKIE_TLS, XSRF_COOKIE, XSRF_COOKIE_PATH};
+
+/// Cookie settings that depend on how latchkey is served.
+#[derive(Clone, Copy, Debug)]
+pub struct CookiePolicy {
+    pub secure: bool,
+    pub max_age: u64,
+}
+
+impl CookiePolicy {
+    pub fn session_name(&self) -> &'static str {
+        if self.secure {
+            SESSION_COOKIE_TLS
+        } else {
+            SESSION_COOKIE
+        }
+    }
+
+    pub fn session_cookie(&self, value: &str) -> HeaderValue {
+        let c = Cookie::build((self.session_name(), value.to_owned()))
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(SameSite::Lax)
+            .max_age(cookie::time::Duration::seconds(self.max_age as i64))
+            .build();
+        header_value(&c)
+    }
+
+    pub fn clear_session_cookie(&self) -> HeaderValue {
+        let c = Cookie::build((self.session_name(), ""))
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(SameSite::Lax)
+            .max_age(cookie::time::Duration::ZERO)
+            .build();
+        header_value(&c)
+    }
+
+    /// The XSRF cookie is readable by scripts (so pages can send `X-XSRFToken`), scoped to
+    /// `/hub/`, and lives as long as the browser session.
+    pub fn xsrf_cookie(&self, value: &str) -> HeaderValue {
+        let c = Cookie::build((XSRF_COOKIE, value.to_owned()))
+            .path(XSRF_COOKIE_PATH)
+            .secure(self.secure)
+            .same_site(SameSite::Lax)
+            .build();
+        header_value(&c)
+    }
+}
+
+fn header_value(c: &Cookie<'_>) -> HeaderValue {
+    HeaderValue::from_str(&c.encoded().to_string()).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The value of the first cookie with this name in the request's Cookie headers.
+pub fn find(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_owned())
+}
+
+/// Removes latchkey's session cookies from the Cookie headers, keeping every other cookie
+/// (the upstream's own, such as Jupyter's `_xsrf`) byte for byte.
+pub fn strip_own(headers: &mut HeaderMap) {
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    if values.is_empty() {
+        return;
+    }
+    let is_ours = |pair: &str| {
+        let name = pair.trim().split('=').next().unwrap_or("").trim();
+        name == SESSION_COOKIE || name == SESSION_COOKIE_TLS
+    };
+    let kept: Vec<String> = values
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter(|pair| !pair.trim().is_empty() && !is_ours(pair))
+        .map(|pair| pair.trim().to_owned())
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_cookie_among_several_headers() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; _xsrf=abc"));
+        h.append(header::COOKIE, HeaderValue::from_static("latchkey-session=s"));
+        assert_eq!(find(&h, "_xsrf").as_deref(), Some("abc"));
+        assert_eq!(find(&h, SESSION_COOKIE).as_deref(), Some("s"));
+        assert_eq!(find(&h, "missing"), None);
+    }
+
+    #[test]
+    fn stripping_removes_only_latchkey_session_cookies() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("latchkey-session=s; _xsrf=jupyter; x=1"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-latchkey-session=t"),
+        );
+        strip_own(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, vec!["_xsrf=jupyter; x=1"]);
+    }
+
+    #[test]
+    fn stripping_the_only_cookie_removes_the_header() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("latchkey-session=s"));
+        strip_own(&mut h);
+        assert!(!h.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn session_cookies_are_http_only_and_lax() {
+        let p = CookiePolicy {
+            secure: true,
+            max_age: 60,
+        };
+        let v = p.session_cookie("abc");
+        let s = v.to_str().unwrap();
+        assert!(s.starts_with("__Host-latchkey-session=abc"));
+        assert!(s.contains("HttpOnly"));
+        assert!(s.contains("SameSite=Lax"));
+        assert!(s.contains("Secure"));
+        assert!(s.contains("Path=/"));
+    }
+}

@@ -1,0 +1,198 @@
+//! Subcommands: `serve`, `demo`, `check-config`, `hash-password`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "latchkey", version, about = "Share a running notebook or tool server")]
+struct Cli {
+    /// Log format: human or json.
+    #[arg(long, env = "LATCHKEY_LOG_FORMAT", default_value = "human", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run latchkey with a configuration file (and LATCHKEY_* environment variables).
+    Serve {
+        #[arg(long, env = "LATCHKEY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Seconds to drain connections after SIGTERM.
+        #[arg(long, default_value_t = 30)]
+        drain: u64,
+    },
+    /// Start latchkey on the embedded store with two users and a demo server, to try sharing.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: String,
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        api_listen: String,
+    },
+    /// Check a configuration file and report every problem at once.
+    CheckConfig {
+        #[arg(long, env = "LATCHKEY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Read a password on standard input and print its argon2id hash for `[[users]]`.
+    HashPassword,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match cli.command {
+        Command::Serve { config, drain } => match Config::load(config.as_deref()) {
+            Ok(config) => runtime().block_on(serve(config, Duration::from_secs(drain))),
+            Err(problems) => report(&problems),
+        },
+        Command::Demo { listen, api_listen } => {
+            runtime().block_on(crate::demo::run(&listen, &api_listen))
+        }
+        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
+            Ok(c) => {
+                println!(
+                    "configuration is valid: public listener {}, route API {}, store {}, {} local user(s)",
+                    c.listen,
+                    c.api_listen,
+                    if c.store_url == "memory://" { "memory://" } else { "redis" },
+                    c.users.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(problems) => report(&problems),
+        },
+        Command::HashPassword => {
+            let mut password = String::new();
+            if std::io::stdin().read_to_string(&mut password).is_err() {
+                eprintln!("cannot read the password from standard input");
+                return ExitCode::FAILURE;
+            }
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                eprintln!("the password is empty");
+                return ExitCode::FAILURE;
+            }
+            match crate::auth::password::hash(password) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn report(problems: &[String]) -> ExitCode {
+    eprintln!("the configuration has {} problem(s):", problems.len());
+    for p in problems {
+        eprintln!("  - {p}");
+    }
+    ExitCode::from(2)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime")
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: Config, drain: Duration) -> ExitCode {
+    let store = match crate::store::open(&config.store_url).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tls = match &config.tls {
+        Some(files) => match crate::server::tls_acceptor(&files.cert, &files.key) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let (public, api) = match bind(config.listen, config.api_listen).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        public = %public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        api = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        tls = tls.is_some(),
+        "latchkey listening"
+    );
+    let app = crate::App::new(config, store).await;
+    crate::serve(
+        crate::Listeners { public, api, tls },
+        app,
+        shutdown_signal(),
+        drain,
+    )
+    .await;
+    ExitCode::SUCCESS
+}
+
+pub async fn bind(
+    public: std::net::SocketAddr,
+    api: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, tokio::net::TcpListener), String> {
+    let p = tokio::net::TcpListener::bind(public)
+        .await
+        .map_err(|e| format!("cannot listen on {public}: {e}"))?;
+    let a = tokio::net::TcpListener::bind(api)
+        .await
+        .map_err(|e| format!("cannot listen on {api} (route API): {e}"))?;
+    Ok((p, a))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,64 @@
+//! Wall-clock time as whole seconds since the Unix epoch, and its ISO 8601 form.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Seconds since the Unix epoch.
+pub type Timestamp = i64;
+
+pub fn now() -> Timestamp {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch, for activity stamps.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `2026-11-22T19:00:00Z`.
+pub fn iso(ts: Timestamp) -> String {
+    OffsetDateTime::from_unix_timestamp(ts)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// ISO 8601 with milliseconds, as configurable-http-proxy reports `last_activity`.
+pub fn iso_millis(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
+                .ok()
+        })
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Parses an RFC 3339 / ISO 8601 date-time into milliseconds since the epoch.
+pub fn parse_iso_millis(s: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_round_trips_through_the_parser() {
+        assert_eq!(iso(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_millis(1_500), "1970-01-01T00:00:01.5Z");
+        assert_eq!(parse_iso_millis("1970-01-01T00:00:01.5Z"), Some(1_500));
+        assert_eq!(parse_iso_millis("not a date"), None);
+    }
+}

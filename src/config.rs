@@ -1,0 +1,564 @@
+//! Configuration: defaults, then the TOML file, then `LATCHKEY_*` environment variables.
+//! `Config::load` checks everything and reports every problem at once.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{GroupName, UserName};
+
+/// The file as written, every value still unchecked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub api: RawApi,
+    pub store: RawStore,
+    pub sharing: RawSharing,
+    pub login: RawLogin,
+    pub users: Vec<RawUser>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    pub public_url: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// Peers whose X-Forwarded-For is believed (load balancers in front of latchkey).
+    pub trusted_proxies: Vec<String>,
+    /// Seconds to wait for an upstream's response headers.
+    pub upstream_timeout: u64,
+    /// Seconds a sign-in lasts.
+    pub session_max_age: u64,
+    /// Largest API or form body, in bytes.
+    pub max_body: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    pub listen: String,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSharing {
+    pub enabled: bool,
+    pub default_expires_in: u64,
+    pub min_expires_in: u64,
+    pub max_expires_in: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLogin {
+    /// Failed sign-ins (and bad invite codes) allowed per client per window.
+    pub max_failures: u32,
+    pub failure_window: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUser {
+    pub name: String,
+    pub password_hash: String,
+    pub groups: Vec<String>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            server: RawServer {
+                listen: "127.0.0.1:8000".into(),
+                public_url: None,
+                tls_cert: None,
+                tls_key: None,
+                trusted_proxies: vec![],
+                upstream_timeout: 30,
+                session_max_age: 7 * 24 * 3600,
+                max_body: 1024 * 1024,
+            },
+            api: RawApi {
+                listen: "127.0.0.1:8001".into(),
+                token: None,
+            },
+            store: RawStore {
+                url: "memory://".into(),
+            },
+            sharing: RawSharing {
+                enabled: true,
+                default_expires_in: 3600,
+                min_expires_in: 60,
+                max_expires_in: 86400,
+            },
+            login: RawLogin {
+                max_failures: 10,
+                failure_window: 60,
+            },
+            users: vec![],
+        }
+    }
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawConfig::default().server
+    }
+}
+impl Default for RawApi {
+    fn default() -> Self {
+        RawConfig::default().api
+    }
+}
+impl Default for RawStore {
+    fn default() -> Self {
+        RawConfig::default().store
+    }
+}
+impl Default for RawSharing {
+    fn default() -> Self {
+        RawConfig::default().sharing
+    }
+}
+impl Default for RawLogin {
+    fn default() -> Self {
+        RawConfig::default().login
+    }
+}
+
+/// Checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `scheme://host[:port]` with no trailing slash, when configured.
+    pub public_url: Option<String>,
+    pub tls: Option<TlsFiles>,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub upstream_timeout: std::time::Duration,
+    pub session_max_age: u64,
+    pub max_body: usize,
+    pub api_listen: SocketAddr,
+    pub api_token: String,
+    pub store_url: String,
+    pub sharing: SharingLimits,
+    pub max_failures: u32,
+    pub failure_window: u64,
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SharingLimits {
+    pub enabled: bool,
+    pub default_expires_in: u64,
+    pub min_expires_in: u64,
+    pub max_expires_in: u64,
+}
+
+#[derive(Clone)]
+pub struct UserConfig {
+    pub name: UserName,
+    pub password_hash: String,
+    pub groups: Vec<GroupName>,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Reads the file (if any), applies the environment, and checks everything.
+    pub fn load(path: Option<&Path>) -> Result<Config, Vec<String>> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| vec![format!("cannot read {}: {e}", p.display())])?,
+            None => String::new(),
+        };
+        Config::from_sources(&text, &env)
+    }
+
+    /// Builds a configuration from file text and environment pairs (testable without either).
+    pub fn from_sources(text: &str, env: &[(String, String)]) -> Result<Config, Vec<String>> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        let mut problems = apply_env(&mut table, env);
+        let raw: RawConfig = match RawConfig::deserialize(toml::Value::Table(table)) {
+            Ok(raw) => raw,
+            Err(e) => {
+                problems.push(e.to_string());
+                return Err(problems);
+            }
+        };
+        match raw.check() {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(problems),
+            Err(mut more) => {
+                problems.append(&mut more);
+                Err(problems)
+            }
+        }
+    }
+
+    /// The cookie `Secure` flag and `__Host-` prefix apply when served over TLS, or when the
+    /// public URL is https (TLS terminated in front of latchkey).
+    pub fn secure_cookies(&self) -> bool {
+        self.tls.is_some()
+            || self
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+    }
+}
+
+const SECTIONS: &[&str] = &["server", "api", "store", "sharing", "login"];
+
+/// Applies `LATCHKEY_SECTION_KEY=value` (and `CONFIGPROXY_AUTH_TOKEN`, and `*_FILE` variants for
+/// secrets) on top of the file. Values take the type the key has by default.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Vec<String> {
+    let defaults = toml::Table::try_from(RawConfig::default()).unwrap_or_default();
+    let mut problems = vec![];
+    let mut set = |section: &str, key: &str, raw: &str, problems: &mut Vec<String>| {
+        let default = defaults
+            .get(section)
+            .and_then(|s| s.get(key))
+            .cloned();
+        let value = match default {
+            Some(toml::Value::Integer(_)) => match raw.trim().parse::<i64>() {
+                Ok(n) => toml::Value::Integer(n),
+                Err(_) => {
+                    problems.push(format!(
+                        "LATCHKEY_{}_{} must be a whole number, got {raw:?}",
+                        section.to_uppercase(),
+                        key.to_uppercase()
+                    ));
+                    return;
+                }
+            },
+            Some(toml::Value::Boolean(_)) => match raw.trim() {
+                "1" | "true" | "yes" | "on" => toml::Value::Boolean(true),
+                "0" | "false" | "no" | "off" => toml::Value::Boolean(false),
+                _ => {
+                    problems.push(format!(
+                        "LATCHKEY_{}_{} must be true or false, got {raw:?}",
+                        section.to_uppercase(),
+                        key.to_uppercase()
+                    ));
+                    return;
+                }
+            },
+            Some(toml::Value::Array(_)) => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            ),
+            _ => toml::Value::String(raw.to_owned()),
+        };
+        let entry = table
+            .entry(section.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(t) = entry.as_table_mut() {
+            t.insert(key.to_owned(), value);
+        }
+    };
+    if let Some((_, token)) = env.iter().find(|(k, _)| k == "CONFIGPROXY_AUTH_TOKEN") {
+        set("api", "token", token, &mut problems);
+    }
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("LATCHKEY_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, key)) = rest.split_once('_') else {
+            continue;
+        };
+        if !SECTIONS.contains(&section) {
+            continue;
+        }
+        if let Some(secret_key) = key.strip_suffix("_file") {
+            match std::fs::read_to_string(value) {
+                Ok(s) => set(section, secret_key, s.trim_end_matches(['\n', '\r']), &mut problems),
+                Err(e) => problems.push(format!("{name}: cannot read {value}: {e}")),
+            }
+        } else {
+            set(section, key, value, &mut problems);
+        }
+    }
+    problems
+}
+
+impl RawConfig {
+    fn check(self) -> Result<Config, Vec<String>> {
+        let mut problems = vec![];
+        let addr = |what: &str, s: &str, problems: &mut Vec<String>| {
+            s.parse::<SocketAddr>().unwrap_or_else(|_| {
+                problems.push(format!(
+                    "{what} = {s:?} is not an address like \"127.0.0.1:8000\""
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
+        };
+        let listen = addr("server.listen", &self.server.listen, &mut problems);
+        let api_listen = addr("api.listen", &self.api.listen, &mut problems);
+
+        let public_url = self.server.public_url.as_deref().map(|u| {
+            let trimmed = u.trim_end_matches('/');
+            let ok = (trimmed.starts_with("http://") || trimmed.starts_with("https://"))
+                && trimmed.parse::<http::Uri>().is_ok_and(|uri| {
+                    uri.host().is_some() && uri.path_and_query().is_none_or(|p| p.as_str() == "/")
+                });
+            if !ok {
+                problems.push(format!(
+                    "server.public_url = {u:?} must be like \"https://share.example.org\" (scheme and host, no path)"
+                ));
+            }
+            trimmed.to_owned()
+        });
+
+        let tls = match (&self.server.tls_cert, &self.server.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                for (what, p) in [("server.tls_cert", cert), ("server.tls_key", key)] {
+                    if !Path::new(p).is_file() {
+                        problems.push(format!("{what} = {p:?}: no such file"));
+                    }
+                }
+                Some(TlsFiles {
+                    cert: cert.into(),
+                    key: key.into(),
+                })
+            }
+            _ => {
+                problems.push("server.tls_cert and server.tls_key must be set together".into());
+                None
+            }
+        };
+
+        let trusted_proxies = self
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| match p.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    problems.push(format!(
+                        "server.trusted_proxies: {p:?} is not an IP address"
+                    ));
+                    None
+                }
+            })
+            .collect();
+
+        if self.server.upstream_timeout == 0 {
+            problems.push("server.upstream_timeout must be at least 1 second".into());
+        }
+        if self.server.session_max_age < 60 {
+            problems.push("server.session_max_age must be at least 60 seconds".into());
+        }
+        if self.server.max_body < 1024 {
+            problems.push("server.max_body must be at least 1024 bytes".into());
+        }
+
+        let api_token = match self.api.token.as_deref().map(str::trim) {
+            Some(t) if t.len() >= 16 => t.to_owned(),
+            Some(_) => {
+                problems.push("api.token must be at least 16 characters".into());
+                String::new()
+            }
+            None => {
+                problems.push(
+                    "api.token is required (or set CONFIGPROXY_AUTH_TOKEN or LATCHKEY_API_TOKEN)"
+                        .into(),
+                );
+                String::new()
+            }
+        };
+
+        let url = self.store.url.trim().to_owned();
+        if !(url == "memory://"
+            || url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://"))
+        {
+            problems.push(format!(
+                "store.url = {url:?} must be \"memory://\" or a redis:// URL"
+            ));
+        }
+
+        let s = &self.sharing;
+        if s.min_expires_in == 0 {
+            problems.push("sharing.min_expires_in must be at least 1 second".into());
+        }
+        if !(s.min_expires_in <= s.default_expires_in && s.default_expires_in <= s.max_expires_in)
+        {
+            problems.push(format!(
+                "sharing: need min_expires_in ({}) <= default_expires_in ({}) <= max_expires_in ({})",
+                s.min_expires_in, s.default_expires_in, s.max_expires_in
+            ));
+        }
+        if self.login.max_failures == 0 || self.login.failure_window == 0 {
+            problems.push("login.max_failures and login.failure_window must be positive".into());
+        }
+
+        let mut seen = HashSet::new();
+        let mut users = vec![];
+        for (i, u) in self.users.iter().enumerate() {
+            let name = match UserName::parse(&u.name) {
+                Ok(n) => n,
+                Err(e) => {
+                    problems.push(format!("users[{i}]: {e}"));
+                    continue;
+                }
+            };
+            if !seen.insert(name.clone()) {
+                problems.push(format!("users[{i}]: user {name} is listed twice"));
+            }
+            if !crate::auth::password::is_valid_hash(&u.password_hash) {
+                problems.push(format!(
+                    "users[{i}] ({name}): password_hash is not an argon2 PHC string; make one with `latchkey hash-password`"
+                ));
+            }
+            let mut groups = vec![];
+            for g in &u.groups {
+                match GroupName::parse(g) {
+                    Ok(g) => groups.push(g),
+                    Err(e) => problems.push(format!("users[{i}] ({name}): {e}")),
+                }
+            }
+            users.push(UserConfig {
+                name,
+                password_hash: u.password_hash.clone(),
+                groups,
+            });
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            listen,
+            public_url,
+            tls,
+            trusted_proxies,
+            upstream_timeout: std::time::Duration::from_secs(self.server.upstream_timeout),
+            session_max_age: self.server.session_max_age,
+            max_body: self.server.max_body,
+            api_listen,
+            api_token,
+            store_url: url,
+            sharing: SharingLimits {
+                enabled: s.enabled,
+                default_expires_in: s.default_expires_in,
+                min_expires_in: s.min_expires_in,
+                max_expires_in: s.max_expires_in,
+            },
+            max_failures: self.login.max_failures,
+            failure_window: self.login.failure_window,
+            users,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_only_a_token() {
+        let c = Config::from_sources("[api]\ntoken = \"0123456789abcdef\"\n", &[]).unwrap();
+        assert_eq!(c.listen.port(), 8000);
+        assert_eq!(c.api_listen.port(), 8001);
+        assert_eq!(c.store_url, "memory://");
+        assert_eq!(c.sharing.default_expires_in, 3600);
+    }
+
+    #[test]
+    fn environment_overrides_the_file_with_typed_values() {
+        let c = Config::from_sources(
+            "[api]\ntoken = \"0123456789abcdef\"\n[sharing]\nmin_expires_in = 10\n",
+            &env(&[
+                ("LATCHKEY_SERVER_LISTEN", "127.0.0.1:9000"),
+                ("LATCHKEY_SHARING_MAX_EXPIRES_IN", "7200"),
+                ("CONFIGPROXY_AUTH_TOKEN", "fromchpenvironment"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.sharing.max_expires_in, 7200);
+        assert_eq!(c.sharing.min_expires_in, 10);
+        assert_eq!(c.api_token, "fromchpenvironment");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            [server]
+            listen = "nowhere"
+            [store]
+            url = "postgres://x"
+            [sharing]
+            min_expires_in = 100
+            default_expires_in = 50
+            [[users]]
+            name = "-bad"
+            password_hash = "plain"
+        "#;
+        let problems = Config::from_sources(text, &[]).unwrap_err();
+        let all = problems.join("\n");
+        for needle in [
+            "server.listen",
+            "api.token",
+            "store.url",
+            "min_expires_in",
+            "users[0]",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from {all}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let problems = Config::from_sources("[server]\nlisten_addr = \"x\"\n", &[]).unwrap_err();
+        assert!(problems.join(" ").contains("listen_addr"));
+    }
+
+    #[test]
+    fn a_non_number_in_a_number_variable_is_a_problem() {
+        let problems = Config::from_sources(
+            "[api]\ntoken = \"0123456789abcdef\"\n",
+            &env(&[("LATCHKEY_SHARING_MAX_EXPIRES_IN", "soon")]),
+        )
+        .unwrap_err();
+        assert!(problems[0].contains("LATCHKEY_SHARING_MAX_EXPIRES_IN"));
+    }
+}

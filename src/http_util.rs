@@ -1,0 +1,122 @@
+//! Small helpers for building responses and reading requests.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::error::Error;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response latchkey sends, proxied or its own.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub fn html_response(status: StatusCode, html: String) -> Response<Body> {
+    let mut r = Response::new(full(html));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+/// 303 See Other to `location` (a path on latchkey's own origin).
+pub fn redirect(location: &str) -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+pub fn no_content() -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// Pages that show invite codes or sharing state must not be cached or leak via Referer.
+pub fn mark_sensitive(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+}
+
+/// Reads a whole request body of at most `limit` bytes.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Error> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::PayloadTooLarge),
+        Err(_) => Err(Error::bad_request("The request body could not be read.")),
+    }
+}
+
+/// Parses `application/x-www-form-urlencoded` (or a query string) into pairs.
+pub fn parse_form(data: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(data).into_owned().collect()
+}
+
+pub fn form_value<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The value of a query parameter.
+pub fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    let q = query?;
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+pub fn percent_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Does the client want JSON rather than an HTML page? API paths, XHR, WebSocket upgrades and
+/// explicit `Accept: application/json` do.
+pub fn wants_json(headers: &HeaderMap, path: &str) -> bool {
+    if path.starts_with(crate::paths::API) {
+        return true;
+    }
+    if headers.contains_key(header::UPGRADE) {
+        return true;
+    }
+    if headers
+        .get("x-requested-with")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("xmlhttprequest"))
+    {
+        return true;
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.contains("application/json") && !accept.contains("text/html")
+}

@@ -1,0 +1,272 @@
+//! Forwarding to upstreams: HTTP with streaming bodies both ways, and WebSocket upgrades.
+
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::clock;
+use crate::connections::{Registrar, Registration};
+use crate::error::Error;
+use crate::http_util::{Body, BoxError};
+use crate::routes::Route;
+
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+pub fn client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// Refuses request paths whose meaning could differ between latchkey and the upstream: encoded
+/// slashes and backslashes, backslashes, and dot segments (literal or encoded). What latchkey
+/// authorises is then byte for byte what it forwards.
+pub fn check_path(path: &str) -> Result<(), Error> {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return Err(Error::bad_request(
+            "Encoded slashes and backslashes are not allowed in paths.",
+        ));
+    }
+    if lower
+        .split('/')
+        .any(|seg| matches!(seg, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."))
+    {
+        return Err(Error::bad_request("Dot segments are not allowed in paths."));
+    }
+    if !path.starts_with('/') {
+        return Err(Error::bad_request("The request path must start with '/'."));
+    }
+    Ok(())
+}
+
+/// The upstream URI for a request path under a route.
+pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Error> {
+    let rest = if route.strip_prefix {
+        let r = path.get(route.path.len()..).unwrap_or("");
+        if r.starts_with('/') { r } else { "/" }
+    } else {
+        path
+    };
+    let mut pq = format!("{}{}", route.target.base_path, rest);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    Uri::builder()
+        .scheme(route.target.scheme.clone())
+        .authority(route.target.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| Error::bad_request("The request path cannot be forwarded."))
+}
+
+/// Everything `forward` needs besides the request.
+pub struct Forward<'a> {
+    pub client: &'a UpstreamClient,
+    pub route: Arc<Route>,
+    pub timeout: std::time::Duration,
+    /// Present for guarded routes: WebSockets and streamed responses are registered so that
+    /// revocation can close them.
+    pub registrar: Option<Registrar>,
+    /// Closed with the shutdown of the process.
+    pub tracker: &'a tokio_util::task::TaskTracker,
+    pub peer: SocketAddr,
+}
+
+/// Sends the request upstream and streams the answer back. WebSocket upgrades are joined into a
+/// byte pipe that ends when either side closes or the registration is cancelled.
+pub async fn forward(
+    mut req: Request<Incoming>,
+    uri: Uri,
+    websocket: bool,
+    f: Forward<'_>,
+) -> Result<Response<Body>, Error> {
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let route = f.route.clone();
+    let upstream_req = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+    route.touch(clock::now_millis());
+
+    let mut resp = match tokio::time::timeout(f.timeout, f.client.request(upstream_req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.path, error = %e, "upstream request failed");
+            return Err(Error::UpstreamUnavailable);
+        }
+        Err(_) => {
+            tracing::warn!(route = %route.path, "upstream timed out");
+            return Err(Error::UpstreamTimeout);
+        }
+    };
+    route.touch(clock::now_millis());
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::prepare_response(resp.headers_mut(), switching);
+
+    if switching {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(Error::UpstreamUnavailable);
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let registration = f.registrar.map(|r| r.register(true));
+        let cancel = registration
+            .as_ref()
+            .map(|r| r.cancel.clone())
+            .unwrap_or_default();
+        let peer = f.peer;
+        f.tracker.spawn(async move {
+            let _registration = registration;
+            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket upgrade failed");
+                    return;
+                }
+            };
+            let mut client = Touching::new(TokioIo::new(client), route.clone());
+            let mut upstream = Touching::new(TokioIo::new(upstream), route.clone());
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Ok((up, down)) = r {
+                        tracing::debug!(%peer, to_upstream = up, to_client = down, "websocket closed");
+                    }
+                }
+                _ = cancel.cancelled() => {
+                    tracing::info!(route = %route.path, "websocket closed: access ended");
+                }
+            }
+        });
+        let (parts, body) = resp.into_parts();
+        return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));
+    }
+
+    let (parts, body) = resp.into_parts();
+    let streaming = !parts.headers.contains_key(header::CONTENT_LENGTH);
+    let body: Body = match (f.registrar, streaming) {
+        (Some(registrar), true) => {
+            let registration = registrar.register(false);
+            Revocable {
+            inner: body.map_err(BoxError::from).boxed(),
+            cancelled: Box::pin(registration.cancel.clone().cancelled_owned()),
+            _registration: registration,
+        }
+        .boxed()
+        }
+        _ => body.map_err(BoxError::from).boxed(),
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// A response body that ends as soon as access is revoked (long polls, event streams,
+/// downloads without a length).
+struct Revocable {
+    inner: Body,
+    cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    _registration: Registration,
+}
+
+impl hyper::body::Body for Revocable {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err("access revoked".into())));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+}
+
+/// Marks the route active whenever bytes arrive from either side of a WebSocket.
+struct Touching<T> {
+    io: T,
+    route: Arc<Route>,
+    last: i64,
+}
+
+impl<T> Touching<T> {
+    fn new(io: T, route: Arc<Route>) -> Self {
+        Touching { io, route, last: 0 }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Touching<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let now = clock::now_millis();
+            // Coarse: one store of the time per second is plenty for activity tracking.
+            if now - self.last >= 1000 {
+                self.last = now;
+                self.route.touch(now);
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Touching<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        assert!(check_path("/user/john/lab").is_ok());
+        assert!(check_path("/user/john/a%20b").is_ok());
+        for bad in [
+            "/user/john/../nina",
+            "/user/john/%2e%2e/nina",
+            "/user/john%2fx",
+            "/user/john/%5c",
+            "/user/john/.",
+            "/user\\john",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+}

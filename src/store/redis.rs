@@ -1,0 +1,917 @@
+//! The Redis store. Keys of one server share a hash tag (`lk:{owner/name}:...`) so that its
+//! scripts touch one slot. Grants live under `...:g:{session}:{generation}`: ending a session or
+//! revoking every grant moves to a new key name in O(1), and the old hash merely expires. Keys
+//! never contain a secret: codes, sessions and tokens appear only as SHA-256 hashes.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Accepted, ApiTokenRecord, InviteView, LoginRecord, NewRoute, RouteChange, ServerGrants, Store,
+    StoredRoute,
+};
+use crate::auth::Identity;
+use crate::clock::{self, Timestamp};
+use crate::error::{Error, Result};
+use crate::ids::{ServerRef, UserName};
+use crate::secret::TokenHash;
+use crate::sharing::{EndReason, Grant, Grantee, InviteRecord};
+
+const ROUTES: &str = "lk:routes";
+const ROUTE_SESSIONS: &str = "lk:route_sessions";
+const ACTIVITY: &str = "lk:activity";
+const REVISION: &str = "lk:rev";
+/// How long the reasons for ended access are kept, for the refusal page.
+const ENDED_TTL: u64 = 86_400;
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    put_route: Script,
+    delete_route: Script,
+    create_invite: Script,
+    accept_invite: Script,
+    read_grants: Script,
+    put_grant: Script,
+    revoke_grant: Script,
+    revoke_all: Script,
+    revoke_invites: Script,
+}
+
+/// What a code's pointer key holds: where its invite lives.
+struct CodePointer {
+    server: ServerRef,
+    session: String,
+    link_generation: String,
+    id: String,
+}
+
+/// An invite as kept in the server's links hash.
+#[derive(Serialize, Deserialize)]
+struct InviteEntry {
+    code_hash: String,
+    invite: InviteRecord,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RouteBody {
+    data: serde_json::Map<String, serde_json::Value>,
+}
+
+fn tag(server: &ServerRef) -> String {
+    format!("lk:{{{}}}", server.key())
+}
+fn meta_key(server: &ServerRef) -> String {
+    format!("{}:meta", tag(server))
+}
+fn ended_key(server: &ServerRef) -> String {
+    format!("{}:ended", tag(server))
+}
+fn ended_all_key(server: &ServerRef) -> String {
+    format!("{}:endedall", tag(server))
+}
+fn code_key(code: &TokenHash) -> String {
+    format!("lk:code:{}", code.to_hex())
+}
+fn shared_key(grantee: &Grantee) -> String {
+    format!("lk:shared:{}", grantee.key())
+}
+
+fn unavailable(e: redis::RedisError) -> Error {
+    tracing::warn!(error = %e, "redis command failed");
+    Error::StoreUnavailable
+}
+
+fn corrupt(what: &str) -> Error {
+    tracing::error!(what, "unreadable record in redis");
+    Error::Internal
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(json: &str, what: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|_| corrupt(what))
+}
+
+fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+impl RedisStore {
+    /// Connects lazily: latchkey starts even while Redis is still coming up, and commands fail
+    /// fast with `StoreUnavailable` until it is reachable.
+    pub async fn connect(url: &str) -> std::result::Result<Self, String> {
+        let client =
+            redis::Client::open(url).map_err(|e| format!("store.url is not usable: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| format!("cannot use redis at the configured URL: {e}"))?;
+        Ok(RedisStore {
+            conn,
+            scripts: Scripts::new(),
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn pointer(&self, code: &TokenHash) -> Result<Option<CodePointer>> {
+        let raw: Option<String> = self
+            .conn()
+            .get(code_key(code))
+            .await
+            .map_err(unavailable)?;
+        let Some(raw) = raw else { return Ok(None) };
+        let mut parts = raw.splitn(4, '\n');
+        let (Some(server), Some(session), Some(link_generation), Some(id)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(corrupt("code pointer"));
+        };
+        Ok(Some(CodePointer {
+            server: ServerRef::parse(server).map_err(|_| corrupt("code pointer"))?,
+            session: session.to_owned(),
+            link_generation: link_generation.to_owned(),
+            id: id.to_owned(),
+        }))
+    }
+
+    /// Current (session, link generation, grant generation) of a server.
+    async fn meta(&self, server: &ServerRef) -> Result<(Option<String>, String, String)> {
+        let (session, lgen, ggen): (Option<String>, Option<String>, Option<String>) = redis::cmd(
+            "HMGET",
+        )
+        .arg(meta_key(server))
+        .arg("session")
+        .arg("lgen")
+        .arg("ggen")
+        .query_async(&mut self.conn())
+        .await
+        .map_err(unavailable)?;
+        Ok((
+            session,
+            lgen.unwrap_or_else(|| "0".into()),
+            ggen.unwrap_or_else(|| "0".into()),
+        ))
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn ping(&self) -> Result<()> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn revision(&self) -> Result<u64> {
+        let rev: Option<u64> = self.conn().get(REVISION).await.map_err(unavailable)?;
+        Ok(rev.unwrap_or(0))
+    }
+
+    async fn now(&self) -> Result<Timestamp> {
+        let (secs, _micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(secs)
+    }
+
+    async fn list_routes(&self) -> Result<Vec<StoredRoute>> {
+        let mut conn = self.conn();
+        let (bodies, sessions, activity): (
+            Vec<(String, String)>,
+            Vec<(String, String)>,
+            Vec<(String, i64)>,
+        ) = redis::pipe()
+            .hgetall(ROUTES)
+            .hgetall(ROUTE_SESSIONS)
+            .hgetall(ACTIVITY)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let sessions: std::collections::HashMap<String, String> = sessions.into_iter().collect();
+        let activity: std::collections::HashMap<String, i64> = activity.into_iter().collect();
+        let mut out = vec![];
+        for (path, body) in bodies {
+            let Some(sess) = sessions.get(&path) else {
+                continue;
+            };
+            let Some((session, created_at)) = parse_route_session(sess) else {
+                continue;
+            };
+            let body: RouteBody = decode(&body, "route")?;
+            out.push(StoredRoute {
+                last_activity: activity.get(&path).copied().unwrap_or(created_at * 1000),
+                path,
+                data: body.data,
+                session,
+                created_at,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn put_route(&self, new: NewRoute) -> Result<RouteChange> {
+        let explicit = new
+            .explicit_session
+            .as_deref()
+            .map(|s| format!("x{s}"))
+            .unwrap_or_default();
+        let (meta, prefix, ended_all) = match &new.server {
+            Some(s) => (meta_key(s), tag(s), ended_all_key(s)),
+            None => ("lk:nometa".into(), String::new(), String::new()),
+        };
+        let body = encode(&RouteBody {
+            data: new.data.clone(),
+        });
+        let (session, created_at, ended): (String, i64, String) = self
+            .scripts
+            .put_route
+            .key(ROUTES)
+            .key(ROUTE_SESSIONS)
+            .key(REVISION)
+            .key(meta)
+            .key(ACTIVITY)
+            .arg(&new.path)
+            .arg(&new.target)
+            .arg(explicit)
+            .arg(&new.fresh_session)
+            .arg(body)
+            .arg(if new.server.is_some() { "1" } else { "0" })
+            .arg(ended_all)
+            .arg(new.now)
+            .arg(prefix)
+            .arg(clock::now_millis())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let activity: Option<i64> = self
+            .conn()
+            .hget(ACTIVITY, &new.path)
+            .await
+            .map_err(unavailable)?;
+        let ended = match (&new.server, ended.is_empty()) {
+            (Some(s), false) => Some((s.clone(), ended)),
+            _ => None,
+        };
+        Ok(RouteChange {
+            route: Some(StoredRoute {
+                path: new.path,
+                data: new.data,
+                session,
+                created_at,
+                last_activity: activity.unwrap_or_else(clock::now_millis),
+            }),
+            ended,
+        })
+    }
+
+    async fn delete_route(&self, path: &str, server: Option<&ServerRef>) -> Result<RouteChange> {
+        let (meta, prefix, ended_all) = match server {
+            Some(s) => (meta_key(s), tag(s), ended_all_key(s)),
+            None => ("lk:nometa".into(), String::new(), String::new()),
+        };
+        let result: Option<(String, String, i64, i64, String)> = self
+            .scripts
+            .delete_route
+            .key(ROUTES)
+            .key(ROUTE_SESSIONS)
+            .key(REVISION)
+            .key(meta)
+            .key(ACTIVITY)
+            .arg(path)
+            .arg(if server.is_some() { "1" } else { "0" })
+            .arg(ended_all)
+            .arg(prefix)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let Some((body, session, created_at, last_activity, ended)) = result else {
+            return Ok(RouteChange {
+                route: None,
+                ended: None,
+            });
+        };
+        let body: RouteBody = decode(&body, "route")?;
+        Ok(RouteChange {
+            route: Some(StoredRoute {
+                path: path.to_owned(),
+                data: body.data,
+                session,
+                created_at,
+                last_activity,
+            }),
+            ended: match (server, ended.is_empty()) {
+                (Some(s), false) => Some((s.clone(), ended)),
+                _ => None,
+            },
+        })
+    }
+
+    async fn record_activity(&self, activity: &[(String, i64)]) -> Result<()> {
+        if activity.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (path, ms) in activity {
+            // Only paths that still have a route; a deleted route must not reappear.
+            pipe.cmd("EVAL")
+                .arg(
+                    "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then \
+                     local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') \
+                     if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end end \
+                     return 1",
+                )
+                .arg(2)
+                .arg(ROUTE_SESSIONS)
+                .arg(ACTIVITY)
+                .arg(path)
+                .arg(*ms)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn put_login(&self, id: &TokenHash, record: &LoginRecord) -> Result<()> {
+        let ttl = (record.expires_at - clock::now()).max(1) as u64;
+        self.conn()
+            .set_ex::<_, _, ()>(format!("lk:login:{}", id.to_hex()), encode(record), ttl)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn get_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>> {
+        let raw: Option<String> = self
+            .conn()
+            .get(format!("lk:login:{}", id.to_hex()))
+            .await
+            .map_err(unavailable)?;
+        raw.map(|r| decode(&r, "login")).transpose()
+    }
+
+    async fn delete_login(&self, id: &TokenHash) -> Result<()> {
+        self.conn()
+            .del::<_, ()>(format!("lk:login:{}", id.to_hex()))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {
+        self.conn()
+            .set::<_, _, ()>(format!("lk:token:{}", token.to_hex()), encode(record))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn get_api_token(&self, token: &TokenHash) -> Result<Option<ApiTokenRecord>> {
+        let raw: Option<String> = self
+            .conn()
+            .get(format!("lk:token:{}", token.to_hex()))
+            .await
+            .map_err(unavailable)?;
+        raw.map(|r| decode(&r, "api token")).transpose()
+    }
+
+    async fn create_invite(
+        &self,
+        server: &ServerRef,
+        session: &str,
+        code: &TokenHash,
+        invite: &InviteRecord,
+    ) -> Result<()> {
+        let entry = encode(&InviteEntry {
+            code_hash: code.to_hex(),
+            invite: invite.clone(),
+        });
+        let created: i64 = self
+            .scripts
+            .create_invite
+            .key(meta_key(server))
+            .key(code_key(code))
+            .key(REVISION)
+            .arg(session)
+            .arg(&invite.id)
+            .arg(entry)
+            .arg(invite.expires_at)
+            .arg(tag(server))
+            .arg(server.key())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if created == 1 {
+            Ok(())
+        } else {
+            Err(Error::ServerNotRunning(server.label()))
+        }
+    }
+
+    async fn find_invite(&self, code: &TokenHash) -> Result<Option<InviteView>> {
+        let Some(ptr) = self.pointer(code).await? else {
+            return Ok(None);
+        };
+        let (session, lgen, _) = self.meta(&ptr.server).await?;
+        if session.as_deref() != Some(ptr.session.as_str()) || lgen != ptr.link_generation {
+            return Ok(None);
+        }
+        let links = format!("{}:l:{}:{}", tag(&ptr.server), ptr.session, lgen);
+        let raw: Option<String> = self
+            .conn()
+            .hget(&links, &ptr.id)
+            .await
+            .map_err(unavailable)?;
+        let Some(raw) = raw else { return Ok(None) };
+        let entry: InviteEntry = decode(&raw, "invite")?;
+        let now = self.now().await?;
+        if entry.code_hash != code.to_hex() || !entry.invite.is_live(now) {
+            return Ok(None);
+        }
+        Ok(Some(InviteView {
+            server: ptr.server,
+            invite: entry.invite,
+        }))
+    }
+
+    async fn list_invites(&self, server: &ServerRef) -> Result<Vec<InviteRecord>> {
+        let (session, lgen, _) = self.meta(server).await?;
+        let Some(session) = session else {
+            return Ok(vec![]);
+        };
+        let links = format!("{}:l:{}:{}", tag(server), session, lgen);
+        let counts = format!("{}:lc:{}:{}", tag(server), session, lgen);
+        let mut conn = self.conn();
+        let (entries, counters): (Vec<(String, String)>, Vec<(String, i64)>) = redis::pipe()
+            .hgetall(&links)
+            .hgetall(&counts)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let counters: std::collections::HashMap<String, i64> = counters.into_iter().collect();
+        let now = self.now().await?;
+        let mut out = vec![];
+        for (id, raw) in entries {
+            let entry: InviteEntry = decode(&raw, "invite")?;
+            let mut invite = entry.invite;
+            if !invite.is_live(now) {
+                continue;
+            }
+            invite.exchange_count = counters.get(&format!("{id}:n")).copied().unwrap_or(0) as u64;
+            invite.last_exchanged_at = counters.get(&format!("{id}:t")).copied();
+            out.push(invite);
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn revoke_invites(&self, server: &ServerRef, id: Option<&str>) -> Result<u64> {
+        let n: u64 = self
+            .scripts
+            .revoke_invites
+            .key(meta_key(server))
+            .key(REVISION)
+            .arg(tag(server))
+            .arg(id.unwrap_or(""))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(n)
+    }
+
+    async fn accept_invite(
+        &self,
+        code: &TokenHash,
+        user: &Identity,
+        _now: Timestamp,
+    ) -> Result<Accepted> {
+        let Some(ptr) = self.pointer(code).await? else {
+            return Err(Error::InviteInvalid);
+        };
+        let grantee = Grantee::User(user.name.clone());
+        let groups = encode(&user.groups);
+        let reply: Vec<String> = self
+            .scripts
+            .accept_invite
+            .key(code_key(code))
+            .key(meta_key(&ptr.server))
+            .key(REVISION)
+            .key(ended_key(&ptr.server))
+            .key(shared_key(&grantee))
+            .arg(ptr.server.key())
+            .arg(tag(&ptr.server))
+            .arg(code.to_hex())
+            .arg(grantee.key())
+            .arg(groups)
+            .arg(user.name.as_str())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => {
+                let grant: Grant = decode(reply.get(1).map_or("", |s| s.as_str()), "grant")?;
+                Ok(Accepted {
+                    server: ptr.server,
+                    grant,
+                })
+            }
+            Some("group") => Err(Error::Forbidden(
+                "This invite is only for members of certain groups, and you are not in any of them."
+                    .into(),
+            )),
+            _ => Err(Error::InviteInvalid),
+        }
+    }
+
+    async fn grants(&self, server: &ServerRef) -> Result<ServerGrants> {
+        let reply: Vec<String> = self
+            .scripts
+            .read_grants
+            .key(meta_key(server))
+            .arg(tag(server))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let Some((session, grants)) = reply.split_first() else {
+            return Ok(ServerGrants::default());
+        };
+        let grants = grants
+            .iter()
+            .map(|g| decode::<Grant>(g, "grant"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ServerGrants {
+            session: Some(session.clone()),
+            grants,
+        })
+    }
+
+    async fn put_grant(&self, server: &ServerRef, grant: &Grant) -> Result<()> {
+        let user = match &grant.grantee {
+            Grantee::User(u) => u.as_str(),
+            Grantee::Group(_) => "",
+        };
+        let ok: i64 = self
+            .scripts
+            .put_grant
+            .key(meta_key(server))
+            .key(REVISION)
+            .key(ended_key(server))
+            .key(shared_key(&grant.grantee))
+            .arg(tag(server))
+            .arg(grant.grantee.key())
+            .arg(encode(grant))
+            .arg(user)
+            .arg(server.key())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(Error::ServerNotRunning(server.label()))
+        }
+    }
+
+    async fn revoke_grant(
+        &self,
+        server: &ServerRef,
+        grantee: &Grantee,
+        reason: EndReason,
+    ) -> Result<bool> {
+        let user = match grantee {
+            Grantee::User(u) => u.as_str(),
+            Grantee::Group(_) => "",
+        };
+        let removed: i64 = self
+            .scripts
+            .revoke_grant
+            .key(meta_key(server))
+            .key(REVISION)
+            .key(ended_key(server))
+            .arg(tag(server))
+            .arg(grantee.key())
+            .arg(user)
+            .arg(encode(&reason))
+            .arg(ENDED_TTL)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(removed == 1)
+    }
+
+    async fn revoke_all_grants(&self, server: &ServerRef) -> Result<()> {
+        let _: i64 = self
+            .scripts
+            .revoke_all
+            .key(meta_key(server))
+            .key(REVISION)
+            .key(ended_all_key(server))
+            .arg(tag(server))
+            .arg(encode(&EndReason::Revoked))
+            .arg(ENDED_TTL)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn shared_with(&self, user: &Identity) -> Result<Vec<(ServerRef, Grant)>> {
+        let mut keys = vec![shared_key(&Grantee::User(user.name.clone()))];
+        keys.extend(
+            user.groups
+                .iter()
+                .map(|g| shared_key(&Grantee::Group(g.clone()))),
+        );
+        let servers: Vec<String> = redis::cmd("SUNION")
+            .arg(&keys)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut out = vec![];
+        for key in servers {
+            let Ok(server) = ServerRef::parse(&key) else {
+                continue;
+            };
+            let grants = self.grants(&server).await?;
+            let best = grants
+                .grants
+                .into_iter()
+                .filter(|g| match &g.grantee {
+                    Grantee::User(u) => u == &user.name,
+                    Grantee::Group(grp) => user.groups.contains(grp),
+                })
+                .max_by_key(|g| g.role);
+            match best {
+                Some(g) => out.push((server, g)),
+                None => {
+                    // The grant ended (revoked, restarted): forget the index entry.
+                    let _: () = self
+                        .conn()
+                        .srem(&keys[0], &key)
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    async fn end_reason(&self, server: &ServerRef, user: &UserName) -> Result<Option<EndReason>> {
+        let mut conn = self.conn();
+        let one: Option<String> = conn
+            .hget(ended_key(server), user.as_str())
+            .await
+            .map_err(unavailable)?;
+        if let Some(r) = one {
+            return Ok(serde_json::from_str(&r).ok());
+        }
+        let all: Option<String> = conn
+            .get(ended_all_key(server))
+            .await
+            .map_err(unavailable)?;
+        let Some(all) = all else { return Ok(None) };
+        let Some((reason, old_grants)) = all.split_once('\n') else {
+            return Ok(None);
+        };
+        let had: bool = conn
+            .hexists(old_grants, Grantee::User(user.clone()).key())
+            .await
+            .map_err(unavailable)?;
+        Ok(if had {
+            serde_json::from_str(reason).ok()
+        } else {
+            None
+        })
+    }
+}
+
+fn parse_route_session(raw: &str) -> Option<(String, i64)> {
+    let mut parts = raw.splitn(4, '\n');
+    let (_target, _explicit, session, created) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    Some((session.to_owned(), created.parse().ok()?))
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            // KEYS: routes, route_sessions, rev, meta, activity
+            // ARGV: path, target, explicit, fresh, body, has_server, ended_all, now, prefix, now_ms
+            put_route: Script::new(
+                r#"
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+local session, created = nil, ARGV[8]
+if old then
+  local t, e, s, c = string.match(old, '^(.-)\n(.-)\n(.-)\n(.*)$')
+  if t == ARGV[2] and e == ARGV[3] then session = s; created = c end
+end
+if not session then
+  if ARGV[3] ~= '' then session = string.sub(ARGV[3], 2) else session = ARGV[4] end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. session .. '\n' .. created)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
+if not old then redis.call('HSET', KEYS[5], ARGV[1], ARGV[10]) end
+local ended = ''
+if ARGV[6] == '1' then
+  local cur = redis.call('HGET', KEYS[4], 'session')
+  if cur ~= session then
+    if cur then
+      local gg = redis.call('HGET', KEYS[4], 'ggen') or '0'
+      local old_grants = ARGV[9] .. ':g:' .. cur .. ':' .. gg
+      redis.call('EXPIRE', old_grants, 86400)
+      redis.call('SET', ARGV[7], '"server_restarted"\n' .. old_grants, 'EX', 86400)
+      ended = cur
+    end
+    redis.call('HSET', KEYS[4], 'session', session)
+  end
+end
+redis.call('INCR', KEYS[3])
+return {session, tonumber(created), ended}
+"#,
+            ),
+            // KEYS: routes, route_sessions, rev, meta, activity
+            // ARGV: path, has_server, ended_all, prefix
+            delete_route: Script::new(
+                r#"
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if not old then return false end
+local body = redis.call('HGET', KEYS[1], ARGV[1])
+local activity = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
+local t, e, s, c = string.match(old, '^(.-)\n(.-)\n(.-)\n(.*)$')
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+local ended = ''
+if ARGV[2] == '1' then
+  local cur = redis.call('HGET', KEYS[4], 'session')
+  if cur == s then
+    local gg = redis.call('HGET', KEYS[4], 'ggen') or '0'
+    local old_grants = ARGV[4] .. ':g:' .. cur .. ':' .. gg
+    redis.call('EXPIRE', old_grants, 86400)
+    redis.call('SET', ARGV[3], '"server_restarted"\n' .. old_grants, 'EX', 86400)
+    redis.call('HDEL', KEYS[4], 'session')
+    ended = s
+  end
+end
+redis.call('INCR', KEYS[3])
+return {body, s, tonumber(c), activity, ended}
+"#,
+            ),
+            // KEYS: meta, code pointer, rev
+            // ARGV: session, id, entry, expires_at, prefix, server key
+            create_invite: Script::new(
+                r#"
+local m = redis.call('HMGET', KEYS[1], 'session', 'lgen')
+if m[1] ~= ARGV[1] then return 0 end
+local lgen = m[2] or '0'
+local links = ARGV[5] .. ':l:' .. ARGV[1] .. ':' .. lgen
+local counts = ARGV[5] .. ':lc:' .. ARGV[1] .. ':' .. lgen
+local exp = tonumber(ARGV[4])
+local now = tonumber(redis.call('TIME')[1])
+if exp <= now then return 0 end
+redis.call('HSET', links, ARGV[2], ARGV[3])
+for _, k in ipairs({links, counts}) do
+  local ttl = redis.call('TTL', k)
+  if ttl < 0 or now + ttl < exp then redis.call('EXPIREAT', k, exp + 60) end
+end
+redis.call('SET', KEYS[2], ARGV[6] .. '\n' .. ARGV[1] .. '\n' .. lgen .. '\n' .. ARGV[2], 'EXAT', exp)
+redis.call('INCR', KEYS[3])
+return 1
+"#,
+            ),
+            // KEYS: code pointer, meta, rev, ended, shared set of the user
+            // ARGV: server key, prefix, code hash, grantee key, groups json, user name
+            accept_invite: Script::new(
+                r#"
+local ptr = redis.call('GET', KEYS[1])
+if not ptr then return {'invalid'} end
+local srv, sess, lgen, id = string.match(ptr, '^(.-)\n(.-)\n(.-)\n(.*)$')
+if srv ~= ARGV[1] then return {'invalid'} end
+local m = redis.call('HMGET', KEYS[2], 'session', 'lgen', 'ggen')
+if m[1] ~= sess or (m[2] or '0') ~= lgen then return {'invalid'} end
+local links = ARGV[2] .. ':l:' .. sess .. ':' .. lgen
+local counts = ARGV[2] .. ':lc:' .. sess .. ':' .. lgen
+local raw = redis.call('HGET', links, id)
+if not raw then return {'invalid'} end
+local e = cjson.decode(raw)
+if e.code_hash ~= ARGV[3] then return {'invalid'} end
+local now = tonumber(redis.call('TIME')[1])
+if e.invite.expires_at <= now then return {'invalid'} end
+local allowed = e.invite.groups
+if type(allowed) == 'table' and #allowed > 0 then
+  local mine = cjson.decode(ARGV[5])
+  local ok = false
+  for _, g in ipairs(allowed) do
+    for _, h in ipairs(mine) do if g == h then ok = true end end
+  end
+  if not ok then return {'group'} end
+end
+local grants = ARGV[2] .. ':g:' .. sess .. ':' .. (m[3] or '0')
+local rank = {view = 1, use = 2, admin = 3}
+local role = e.invite.role
+local old = redis.call('HGET', grants, ARGV[4])
+if old then
+  local o = cjson.decode(old)
+  if rank[o.role] and rank[o.role] > rank[role] then role = o.role end
+end
+local grant = cjson.encode({grantee = {kind = 'user', name = ARGV[6]}, role = role,
+  created_at = now, via = {type = 'code', id = id}})
+redis.call('HSET', grants, ARGV[4], grant)
+redis.call('HINCRBY', counts, id .. ':n', 1)
+redis.call('HSET', counts, id .. ':t', now)
+redis.call('HDEL', KEYS[4], ARGV[6])
+redis.call('SADD', KEYS[5], ARGV[1])
+redis.call('INCR', KEYS[3])
+return {'ok', grant}
+"#,
+            ),
+            // KEYS: meta   ARGV: prefix
+            read_grants: Script::new(
+                r#"
+local m = redis.call('HMGET', KEYS[1], 'session', 'ggen')
+if not m[1] then return {} end
+local grants = ARGV[1] .. ':g:' .. m[1] .. ':' .. (m[2] or '0')
+local out = {m[1]}
+for _, v in ipairs(redis.call('HVALS', grants)) do table.insert(out, v) end
+return out
+"#,
+            ),
+            // KEYS: meta, rev, ended, shared set   ARGV: prefix, grantee key, grant, user, server key
+            put_grant: Script::new(
+                r#"
+local m = redis.call('HMGET', KEYS[1], 'session', 'ggen')
+if not m[1] then return 0 end
+local grants = ARGV[1] .. ':g:' .. m[1] .. ':' .. (m[2] or '0')
+redis.call('HSET', grants, ARGV[2], ARGV[3])
+if ARGV[4] ~= '' then redis.call('HDEL', KEYS[3], ARGV[4]) end
+redis.call('SADD', KEYS[4], ARGV[5])
+redis.call('INCR', KEYS[2])
+return 1
+"#,
+            ),
+            // KEYS: meta, rev, ended   ARGV: prefix, grantee key, user, reason json, ttl
+            revoke_grant: Script::new(
+                r#"
+local m = redis.call('HMGET', KEYS[1], 'session', 'ggen')
+if not m[1] then return 0 end
+local grants = ARGV[1] .. ':g:' .. m[1] .. ':' .. (m[2] or '0')
+local removed = redis.call('HDEL', grants, ARGV[2])
+if removed == 1 and ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
+redis.call('INCR', KEYS[2])
+return removed
+"#,
+            ),
+            // KEYS: meta, rev, ended_all   ARGV: prefix, reason json, ttl
+            revoke_all: Script::new(
+                r#"
+local sess = redis.call('HGET', KEYS[1], 'session')
+if not sess then return 0 end
+local gen = redis.call('HINCRBY', KEYS[1], 'ggen', 1)
+local old_grants = ARGV[1] .. ':g:' .. sess .. ':' .. (gen - 1)
+redis.call('EXPIRE', old_grants, ARGV[3])
+redis.call('SET', KEYS[3], ARGV[2] .. '\n' .. old_grants, 'EX', ARGV[3])
+redis.call('INCR', KEYS[2])
+return 1
+"#,
+            ),
+            // KEYS: meta, rev   ARGV: prefix, id ('' for all)
+            revoke_invites: Script::new(
+                r#"
+local m = redis.call('HMGET', KEYS[1], 'session', 'lgen')
+if not m[1] then return 0 end
+local lgen = m[2] or '0'
+local links = ARGV[1] .. ':l:' .. m[1] .. ':' .. lgen
+if ARGV[2] == '' then
+  redis.call('HINCRBY', KEYS[1], 'lgen', 1)
+  redis.call('INCR', KEYS[2])
+  return 1
+end
+local raw = redis.call('HGET', links, ARGV[2])
+if not raw then return 0 end
+local e = cjson.decode(raw)
+redis.call('DEL', 'lk:code:' .. e.code_hash)
+redis.call('HDEL', links, ARGV[2])
+redis.call('INCR', KEYS[2])
+return 1
+"#,
+            ),
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! The pages: sign-in, dashboard, sharing menu, accept page, and static assets.
+
+pub mod pages;
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::app::{App, Caller, Ctx};
+use crate::auth::cookies;
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::http_util::{self, Body, form_value, mark_sensitive, redirect};
+use crate::ids::{GroupName, ServerName, ServerRef, UserName};
+use crate::paths;
+use crate::secret::{self, Secret};
+use crate::sharing::{Grantee, Role, Via};
+use pages::*;
+
+static STYLE_CSS: &str = include_str!("../../static/style.css");
+static APP_JS: &str = include_str!("../../static/app.js");
+
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (method.clone(), path.as_str()) {
+        (Method::GET | Method::HEAD, "/" | "/hub" | "/hub/") => Ok(redirect(paths::HOME)),
+        (Method::GET | Method::HEAD, "/favicon.ico") => Err(Error::NotFound("No icon.".into())),
+        (Method::GET | Method::HEAD, p) if p.starts_with(paths::STATIC) => static_file(p),
+        (Method::GET | Method::HEAD, paths::LOGIN) => login_form(app, req, None).await,
+        (Method::POST, paths::LOGIN) => login(app, req, ctx).await,
+        (Method::GET | Method::POST, paths::LOGOUT) => logout(app, req, ctx).await,
+        (Method::GET | Method::HEAD, paths::HOME) => home(app, req).await,
+        (Method::GET | Method::HEAD, paths::ACCEPT_SHARE) => accept_form(app, req, ctx).await,
+        (Method::POST, paths::ACCEPT_SHARE) => accept(app, req, ctx).await,
+        (Method::POST, "/hub/leave") => leave(app, req, ctx).await,
+        (Method::GET | Method::HEAD, p) if p.starts_with(paths::SHARING) => {
+            sharing_page(app, req).await
+        }
+        (Method::POST, p) if p.starts_with(paths::SHARING) => sharing_action(app, req, ctx).await,
+        (_, paths::LOGIN | paths::HOME | paths::ACCEPT_SHARE | "/hub/leave") => {
+            Err(Error::MethodNotAllowed)
+        }
+        _ => Err(Error::NotFound("There is no such page.".into())),
+    }
+}
+
+fn static_file(path: &str) -> Result<Response<Body>> {
+    let (body, ty) = match path.strip_prefix(paths::STATIC) {
+        Some("style.css") => (STYLE_CSS, "text/css; charset=utf-8"),
+        Some("app.js") => (APP_JS, "text/javascript; charset=utf-8"),
+        _ => return Err(Error::NotFound("There is no such file.".into())),
+    };
+    let mut r = Response::new(http_util::full(body));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ty));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    Ok(r)
+}
+
+/// The XSRF token of this browser: the cookie's, or a new one (set on the response).
+struct Xsrf {
+    value: String,
+    is_new: bool,
+}
+
+impl Xsrf {
+    fn of(headers: &HeaderMap) -> Xsrf {
+        match cookies::find(headers, paths::XSRF_COOKIE).filter(|v| secret::looks_like_token(v)) {
+            Some(value) => Xsrf {
+                value,
+                is_new: false,
+            },
+            None => Xsrf {
+                value: Secret::generate().expose().to_owned(),
+                is_new: true,
+            },
+        }
+    }
+
+    fn apply(&self, app: &App, resp: &mut Response<Body>) {
+        if self.is_new {
+            resp.headers_mut()
+                .append(header::SET_COOKIE, app.cookies.xsrf_cookie(&self.value));
+        }
+    }
+}
+
+/// Frame-busting and content-type hygiene for every page latchkey renders itself.
+fn harden(resp: &mut Response<Body>) {
+    let h = resp.headers_mut();
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+}
+
+/// A page's response with the XSRF cookie and hardening headers.
+fn page<T: askama::Template>(app: &App, xsrf: &Xsrf, status: StatusCode, t: &T) -> Response<Body> {
+    let mut r = render(status, t);
+    xsrf.apply(app, &mut r);
+    harden(&mut r);
+    r
+}
+
+/// Only paths on latchkey's own origin are valid `next` targets.
+pub fn safe_next(next: Option<&str>) -> Option<String> {
+    let n = next?.trim();
+    let ok = n.starts_with('/')
+        && !n.starts_with("//")
+        && !n.starts_with("/\\")
+        && !n.chars().any(|c| c.is_control() || c == '\\');
+    ok.then(|| n.to_owned())
+}
+
+/// The caller for a page: signed in with the cookie, or sent to the sign-in page.
+async fn signed_in(app: &App, req: &Request<Incoming>) -> Result<Caller> {
+    match app.identify(req.headers()).await? {
+        Some(c) => Ok(c),
+        None => {
+            let next = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or(paths::HOME);
+            Err(Error::Redirect(format!(
+                "{}?next={}",
+                paths::LOGIN,
+                http_util::percent_encode(next)
+            )))
+        }
+    }
+}
+
+/// Reads a form POST and checks it came from latchkey's own pages.
+async fn read_form(
+    app: &App,
+    req: Request<Incoming>,
+    ctx: &Ctx,
+) -> Result<(HeaderMap, Vec<(String, String)>)> {
+    crate::auth::csrf::check_same_origin(
+        req.headers(),
+        app.own_origin(req.headers(), ctx.tls).as_deref(),
+        req.uri().authority().map(|a| a.as_str()),
+    )?;
+    let (parts, body) = req.into_parts();
+    let body = http_util::read_body(body, app.config.max_body).await?;
+    let form = http_util::parse_form(&body);
+    crate::auth::csrf::check_token(&parts.headers, form_value(&form, "_xsrf"))?;
+    Ok((parts.headers, form))
+}
+
+async fn login_form(
+    app: &App,
+    req: Request<Incoming>,
+    error: Option<(StatusCode, String, String)>,
+) -> Result<Response<Body>> {
+    let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref())
+        .unwrap_or_else(|| paths::HOME.into());
+    if error.is_none()
+        && let Some(_) = app.identify(req.headers()).await?
+    {
+        return Ok(redirect(&next));
+    }
+    let xsrf = Xsrf::of(req.headers());
+    let (status, username, message) = match error {
+        Some((s, u, m)) => (s, u, Some(m)),
+        None => (StatusCode::OK, String::new(), None),
+    };
+    Ok(page(
+        app,
+        &xsrf,
+        status,
+        &LoginPage {
+            user: None,
+            xsrf: xsrf.value.clone(),
+            next_encoded: http_util::percent_encode(&next),
+            username,
+            error: message,
+        },
+    ))
+}
+
+async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let now = clock::now();
+    if let Some(wait) = app.limiter.blocked_for(ctx.client_ip, now) {
+        return Err(Error::TooManyRequests { retry_after: wait });
+    }
+    let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref());
+    let (headers, form) = read_form(app, req, ctx).await?;
+    let next = next
+        .or_else(|| safe_next(form_value(&form, "next")))
+        .unwrap_or_else(|| paths::HOME.into());
+    let username = form_value(&form, "username").unwrap_or("").trim().to_owned();
+    let password = form_value(&form, "password").unwrap_or("").to_owned();
+    let hash = app
+        .users
+        .password_hash(&username)
+        .map(str::to_owned);
+    let known = hash.is_some();
+    let phc = hash.unwrap_or_else(|| crate::auth::password::decoy_hash().to_owned());
+    let verified = tokio::task::spawn_blocking(move || crate::auth::password::verify(&password, &phc))
+        .await
+        .unwrap_or(false);
+    let identity = (known && verified)
+        .then(|| UserName::parse(&username).ok())
+        .flatten()
+        .and_then(|u| app.users.identity(&u));
+    let Some(identity) = identity else {
+        app.limiter.record_failure(ctx.client_ip, now);
+        tracing::info!(client = %ctx.client_ip, "failed sign-in");
+        let xsrf = Xsrf::of(&headers);
+        return Ok(page(
+            app,
+            &xsrf,
+            StatusCode::FORBIDDEN,
+            &LoginPage {
+                user: None,
+                xsrf: xsrf.value.clone(),
+                next_encoded: http_util::percent_encode(&next),
+                username,
+                error: Some("Invalid user name or password.".into()),
+            },
+        ));
+    };
+    app.limiter.record_success(ctx.client_ip);
+    // A fresh id at every sign-in (no fixation); the old session, if any, ends.
+    if let Some(old) = cookies::find(&headers, app.cookies.session_name())
+        && secret::looks_like_token(&old)
+    {
+        let _ = app.end_login(&crate::secret::TokenHash::of(&old)).await;
+    }
+    let id = app.start_login(&identity).await?;
+    tracing::info!(user = %identity.name, "signed in");
+    let mut resp = redirect(&next);
+    resp.headers_mut()
+        .append(header::SET_COOKIE, app.cookies.session_cookie(id.expose()));
+    Ok(resp)
+}
+
+async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let headers = if req.method() == Method::POST {
+        read_form(app, req, ctx).await?.0
+    } else {
+        req.headers().clone()
+    };
+    if let Some(id) = cookies::find(&headers, app.cookies.session_name())
+        && secret::looks_like_token(&id)
+    {
+        app.end_login(&crate::secret::TokenHash::of(&id)).await?;
+    }
+    let mut resp = redirect(paths::LOGIN);
+    resp.headers_mut()
+        .append(header::SET_COOKIE, app.cookies.clear_session_cookie());
+    Ok(resp)
+}
+
+async fn home(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
+    let caller = signed_in(app, &req).await?;
+    let xsrf = Xsrf::of(req.headers());
+    let notice = http_util::query_value(req.uri().query(), "left")
+        .map(|s| format!("You left {s}."));
+    let table = app.cache.routes();
+    let mut mine: Vec<ServerRef> = table
+        .iter()
+        .filter_map(|r| r.server.clone())
+        .filter(|s| s.owner == caller.identity.name)
+        .collect();
+    mine.sort();
+    mine.dedup();
+    let mut servers = vec![];
+    for s in mine {
+        let grants = app.cache.grants(app.store.as_ref(), &s).await?;
+        let now = clock::now();
+        servers.push(MyServerRow {
+            label: s.label(),
+            url: s.url_path(),
+            share_url: sharing_url(&s),
+            sharees: grants.grants.iter().filter(|g| g.is_live(now)).count(),
+        });
+    }
+    let shared = app
+        .shared_with(&caller.identity)
+        .await?
+        .into_iter()
+        .map(|(s, g)| SharedRow {
+            label: s.label(),
+            key: s.key(),
+            owner: s.owner.to_string(),
+            role: g.role.to_string(),
+            since: clock::iso(g.created_at),
+            url: s.url_path(),
+            direct: matches!(g.grantee, Grantee::User(_)),
+        })
+        .collect();
+    Ok(page(
+        app,
+        &xsrf,
+        StatusCode::OK,
+        &HomePage {
+            user: Some(caller.identity.name.to_string()),
+            xsrf: xsrf.value.clone(),
+            notice,
+            servers,
+            shared,
+        },
+    ))
+}
+
+fn sharing_url(server: &ServerRef) -> String {
+    format!("{}{}/{}", paths::SHARING, server.owner, server.name.as_str())
+}
+
+/// `/hub/sharing/{owner}/{server}` → the server.
+fn sharing_target(path: &str) -> Result<ServerRef> {
+    let rest = path.strip_prefix(paths::SHARING).unwrap_or("");
+    let rest = rest.trim_end_matches('/');
+    let (owner, name) = rest.split_once('/').unwrap_or((rest, ""));
+    let owner = UserName::parse(owner).map_err(|_| Error::NotFound("There is no such server.".into()))?;
+    let name = ServerName::parse(name).map_err(|_| Error::NotFound("There is no such server.".into()))?;
+    Ok(ServerRef::new(owner, name))
+}
+
+async fn sharing_page(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
+    let caller = signed_in(app, &req).await?;
+    let server = sharing_target(req.uri().path())?;
+    let xsrf = Xsrf::of(req.headers());
+    let q = req.uri().query();
+    let notice = http_util::query_value(q, "done");
+    let error = http_util::query_value(q, "error");
+    render_sharing(app, &caller, &server, &xsrf, None, notice, error, StatusCode::OK).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn render_sharing(
+    app: &App,
+    caller: &Caller,
+    server: &ServerRef,
+    xsrf: &Xsrf,
+    new_link: Option<NewLink>,
+    notice: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<Response<Body>> {
+    let standing = app.manager_standing(caller, server).await?;
+    let running = app.cache.routes().server_route(server).is_some();
+    let links = app
+        .list_invites(caller, server)
+        .await?
+        .into_iter()
+        .map(|i| LinkRow {
+            id: i.id,
+            role: i.role.to_string(),
+            created: clock::iso(i.created_at),
+            created_by: i.created_by.to_string(),
+            expires_iso: clock::iso(i.expires_at),
+            expires_epoch: i.expires_at,
+            uses: i.exchange_count,
+            last_used: i.last_exchanged_at.map(clock::iso),
+        })
+        .collect();
+    let grants = app
+        .list_grants(caller, server)
+        .await?
+        .into_iter()
+        .map(|g| {
+            let (kind, name) = match &g.grant.grantee {
+                Grantee::User(u) => ("user", u.to_string()),
+                Grantee::Group(gr) => ("group", gr.to_string()),
+            };
+            GrantRow {
+                kind: kind.into(),
+                name,
+                role: g.grant.role.to_string(),
+                since: clock::iso(g.grant.created_at),
+                expires: g.grant.expires_at.map(clock::iso),
+                via: match &g.grant.via {
+                    Via::Code { .. } => "accepted an invite link".into(),
+                    Via::Direct { by } => format!("shared by {by}"),
+                },
+                connected: g.connected,
+            }
+        })
+        .collect();
+    let limits = app.config.sharing;
+    let mut lifetimes: Vec<Lifetime> = [300u64, 900, 3600, 4 * 3600, 86400, 7 * 86400]
+        .into_iter()
+        .chain([limits.default_expires_in])
+        .filter(|s| *s >= limits.min_expires_in && *s <= limits.max_expires_in)
+        .map(|s| Lifetime {
+            seconds: s,
+            label: describe_duration(s),
+            selected: s == limits.default_expires_in,
+        })
+        .collect();
+    lifetimes.sort_by_key(|l| l.seconds);
+    lifetimes.dedup_by_key(|l| l.seconds);
+    let mut resp = page(
+        app,
+        xsrf,
+        status,
+        &SharingPage {
+            user: Some(caller.identity.name.to_string()),
+            xsrf: xsrf.value.clone(),
+            server_label: server.label(),
+            page_url: sharing_url(server),
+            action_url: sharing_url(server),
+            running,
+            is_owner: standing == crate::sharing::access::Standing::Owner,
+            error,
+            notice,
+            new_link,
+            lifetimes,
+            links,
+            grants,
+        },
+    );
+    mark_sensitive(resp.headers_mut());
+    Ok(resp)
+}
+
+fn describe_duration(s: u64) -> String {
+    match s {
+        s if s % 86400 == 0 => format!("{} day{}", s / 86400, if s == 86400 { "" } else { "s" }),
+        s if s % 3600 == 0 => format!("{} hour{}", s / 3600, if s == 3600 { "" } else { "s" }),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
+    }
+}
+
+async fn sharing_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let caller = signed_in(app, &req).await?;
+    let server = sharing_target(req.uri().path())?;
+    let origin = app.own_origin(req.headers(), ctx.tls);
+    let (headers, form) = read_form(app, req, ctx).await?;
+    let xsrf = Xsrf::of(&headers);
+    let back = |notice: &str| {
+        redirect(&format!(
+            "{}?done={}",
+            sharing_url(&server),
+            http_util::percent_encode(notice)
+        ))
+    };
+    let action = form_value(&form, "action").unwrap_or("");
+    let result = match action {
+        "create-link" => {
+            let role = parse_role(form_value(&form, "role"))?;
+            let expires_in = form_value(&form, "expires_in")
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| Error::bad_request("The lifetime must be a number of seconds."))
+                })
+                .transpose()?;
+            match app
+                .create_invite(&caller, &server, Some(role), expires_in, vec![])
+                .await
+            {
+                Ok((code, invite)) => {
+                    let path = crate::api::json::accept_path(code.expose());
+                    let link = NewLink {
+                        url: format!("{}{}", origin.unwrap_or_default(), path),
+                        role: invite.role.to_string(),
+                        expires_iso: clock::iso(invite.expires_at),
+                        expires_epoch: invite.expires_at,
+                    };
+                    return render_sharing(
+                        app,
+                        &caller,
+                        &server,
+                        &xsrf,
+                        Some(link),
+                        None,
+                        None,
+                        StatusCode::OK,
+                    )
+                    .await;
+                }
+                Err(e) => Err(e),
+            }
+        }
+        "revoke-link" => {
+            let id = form_value(&form, "id").unwrap_or("");
+            app.revoke_invites(&caller, &server, Some(id))
+                .await
+                .map(|_| "The link was revoked.".to_owned())
+        }
+        "revoke-all-links" => app
+            .revoke_invites(&caller, &server, None)
+            .await
+            .map(|_| "All links were revoked.".to_owned()),
+        "revoke-user" => {
+            let grantee = parse_grantee(&form)?;
+            app.revoke_grantee(&caller, &server, &grantee)
+                .await
+                .map(|_| format!("{} no longer has access.", grantee_label(&grantee)))
+        }
+        "revoke-all-users" => app
+            .revoke_all_grantees(&caller, &server)
+            .await
+            .map(|_| "Everyone's access was revoked.".to_owned()),
+        "share" => {
+            let grantee = parse_grantee(&form)?;
+            let role = parse_role(form_value(&form, "role"))?;
+            app.share_directly(&caller, &server, grantee.clone(), role, None)
+                .await
+                .map(|_| format!("Shared with {} as {role}.", grantee_label(&grantee)))
+        }
+        _ => Err(Error::bad_request("Unknown action.")),
+    };
+    match result {
+        Ok(notice) => Ok(back(&notice)),
+        // Input mistakes are shown on the page itself, where they can be corrected.
+        Err(e @ (Error::BadRequest(_) | Error::NotFound(_) | Error::ServerNotRunning(_))) => {
+            render_sharing(
+                app,
+                &caller,
+                &server,
+                &xsrf,
+                None,
+                None,
+                Some(e.message()),
+                e.status(),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn grantee_label(g: &Grantee) -> String {
+    match g {
+        Grantee::User(u) => u.to_string(),
+        Grantee::Group(g) => format!("group {g}"),
+    }
+}
+
+fn parse_role(v: Option<&str>) -> Result<Role> {
+    v.unwrap_or("use").parse().map_err(Error::BadRequest)
+}
+
+fn parse_grantee(form: &[(String, String)]) -> Result<Grantee> {
+    let name = form_value(form, "name").unwrap_or("").trim();
+    match form_value(form, "kind").unwrap_or("user") {
+        "user" => UserName::parse(name)
+            .map(Grantee::User)
+            .map_err(Error::BadRequest),
+        "group" => GroupName::parse(name)
+            .map(Grantee::Group)
+            .map_err(Error::BadRequest),
+        _ => Err(Error::bad_request("kind must be user or group.")),
+    }
+}
+
+async fn accept_form(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let caller = signed_in(app, &req).await?;
+    let now = clock::now();
+    if let Some(wait) = app.limiter.blocked_for(ctx.client_ip, now) {
+        return Err(Error::TooManyRequests { retry_after: wait });
+    }
+    let code = http_util::query_value(req.uri().query(), "code").unwrap_or_default();
+    let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref())
+        .unwrap_or_default();
+    let view = if secret::looks_like_token(&code) {
+        app.store
+            .find_invite(&crate::secret::TokenHash::of(&code))
+            .await?
+    } else {
+        None
+    };
+    let Some(view) = view else {
+        app.limiter.record_failure(ctx.client_ip, now);
+        return Err(Error::InviteInvalid);
+    };
+    let xsrf = Xsrf::of(req.headers());
+    let role_explain = match view.invite.role {
+        Role::View => "you may look, but not run or change anything",
+        Role::Use => "you may use the server fully, as its owner does",
+        Role::Admin => "you may use the server and invite others",
+    };
+    let mut resp = page(
+        app,
+        &xsrf,
+        StatusCode::OK,
+        &AcceptPage {
+            user: Some(caller.identity.name.to_string()),
+            xsrf: xsrf.value.clone(),
+            user_name: caller.identity.name.to_string(),
+            inviter: view.invite.created_by.to_string(),
+            server_label: view.server.label(),
+            role: view.invite.role.to_string(),
+            role_explain: role_explain.into(),
+            expires_iso: clock::iso(view.invite.expires_at),
+            expires_epoch: view.invite.expires_at,
+            code,
+            next,
+        },
+    );
+    mark_sensitive(resp.headers_mut());
+    Ok(resp)
+}
+
+async fn accept(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let caller = signed_in(app, &req).await?;
+    let now = clock::now();
+    if let Some(wait) = app.limiter.blocked_for(ctx.client_ip, now) {
+        return Err(Error::TooManyRequests { retry_after: wait });
+    }
+    let (_, form) = read_form(app, req, ctx).await?;
+    let code = form_value(&form, "code").unwrap_or("");
+    let accepted = match app.accept_invite(&caller.identity, code).await {
+        Ok(a) => a,
+        Err(Error::InviteInvalid) => {
+            app.limiter.record_failure(ctx.client_ip, now);
+            return Err(Error::InviteInvalid);
+        }
+        Err(e) => return Err(e),
+    };
+    let target = safe_next(form_value(&form, "next"))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| accepted.server.url_path());
+    let mut resp = redirect(&target);
+    mark_sensitive(resp.headers_mut());
+    Ok(resp)
+}
+
+async fn leave(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let caller = signed_in(app, &req).await?;
+    let (_, form) = read_form(app, req, ctx).await?;
+    let server = ServerRef::parse(form_value(&form, "server").unwrap_or(""))
+        .map_err(Error::BadRequest)?;
+    app.leave(&caller.identity.name, &server).await?;
+    Ok(redirect(&format!(
+        "{}?left={}",
+        paths::HOME,
+        http_util::percent_encode(&server.label())
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_must_stay_on_this_origin() {
+        assert_eq!(safe_next(Some("/user/john/")).as_deref(), Some("/user/john/"));
+        assert_eq!(safe_next(Some("//evil.example/")), None);
+        assert_eq!(safe_next(Some("/\\evil.example")), None);
+        assert_eq!(safe_next(Some("https://evil.example/")), None);
+        assert_eq!(safe_next(Some("javascript:alert(1)")), None);
+        assert_eq!(safe_next(None), None);
+    }
+
+    #[test]
+    fn sharing_urls_name_the_server() {
+        let s = sharing_target("/hub/sharing/john/").unwrap();
+        assert_eq!(s.key(), "john/");
+        let s = sharing_target("/hub/sharing/john/lab").unwrap();
+        assert_eq!(s.key(), "john/lab");
+        assert!(sharing_target("/hub/sharing/-x/").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! Page templates (askama, checked at compile time against these structs).
+
+use askama::Template;
+use http::{Response, StatusCode};
+
+use crate::error::Error;
+use crate::http_util::{Body, html_response};
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    pub user: Option<String>,
+    pub xsrf: String,
+    pub next_encoded: String,
+    pub username: String,
+    pub error: Option<String>,
+}
+
+pub struct MyServerRow {
+    pub label: String,
+    pub url: String,
+    pub share_url: String,
+    pub sharees: usize,
+}
+
+pub struct SharedRow {
+    pub label: String,
+    pub key: String,
+    pub owner: String,
+    pub role: String,
+    pub since: String,
+    pub url: String,
+    /// Shared with the user by name (not via a group), so the user may leave it.
+    pub direct: bool,
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+pub struct HomePage {
+    pub user: Option<String>,
+    pub xsrf: String,
+    pub notice: Option<String>,
+    pub servers: Vec<MyServerRow>,
+    pub shared: Vec<SharedRow>,
+}
+
+pub struct NewLink {
+    pub url: String,
+    pub role: String,
+    pub expires_iso: String,
+    pub expires_epoch: i64,
+}
+
+pub struct LinkRow {
+    pub id: String,
+    pub role: String,
+    pub created: String,
+    pub created_by: String,
+    pub expires_iso: String,
+    pub expires_epoch: i64,
+    pub uses: u64,
+    pub last_used: Option<String>,
+}
+
+pub struct GrantRow {
+    pub kind: String,
+    pub name: String,
+    pub role: String,
+    pub since: String,
+    pub expires: Option<String>,
+    pub via: String,
+    pub connected: bool,
+}
+
+pub struct Lifetime {
+    pub seconds: u64,
+    pub label: String,
+    pub selected: bool,
+}
+
+#[derive(Template)]
+#[template(path = "sharing.html")]
+pub struct SharingPage {
+    pub user: Option<String>,
+    pub xsrf: String,
+    pub server_label: String,
+    pub page_url: String,
+    pub action_url: String,
+    pub running: bool,
+    pub is_owner: bool,
+    pub error: Option<String>,
+    pub notice: Option<String>,
+    pub new_link: Option<NewLink>,
+    pub lifetimes: Vec<Lifetime>,
+    pub links: Vec<LinkRow>,
+    pub grants: Vec<GrantRow>,
+}
+
+#[derive(Template)]
+#[template(path = "accept.html")]
+pub struct AcceptPage {
+    pub user: Option<String>,
+    pub xsrf: String,
+    pub user_name: String,
+    pub inviter: String,
+    pub server_label: String,
+    pub role: String,
+    pub role_explain: String,
+    pub expires_iso: String,
+    pub expires_epoch: i64,
+    pub code: String,
+    pub next: String,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub user: Option<String>,
+    pub xsrf: String,
+    pub status: u16,
+    pub title: String,
+    pub message: String,
+    pub request_id: String,
+    pub show_login: bool,
+}
+
+/// Renders a template into a response; a rendering failure is a bug, logged and shown as 500.
+pub fn render<T: Template>(status: StatusCode, page: &T) -> Response<Body> {
+    match page.render() {
+        Ok(html) => html_response(status, html),
+        Err(e) => {
+            tracing::error!(error = %e, "template failed to render");
+            html_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<!doctype html><title>Error</title><p>Something went wrong.</p>".into(),
+            )
+        }
+    }
+}
+
+pub fn error_page(err: &Error, request_id: &str) -> Response<Body> {
+    render(
+        err.status(),
+        &ErrorPage {
+            user: None,
+            xsrf: String::new(),
+            status: err.status().as_u16(),
+            title: err.title().into(),
+            message: err.message(),
+            request_id: request_id.into(),
+            show_login: matches!(
+                err,
+                Error::Unauthorized | Error::NotShared { .. } | Error::InviteInvalid
+            ),
+        },
+    )
+}

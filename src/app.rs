@@ -127,7 +127,11 @@ impl App {
         resp
     }
 
-    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    async fn dispatch(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        ctx: &Ctx,
+    ) -> Result<Response<Body>> {
         let path = req.uri().path();
         proxy::check_path(path)?;
         if let Some(name) = req
@@ -422,11 +426,7 @@ impl App {
     /// After a local change to a server's sharing: refresh its cached grants and close what
     /// must close.
     pub async fn sharing_changed(&self, server: &ServerRef) {
-        if let Err(e) = self
-            .cache
-            .refresh_grants(self.store.as_ref(), server)
-            .await
-        {
+        if let Err(e) = self.cache.refresh_grants(self.store.as_ref(), server).await {
             tracing::warn!(error = %e, "could not refresh grants after a change");
             self.cache.forget_grants();
         }
@@ -464,7 +464,8 @@ impl App {
     pub async fn end_login(&self, login: &TokenHash) -> Result<()> {
         self.store.delete_login(login).await?;
         self.cache.forget_login(login);
-        self.connections.close_where(|c| c.login.as_ref() == Some(login));
+        self.connections
+            .close_where(|c| c.login.as_ref() == Some(login));
         Ok(())
     }
 

@@ -61,19 +61,28 @@ pub async fn run(listen: &str, api_listen: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let upstream_addr = upstream.local_addr().expect("bound listener has an address");
+    let upstream_addr = upstream
+        .local_addr()
+        .expect("bound listener has an address");
     tokio::spawn(serve_upstream(upstream));
 
     let (public, api) = match crate::cli::bind(config.listen, config.api_listen).await {
         Ok(pair) => pair,
         Err(e) => {
-            eprintln!("{e}\nTry: latchkey demo --listen 127.0.0.1:9000 --api-listen 127.0.0.1:9001");
+            eprintln!(
+                "{e}\nTry: latchkey demo --listen 127.0.0.1:9000 --api-listen 127.0.0.1:9001"
+            );
             return ExitCode::FAILURE;
         }
     };
     let base = format!("http://{}", public.local_addr().expect("bound"));
-    let store = crate::store::open("memory://").await.expect("memory store opens");
-    let john = ServerRef::new(UserName::parse("john").expect("valid"), ServerName::default());
+    let store = crate::store::open("memory://")
+        .await
+        .expect("memory store opens");
+    let john = ServerRef::new(
+        UserName::parse("john").expect("valid"),
+        ServerName::default(),
+    );
     let data = serde_json::json!({
         "target": format!("http://{upstream_addr}"),
         "user": "john",
@@ -97,13 +106,21 @@ pub async fn run(listen: &str, api_listen: &str) -> ExitCode {
     println!();
     println!("latchkey demo is running at {base}/");
     println!();
-    println!("  Sign in as john (owner):  user john, password {}", passwords[0].1);
-    println!("  Sign in as nina (sharee): user nina, password {}", passwords[1].1);
+    println!(
+        "  Sign in as john (owner):  user john, password {}",
+        passwords[0].1
+    );
+    println!(
+        "  Sign in as nina (sharee): user nina, password {}",
+        passwords[1].1
+    );
     println!();
     println!("  1. As john, open {base}/hub/home, click Share, create an invite link and copy it.");
     println!("  2. In a private window, sign in as nina and open the link; click Accept.");
     println!("  3. nina lands in john's server at {base}/user/john/ (page + WebSocket echo).");
-    println!("  4. Back as john, Refresh the sharing menu: nina is listed, connected. Click Revoke.");
+    println!(
+        "  4. Back as john, Refresh the sharing menu: nina is listed, connected. Click Revoke."
+    );
     println!();
     println!("Press Ctrl-C to stop.");
     crate::serve(
@@ -151,7 +168,12 @@ async fn demo_handler(req: Request<Incoming>) -> Result<Response<Body>, Infallib
         .unwrap_or("")
         .to_owned();
     let method = req.method().clone();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     if method == http::Method::POST {
         let mut r = Response::new(full(format!("saved {} bytes as {user}\n", body.len())));
         r.headers_mut()
@@ -170,7 +192,9 @@ async fn demo_handler(req: Request<Incoming>) -> Result<Response<Body>, Infallib
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Answers a WebSocket handshake and echoes every text and binary message.

@@ -23,7 +23,14 @@ pub fn normalize_path(raw: &str) -> Result<String, String> {
     if p.contains("//") || p.contains('\\') || p.chars().any(|c| c.is_control() || c == ' ') {
         return Err(format!("{raw:?} is not a valid route path"));
     }
-    if p.split('/').any(|seg| seg == "." || seg == "..") {
+    let lower = p.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Err(format!("{raw:?} contains an encoded slash or backslash"));
+    }
+    if lower
+        .split('/')
+        .any(|seg| matches!(seg, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."))
+    {
         return Err(format!("{raw:?} contains dot segments"));
     }
     Ok(p)
@@ -43,9 +50,10 @@ impl Target {
         let uri: Uri = s
             .parse()
             .map_err(|_| format!("target {s:?} is not a URL"))?;
-        let scheme = uri.scheme().cloned().ok_or(format!(
-            "target {s:?} needs a scheme (http:// or https://)"
-        ))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or(format!("target {s:?} needs a scheme (http:// or https://)"))?;
         if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
             return Err(format!("target {s:?} must be http:// or https://"));
         }
@@ -145,7 +153,8 @@ impl RouteSpec {
             Some(Value::String(s))
                 if !s.is_empty()
                     && s.len() <= 128
-                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
             {
                 Some(s.clone())
             }
@@ -165,7 +174,9 @@ impl RouteSpec {
                     let value = v
                         .as_str()
                         .and_then(|s| HeaderValue::from_str(s).ok())
-                        .ok_or(format!("upstream_headers: the value of {k:?} must be a string"))?;
+                        .ok_or(format!(
+                            "upstream_headers: the value of {k:?} must be a string"
+                        ))?;
                     Ok((name, value))
                 })
                 .collect::<Result<_, String>>()?,
@@ -205,7 +216,10 @@ impl RouteTable {
     pub fn lookup(&self, path: &str) -> Option<&Arc<Route>> {
         let mut candidate = path.trim_end_matches('/');
         loop {
-            if let Some(r) = self.by_path.get(if candidate.is_empty() { "/" } else { candidate }) {
+            if let Some(r) = self
+                .by_path
+                .get(if candidate.is_empty() { "/" } else { candidate })
+            {
                 return Some(r);
             }
             if candidate.is_empty() {
@@ -247,7 +261,10 @@ mod tests {
     fn route(path: &str) -> Arc<Route> {
         let stored = StoredRoute {
             path: path.into(),
-            data: json!({"target": "http://127.0.0.1:1"}).as_object().unwrap().clone(),
+            data: json!({"target": "http://127.0.0.1:1"})
+                .as_object()
+                .unwrap()
+                .clone(),
             session: "s".into(),
             created_at: 0,
             last_activity: 0,
@@ -267,7 +284,10 @@ mod tests {
     #[test]
     fn lookup_picks_the_longest_prefix_on_segment_boundaries() {
         let t = RouteTable::new([route("/"), route("/user/john"), route("/user/john/lab")]);
-        assert_eq!(t.lookup("/user/john/lab/tree").unwrap().path, "/user/john/lab");
+        assert_eq!(
+            t.lookup("/user/john/lab/tree").unwrap().path,
+            "/user/john/lab"
+        );
         assert_eq!(t.lookup("/user/john/").unwrap().path, "/user/john");
         assert_eq!(t.lookup("/user/johnny/x").unwrap().path, "/");
         assert_eq!(t.lookup("/hub/x").unwrap().path, "/");
@@ -298,8 +318,14 @@ mod tests {
             (json!({"target": 5}), "target"),
             (json!({"target": "ftp://x"}), "http"),
             (json!({"target": "http://x", "user": "a/b"}), "user name"),
-            (json!({"target": "http://x", "upstream_headers": []}), "object"),
-            (json!({"target": "http://x", "strip_prefix": "yes"}), "strip_prefix"),
+            (
+                json!({"target": "http://x", "upstream_headers": []}),
+                "object",
+            ),
+            (
+                json!({"target": "http://x", "strip_prefix": "yes"}),
+                "strip_prefix",
+            ),
         ] {
             let err = RouteSpec::from_data("/", data.as_object().unwrap()).unwrap_err();
             assert!(err.contains(needle), "{err} lacks {needle}");

@@ -202,17 +202,18 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
     let next = next
         .or_else(|| safe_next(form_value(&form, "next")))
         .unwrap_or_else(|| paths::HOME.into());
-    let username = form_value(&form, "username").unwrap_or("").trim().to_owned();
+    let username = form_value(&form, "username")
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     let password = form_value(&form, "password").unwrap_or("").to_owned();
-    let hash = app
-        .users
-        .password_hash(&username)
-        .map(str::to_owned);
+    let hash = app.users.password_hash(&username).map(str::to_owned);
     let known = hash.is_some();
     let phc = hash.unwrap_or_else(|| crate::auth::password::decoy_hash().to_owned());
-    let verified = tokio::task::spawn_blocking(move || crate::auth::password::verify(&password, &phc))
-        .await
-        .unwrap_or(false);
+    let verified =
+        tokio::task::spawn_blocking(move || crate::auth::password::verify(&password, &phc))
+            .await
+            .unwrap_or(false);
     let identity = (known && verified)
         .then(|| UserName::parse(&username).ok())
         .flatten()
@@ -269,8 +270,8 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
 async fn home(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
     let caller = signed_in(app, &req).await?;
     let xsrf = Xsrf::of(req.headers());
-    let notice = http_util::query_value(req.uri().query(), "left")
-        .map(|s| format!("You left {s}."));
+    let notice =
+        http_util::query_value(req.uri().query(), "left").map(|s| format!("You left {s}."));
     let table = app.cache.routes();
     let mut mine: Vec<ServerRef> = table
         .iter()
@@ -319,7 +320,12 @@ async fn home(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
 }
 
 fn sharing_url(server: &ServerRef) -> String {
-    format!("{}{}/{}", paths::SHARING, server.owner, server.name.as_str())
+    format!(
+        "{}{}/{}",
+        paths::SHARING,
+        server.owner,
+        server.name.as_str()
+    )
 }
 
 /// `/hub/sharing/{owner}/{server}` → the server.
@@ -327,8 +333,10 @@ fn sharing_target(path: &str) -> Result<ServerRef> {
     let rest = path.strip_prefix(paths::SHARING).unwrap_or("");
     let rest = rest.trim_end_matches('/');
     let (owner, name) = rest.split_once('/').unwrap_or((rest, ""));
-    let owner = UserName::parse(owner).map_err(|_| Error::NotFound("There is no such server.".into()))?;
-    let name = ServerName::parse(name).map_err(|_| Error::NotFound("There is no such server.".into()))?;
+    let owner =
+        UserName::parse(owner).map_err(|_| Error::NotFound("There is no such server.".into()))?;
+    let name =
+        ServerName::parse(name).map_err(|_| Error::NotFound("There is no such server.".into()))?;
     Ok(ServerRef::new(owner, name))
 }
 
@@ -339,7 +347,17 @@ async fn sharing_page(app: &App, req: Request<Incoming>) -> Result<Response<Body
     let q = req.uri().query();
     let notice = http_util::query_value(q, "done");
     let error = http_util::query_value(q, "error");
-    render_sharing(app, &caller, &server, &xsrf, None, notice, error, StatusCode::OK).await
+    render_sharing(
+        app,
+        &caller,
+        &server,
+        &xsrf,
+        None,
+        notice,
+        error,
+        StatusCode::OK,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -458,8 +476,9 @@ async fn sharing_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<
             let role = parse_role(form_value(&form, "role"))?;
             let expires_in = form_value(&form, "expires_in")
                 .map(|v| {
-                    v.parse::<u64>()
-                        .map_err(|_| Error::bad_request("The lifetime must be a number of seconds."))
+                    v.parse::<u64>().map_err(|_| {
+                        Error::bad_request("The lifetime must be a number of seconds.")
+                    })
                 })
                 .transpose()?;
             match app
@@ -569,8 +588,8 @@ async fn accept_form(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Res
         return Err(Error::TooManyRequests { retry_after: wait });
     }
     let code = http_util::query_value(req.uri().query(), "code").unwrap_or_default();
-    let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref())
-        .unwrap_or_default();
+    let next =
+        safe_next(http_util::query_value(req.uri().query(), "next").as_deref()).unwrap_or_default();
     let view = if secret::looks_like_token(&code) {
         app.store
             .find_invite(&crate::secret::TokenHash::of(&code))
@@ -637,8 +656,8 @@ async fn accept(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
 async fn leave(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
     let caller = signed_in(app, &req).await?;
     let (_, form) = read_form(app, req, ctx).await?;
-    let server = ServerRef::parse(form_value(&form, "server").unwrap_or(""))
-        .map_err(Error::BadRequest)?;
+    let server =
+        ServerRef::parse(form_value(&form, "server").unwrap_or("")).map_err(Error::BadRequest)?;
     app.leave(&caller.identity.name, &server).await?;
     Ok(redirect(&format!(
         "{}?left={}",
@@ -653,7 +672,10 @@ mod tests {
 
     #[test]
     fn next_must_stay_on_this_origin() {
-        assert_eq!(safe_next(Some("/user/john/")).as_deref(), Some("/user/john/"));
+        assert_eq!(
+            safe_next(Some("/user/john/")).as_deref(),
+            Some("/user/john/")
+        );
         assert_eq!(safe_next(Some("//evil.example/")), None);
         assert_eq!(safe_next(Some("/\\evil.example")), None);
         assert_eq!(safe_next(Some("https://evil.example/")), None);

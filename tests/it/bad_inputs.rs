@@ -1,0 +1,359 @@
+//! Bad input gets a clear status and message, and changes nothing.
+
+use http::StatusCode;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::both_stores;
+use crate::helpers::*;
+
+async fn malformed_and_unknown_codes_get_the_same_page_and_grant_nothing(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let nina = lk.signed_in("nina").await;
+    for code in [
+        "",
+        "short",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "%00%ff",
+        "<script>",
+    ] {
+        let r = nina.get(&format!("/hub/accept-share?code={code}")).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{code}");
+        let r = nina.accept(code).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{code}");
+    }
+    assert_eq!(
+        nina.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(upstream.hits(), 0);
+    // Not signed in: the accept page sends the browser to sign in first, then back.
+    let anon = lk.browser();
+    let r = anon.get("/hub/accept-share?code=abc").await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/hub/login?next=")
+    );
+}
+both_stores!(malformed_and_unknown_codes_get_the_same_page_and_grant_nothing);
+
+async fn state_changes_without_the_xsrf_token_are_refused(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    // API with the cookie but no X-XSRFToken.
+    let r = john
+        .client
+        .post(john.url("/hub/api/share-codes/john/"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = john
+        .client
+        .post(john.url("/hub/api/share-codes/john/"))
+        .header("x-xsrftoken", "wrong")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let codes: serde_json::Value = john
+        .get("/hub/api/share-codes/john/")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(codes["_pagination"]["total"], 0, "nothing was created");
+    // The accept form without _xsrf grants nothing.
+    let (code, _) = john.invite("john/", json!({})).await;
+    let r = nina
+        .client
+        .post(nina.url("/hub/accept-share"))
+        .form(&[("code", code.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("XSRF"));
+    assert_eq!(
+        nina.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // The login form without _xsrf signs nobody in.
+    let anon = lk.browser();
+    let r = anon
+        .client
+        .post(anon.url("/hub/login"))
+        .form(&[("username", "john"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(anon.cookie("latchkey-session", "/").is_none());
+}
+both_stores!(state_changes_without_the_xsrf_token_are_refused);
+
+async fn cross_site_requests_to_a_shared_server_are_refused(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let r = john
+        .client
+        .post(john.url("/user/john/api/contents"))
+        .header("origin", "http://evil.example")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = john
+        .client
+        .post(john.url("/user/john/api/contents"))
+        .header("sec-fetch-site", "cross-site")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = john
+        .url("/user/john/ws")
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        john.cookie_header("/user/john/ws").parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+    assert_eq!(upstream.hits(), 0);
+    // Same origin passes.
+    let r = john
+        .client
+        .post(john.url("/user/john/api/contents"))
+        .header("origin", lk.base.as_str())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+both_stores!(cross_site_requests_to_a_shared_server_are_refused);
+
+async fn bad_api_bodies_and_parameters_get_400_and_change_nothing(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    for body in [
+        json!({"expires_in": 3600, "role": "use", "scopes": ["x"]}),
+        json!({"role": "owner"}),
+        json!({"expires_in": 0}),
+        json!({"expires_in": 999999999}),
+        json!({"expires_in": "soon"}),
+        json!({"groups": ["no-such-group"]}),
+    ] {
+        let r = john
+            .api(
+                Method::POST,
+                "/hub/api/share-codes/john/",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(!v["message"].as_str().unwrap().is_empty());
+    }
+    let r = john
+        .client
+        .post(john.url("/hub/api/share-codes/john/"))
+        .header("x-xsrftoken", john.xsrf().await)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    for body in [
+        json!({"user": "nina", "group": "team-b"}),
+        json!({}),
+        json!({"user": "Bad Name"}),
+    ] {
+        let r = john
+            .api(Method::POST, "/hub/api/shares/john/", Some(body.clone()))
+            .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+    }
+    let r = john
+        .api(
+            Method::PATCH,
+            "/hub/api/shares/john/",
+            Some(json!({"user": "nina", "role": "view"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = john.get("/hub/api/shares/john/?limit=many").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // A server that is not running cannot be shared.
+    let r = john
+        .api(
+            Method::POST,
+            "/hub/api/share-codes/john/other",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let codes: serde_json::Value = john
+        .get("/hub/api/share-codes/john/")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(codes["_pagination"]["total"], 0);
+    let shares: serde_json::Value = john
+        .get("/hub/api/shares/john/")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shares["_pagination"]["total"], 0);
+    let r = john.get("/hub/api/nothing-here").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+both_stores!(bad_api_bodies_and_parameters_get_400_and_change_nothing);
+
+async fn ambiguous_paths_and_smuggled_identity_headers_are_refused(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let cookie = john.cookie_header("/user/john/");
+    for path in [
+        "/user/john/%2e%2e/nina",
+        "/user/john/../nina",
+        "/user/john%2Fx",
+        "/user/john/a%5cb",
+    ] {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(Latchkey::raw_status(&lk.base, &req).await, 400, "{path}");
+    }
+    let r = john
+        .client
+        .get(john.url("/user/john/"))
+        .header("x_latchkey_user", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Client copies of identity headers are replaced, never forwarded.
+    let r = john
+        .client
+        .get(john.url("/user/john/"))
+        .header("x-latchkey-user", "admin")
+        .header("x-forwarded-user", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-latchkey-user"], "john");
+    assert!(!seen.headers.contains_key("x-forwarded-user"));
+    assert_eq!(upstream.hits(), 1);
+}
+both_stores!(ambiguous_paths_and_smuggled_identity_headers_are_refused);
+
+async fn sign_in_failures_are_clear_and_redirects_stay_on_this_site(backend: Backend) {
+    let lk = Latchkey::spawn(backend).await;
+    let b = lk.browser();
+    let xsrf = b.xsrf().await;
+    let r = b
+        .client
+        .post(b.url("/hub/login"))
+        .form(&[
+            ("username", "john"),
+            ("password", "wrong"),
+            ("_xsrf", xsrf.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Invalid user name or password")
+    );
+    let r = b
+        .client
+        .post(b.url("/hub/login?next=//evil.example/x"))
+        .form(&[
+            ("username", "john"),
+            ("password", PASSWORD),
+            ("_xsrf", xsrf.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/hub/home");
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("latchkey-session="))
+        .expect("a session cookie");
+    assert!(cookie.contains("HttpOnly"));
+    assert!(cookie.contains("SameSite=Lax"));
+    // Signing in again rotates the session id.
+    let first = b.cookie("latchkey-session", "/").unwrap();
+    b.login("john").await;
+    let second = b.cookie("latchkey-session", "/").unwrap();
+    assert_ne!(first, second);
+}
+both_stores!(sign_in_failures_are_clear_and_redirects_stay_on_this_site);
+
+#[tokio::test]
+async fn failed_sign_ins_are_rate_limited_per_client() {
+    let lk = Latchkey::start(None, "[login]\nmax_failures = 3\nfailure_window = 60\n").await;
+    let b = lk.browser();
+    let xsrf = b.xsrf().await;
+    let attempt = |password: &'static str| {
+        let b = &b;
+        let xsrf = xsrf.clone();
+        async move {
+            b.client
+                .post(b.url("/hub/login"))
+                .form(&[
+                    ("username", "john"),
+                    ("password", password),
+                    ("_xsrf", xsrf.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt("wrong").await.status(), StatusCode::FORBIDDEN);
+    }
+    let r = attempt(PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(b.cookie("latchkey-session", "/").is_none());
+    lk.stop().await;
+}

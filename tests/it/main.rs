@@ -1,0 +1,9 @@
+//! The one integration-test binary: latchkey on port 0, real upstreams, real redis-server.
+
+mod helpers;
+
+mod bad_inputs;
+mod route_api;
+mod sharing;
+mod store_contract;
+mod story;

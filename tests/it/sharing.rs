@@ -1,0 +1,611 @@
+//! Links, grants and roles: expiry, revocation of one or all, view role, leaving, groups,
+//! tokens, and who never reaches the upstream.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::StatusCode;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::both_stores;
+use crate::helpers::*;
+
+async fn an_expired_link_is_refused_like_an_unknown_one(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let (code, _) = john.invite("john/", json!({"expires_in": 1})).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let unknown = nina
+        .get("/hub/accept-share?code=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let unknown_page = unknown.text().await.unwrap();
+    let expired = nina.get(&format!("/hub/accept-share?code={code}")).await;
+    assert_eq!(expired.status(), StatusCode::NOT_FOUND);
+    let expired_page = expired.text().await.unwrap();
+    assert!(expired_page.contains("Invite link not valid"));
+    // Same page apart from the request id.
+    let strip = |s: &str| s.split("Request id").next().unwrap().to_owned();
+    assert_eq!(strip(&expired_page), strip(&unknown_page));
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        nina.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let codes: serde_json::Value = john
+        .get("/hub/api/share-codes/john/")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        codes["_pagination"]["total"], 0,
+        "expired links are not listed"
+    );
+}
+both_stores!(an_expired_link_is_refused_like_an_unknown_one);
+
+async fn revoking_one_link_or_all_links_stops_them_but_keeps_grants(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let otto = lk.signed_in("otto").await;
+    let (first, first_json) = john.invite("john/", json!({})).await;
+    let (second, _) = john.invite("john/", json!({})).await;
+    let (third, _) = john.invite("john/", json!({})).await;
+    assert_eq!(nina.accept(&first).await.status(), StatusCode::SEE_OTHER);
+
+    let id = first_json["id"].as_str().unwrap();
+    let r = john
+        .api(
+            Method::DELETE,
+            &format!("/hub/api/share-codes/john/?id={id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(otto.accept(&first).await.status(), StatusCode::NOT_FOUND);
+    let codes: serde_json::Value = john
+        .get("/hub/api/share-codes/john/")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(codes["_pagination"]["total"], 2);
+
+    let r = john
+        .api(Method::DELETE, "/hub/api/share-codes/john/", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for code in [&second, &third] {
+        assert_eq!(otto.accept(code).await.status(), StatusCode::NOT_FOUND);
+    }
+    // Revoking links does not revoke people who already accepted.
+    assert_eq!(nina.get("/user/john/").await.status(), StatusCode::OK);
+    assert_eq!(
+        otto.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+}
+both_stores!(revoking_one_link_or_all_links_stops_them_but_keeps_grants);
+
+async fn revoking_all_users_refuses_everyone_and_closes_their_streams(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let otto = lk.signed_in("otto").await;
+    let (code, _) = john.invite("john/", json!({})).await;
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(otto.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    let mut ws = otto.websocket("/user/john/ws").await.unwrap();
+    // A long-lived streamed response is closed too.
+    let stream = nina.get("/user/john/stream").await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut body = stream.bytes_stream();
+    assert!(body.next().await.unwrap().is_ok());
+
+    let r = john
+        .api(Method::DELETE, "/hub/api/shares/john/", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream must end at once");
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the WebSocket must close at once");
+    for who in [&nina, &otto] {
+        assert_eq!(who.get("/user/john/").await.status(), StatusCode::FORBIDDEN);
+    }
+    // The link itself still works: anyone may accept again.
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(nina.get("/user/john/").await.status(), StatusCode::OK);
+    assert_eq!(john.get("/user/john/").await.status(), StatusCode::OK);
+}
+both_stores!(revoking_all_users_refuses_everyone_and_closes_their_streams);
+
+async fn a_view_grant_may_read_but_not_write_or_open_websockets(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let (code, _) = john.invite("john/", json!({"role": "view"})).await;
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    let r = nina.get("/user/john/api/contents").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(upstream.last().headers["x-latchkey-role"], "view");
+    let hits = upstream.hits();
+    let r = nina
+        .client
+        .post(nina.url("/user/john/api/contents"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("role view"));
+    assert!(
+        nina.websocket("/user/john/api/kernels/k/channels")
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        upstream.hits(),
+        hits,
+        "refused requests never reach the upstream"
+    );
+    // Accepting a `use` link later upgrades; accepting `view` again never downgrades.
+    let (use_code, _) = john.invite("john/", json!({"role": "use"})).await;
+    assert_eq!(nina.accept(&use_code).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    let r = nina
+        .client
+        .post(nina.url("/user/john/api/contents"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+both_stores!(a_view_grant_may_read_but_not_write_or_open_websockets);
+
+async fn a_sharee_can_leave_and_sees_what_is_shared_with_them(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let (code, _) = john.invite("john/", json!({})).await;
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    let shared: serde_json::Value = nina
+        .get("/hub/api/users/nina/shared")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shared["_pagination"]["total"], 1);
+    assert_eq!(shared["items"][0]["server"]["user"]["name"], "john");
+    assert_eq!(shared["items"][0]["server"]["url"], "/user/john/");
+    let home = nina.get("/hub/home").await.text().await.unwrap();
+    assert!(home.contains("/user/john/"));
+    // nina may not look at or change someone else's list.
+    assert_eq!(
+        nina.get("/hub/api/users/otto/shared").await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    let r = nina
+        .api(Method::DELETE, "/hub/api/users/nina/shared/john/", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = nina.get("/user/john/").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("You left"));
+    let shared: serde_json::Value = nina
+        .get("/hub/api/users/nina/shared")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shared["_pagination"]["total"], 0);
+    let r = nina
+        .api(Method::DELETE, "/hub/api/users/nina/shared/john/", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+both_stores!(a_sharee_can_leave_and_sees_what_is_shared_with_them);
+
+async fn direct_shares_with_users_and_groups_follow_membership(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let otto = lk.signed_in("otto").await;
+    // team-b is nina's group.
+    let r = john
+        .api(
+            Method::POST,
+            "/hub/api/shares/john/",
+            Some(json!({"group": "team-b", "role": "use"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(nina.get("/user/john/").await.status(), StatusCode::OK);
+    assert_eq!(
+        otto.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = john
+        .api(
+            Method::POST,
+            "/hub/api/shares/john/",
+            Some(json!({"user": "otto", "role": "view"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(otto.get("/user/john/").await.status(), StatusCode::OK);
+    let shares: serde_json::Value = john
+        .get("/hub/api/shares/john/")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shares["_pagination"]["total"], 2);
+    let r = john
+        .api(
+            Method::PATCH,
+            "/hub/api/shares/john/",
+            Some(json!({"group": "team-b"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        nina.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // Sharing with nobody real is refused and changes nothing.
+    let r = john
+        .api(
+            Method::POST,
+            "/hub/api/shares/john/",
+            Some(json!({"user": "ghost"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Only the owner manages sharing.
+    let r = nina
+        .api(Method::POST, "/hub/api/share-codes/john/", Some(json!({})))
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = otto
+        .api(Method::DELETE, "/hub/api/shares/john/", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(otto.get("/user/john/").await.status(), StatusCode::OK);
+}
+both_stores!(direct_shares_with_users_and_groups_follow_membership);
+
+async fn the_openeo_endpoint_shares_and_unshares_a_named_server(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    let s = lk
+        .post_route(
+            "/user/john/lab",
+            json!({"user": "john", "server_name": "lab", "target": upstream.target()}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    assert_eq!(
+        nina.get("/user/john/lab/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = john
+        .api(Method::POST, "/hub/api/workspace/lab/share/nina", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["role"], "view");
+    assert_eq!(nina.get("/user/john/lab/").await.status(), StatusCode::OK);
+    let r = nina
+        .client
+        .post(nina.url("/user/john/lab/save"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "may load, may not save");
+    let r = john
+        .api(Method::DELETE, "/hub/api/workspace/lab/share/nina", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        nina.get("/user/john/lab/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+}
+both_stores!(the_openeo_endpoint_shares_and_unshares_a_named_server);
+
+async fn api_tokens_work_for_scripts_and_never_reach_the_upstream(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let r = john
+        .api(
+            Method::POST,
+            "/hub/api/users/john/tokens",
+            Some(json!({"note": "ci"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let token = r.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // No cookie, no XSRF: the token alone.
+    let script = reqwest::Client::new();
+    let me: serde_json::Value = script
+        .get(lk.url("/hub/api/user"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["name"], "john");
+    let r = script
+        .post(lk.url("/hub/api/share-codes/john/"))
+        .header("authorization", format!("token {token}"))
+        .body("{\"role\": \"view\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = script
+        .get(lk.url("/user/john/x"))
+        .header("authorization", format!("token {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(!upstream.last().headers.contains_key("authorization"));
+    // Tokens only for oneself.
+    let r = john
+        .api(Method::POST, "/hub/api/users/nina/tokens", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A wrong token is a 401 with a JSON message and a request id.
+    let r = script
+        .get(lk.url("/hub/api/user"))
+        .header(
+            "authorization",
+            "token AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["message"].as_str().unwrap().contains("Sign in"));
+    assert_eq!(v["request_id"].as_str().unwrap().len(), 24);
+}
+both_stores!(api_tokens_work_for_scripts_and_never_reach_the_upstream);
+
+async fn unauthenticated_and_unauthorised_requests_never_reach_the_upstream(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let anon = lk.browser();
+    let r = anon.get("/user/john/tree?x=1").await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(
+        r.headers()["location"],
+        "/hub/login?next=%2Fuser%2Fjohn%2Ftree%3Fx%3D1"
+    );
+    let r = anon
+        .client
+        .get(anon.url("/user/john/api/status"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let r = anon
+        .client
+        .get(anon.url("/user/john/api/status"))
+        .header("x-requested-with", "XMLHttpRequest")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    match anon.websocket("/user/john/ws").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED)
+        }
+        other => panic!("expected a 401 handshake, got {other:?}"),
+    }
+    let otto = lk.signed_in("otto").await;
+    assert_eq!(
+        otto.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert!(otto.websocket("/user/john/ws").await.is_err());
+    let r = otto
+        .client
+        .post(otto.url("/user/john/api/contents"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        upstream.hits(),
+        0,
+        "nothing unauthorised reached the upstream"
+    );
+    // Signing out ends the session: the cookie no longer works.
+    let john = lk.signed_in("john").await;
+    assert_eq!(john.get("/user/john/").await.status(), StatusCode::OK);
+    let mut ws = john.websocket("/user/john/ws").await.unwrap();
+    let xsrf = john.xsrf().await;
+    let r = john
+        .client
+        .post(john.url("/hub/logout"))
+        .form(&[("_xsrf", xsrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "signing out closes the session's WebSockets"
+    );
+}
+both_stores!(unauthenticated_and_unauthorised_requests_never_reach_the_upstream);
+
+async fn an_upstream_that_refuses_or_is_silent_gets_a_clear_page(backend: Backend) {
+    let lk = Latchkey::spawn(backend).await;
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let s = lk
+        .post_route(
+            "/user/john",
+            json!({"user": "john", "target": format!("http://{dead}")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // A server that accepts but never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let s = lk
+        .post_route(
+            "/user/john/slow",
+            json!({"user": "john", "server_name": "slow", "target": format!("http://{silent_addr}")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let john = lk.signed_in("john").await;
+    let started = std::time::Instant::now();
+    let r = john.get("/user/john/").await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Server not reachable"));
+    assert!(page.contains(&rid));
+    assert!(
+        !page.contains(&dead.to_string()),
+        "no internal detail in error pages"
+    );
+    let r = john.get("/user/john/slow/").await;
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+}
+both_stores!(an_upstream_that_refuses_or_is_silent_gets_a_clear_page);
+
+async fn the_sharing_menu_works_without_javascript(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let home = john.get("/hub/home").await.text().await.unwrap();
+    assert!(home.contains("/hub/sharing/john/"));
+    let page = john.get("/hub/sharing/john/").await;
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let xsrf = john.xsrf().await;
+    let r = john
+        .client
+        .post(john.url("/hub/sharing/john/"))
+        .form(&[
+            ("_xsrf", xsrf.as_str()),
+            ("action", "create-link"),
+            ("role", "use"),
+            ("expires_in", "3600"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    let html = r.text().await.unwrap();
+    let start = html
+        .find("/hub/accept-share?code=")
+        .expect("the new link is shown");
+    let code: String = html[start + 23..].chars().take(43).collect();
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    let html = john.get("/hub/sharing/john/").await.text().await.unwrap();
+    assert!(html.contains("<strong>nina</strong>"));
+    assert!(html.contains("1 time"));
+    let r = john
+        .client
+        .post(john.url("/hub/sharing/john/"))
+        .form(&[
+            ("_xsrf", xsrf.as_str()),
+            ("action", "revoke-user"),
+            ("kind", "user"),
+            ("name", "nina"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        nina.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    for action in ["revoke-all-users", "revoke-all-links"] {
+        let r = john
+            .client
+            .post(john.url("/hub/sharing/john/"))
+            .form(&[("_xsrf", xsrf.as_str()), ("action", action)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{action}");
+    }
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::NOT_FOUND);
+    // The sharing menu of someone else's server is not for nina.
+    assert_eq!(
+        nina.get("/hub/sharing/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+}
+both_stores!(the_sharing_menu_works_without_javascript);

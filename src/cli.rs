@@ -10,10 +10,19 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(name = "latchkey", version, about = "Share a running notebook or tool server")]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Share a running notebook or tool server"
+)]
 struct Cli {
     /// Log format: human or json.
-    #[arg(long, env = "LATCHKEY_LOG_FORMAT", default_value = "human", global = true)]
+    #[arg(
+        long,
+        env = "LATCHKEY_LOG_FORMAT",
+        default_value = "human",
+        global = true
+    )]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -62,7 +71,11 @@ pub fn main() -> ExitCode {
                     "configuration is valid: public listener {}, route API {}, store {}, {} local user(s)",
                     c.listen,
                     c.api_listen,
-                    if c.store_url == "memory://" { "memory://" } else { "redis" },
+                    if c.store_url == "memory://" {
+                        "memory://"
+                    } else {
+                        "redis"
+                    },
                     c.users.len()
                 );
                 ExitCode::SUCCESS

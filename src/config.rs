@@ -239,10 +239,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Vec<String> {
     let defaults = toml::Table::try_from(RawConfig::default()).unwrap_or_default();
     let mut problems = vec![];
     let mut set = |section: &str, key: &str, raw: &str, problems: &mut Vec<String>| {
-        let default = defaults
-            .get(section)
-            .and_then(|s| s.get(key))
-            .cloned();
+        let default = defaults.get(section).and_then(|s| s.get(key)).cloned();
         let value = match default {
             Some(toml::Value::Integer(_)) => match raw.trim().parse::<i64>() {
                 Ok(n) => toml::Value::Integer(n),
@@ -299,7 +296,12 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Vec<String> {
         }
         if let Some(secret_key) = key.strip_suffix("_file") {
             match std::fs::read_to_string(value) {
-                Ok(s) => set(section, secret_key, s.trim_end_matches(['\n', '\r']), &mut problems),
+                Ok(s) => set(
+                    section,
+                    secret_key,
+                    s.trim_end_matches(['\n', '\r']),
+                    &mut problems,
+                ),
                 Err(e) => problems.push(format!("{name}: cannot read {value}: {e}")),
             }
         } else {
@@ -412,8 +414,7 @@ impl RawConfig {
         if s.min_expires_in == 0 {
             problems.push("sharing.min_expires_in must be at least 1 second".into());
         }
-        if !(s.min_expires_in <= s.default_expires_in && s.default_expires_in <= s.max_expires_in)
-        {
+        if !(s.min_expires_in <= s.default_expires_in && s.default_expires_in <= s.max_expires_in) {
             problems.push(format!(
                 "sharing: need min_expires_in ({}) <= default_expires_in ({}) <= max_expires_in ({})",
                 s.min_expires_in, s.default_expires_in, s.max_expires_in

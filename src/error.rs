@@ -31,13 +31,17 @@ pub enum Error {
         reason: Option<EndReason>,
     },
     /// The caller has role `view` and the request would change something.
-    ViewOnly { server: String },
+    ViewOnly {
+        server: String,
+    },
     NotFound(String),
     /// Unknown, expired and revoked invite codes all look the same.
     InviteInvalid,
     MethodNotAllowed,
     PayloadTooLarge,
-    TooManyRequests { retry_after: u64 },
+    TooManyRequests {
+        retry_after: u64,
+    },
     /// The server exists but is not running (no route), so it cannot be shared right now.
     ServerNotRunning(String),
     UpstreamUnavailable,
@@ -84,7 +88,9 @@ impl Error {
             Error::XsrfMismatch => "Form expired",
             Error::CrossOrigin => "Cross-site request refused",
             Error::Forbidden(_) => "Not allowed",
-            Error::NotShared { reason: Some(_), .. } => "Access ended",
+            Error::NotShared {
+                reason: Some(_), ..
+            } => "Access ended",
             Error::NotShared { reason: None, .. } => "Not shared with you",
             Error::ViewOnly { .. } => "View only",
             Error::NotFound(_) => "Not found",

@@ -117,18 +117,22 @@ async fn accept_loop(
         tokio::spawn(async move {
             match tls {
                 Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                     let conn = builder.serve_connection_with_upgrades(
                         TokioIo::new(stream),
                         service(app, peer, true, kind),
@@ -158,8 +162,9 @@ fn service(
     http::Request<Incoming>,
     Response = http::Response<crate::http_util::Body>,
     Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<http::Response<crate::http_util::Body>, std::convert::Infallible>>
-                 + Send,
+    Future = impl Future<
+        Output = Result<http::Response<crate::http_util::Body>, std::convert::Infallible>,
+    > + Send,
 > + Clone {
     service_fn(move |req| {
         let app = app.clone();

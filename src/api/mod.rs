@@ -38,7 +38,10 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         ));
     }
 
-    let caller = app.identify(req.headers()).await?.ok_or(Error::Unauthorized)?;
+    let caller = app
+        .identify(req.headers())
+        .await?
+        .ok_or(Error::Unauthorized)?;
     let changes_state = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     if changes_state && caller.credential == Credential::Cookie {
         crate::auth::csrf::check_same_origin(
@@ -111,11 +114,30 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         }
         (_, ["share-codes", owner, server @ ..]) => {
             let server = server_param(owner, server)?;
-            share_codes(app, &caller, &server, method, &body, query.as_deref(), origin, &path).await
+            share_codes(
+                app,
+                &caller,
+                &server,
+                method,
+                &body,
+                query.as_deref(),
+                origin,
+                &path,
+            )
+            .await
         }
         (_, ["shares", owner, server @ ..]) => {
             let server = server_param(owner, server)?;
-            shares(app, &caller, &server, method, &body, query.as_deref(), &path).await
+            shares(
+                app,
+                &caller,
+                &server,
+                method,
+                &body,
+                query.as_deref(),
+                &path,
+            )
+            .await
         }
         (Method::POST | Method::DELETE, ["workspace", server, "share", user]) => {
             // openEO style: share the caller's own server with one user, read only.

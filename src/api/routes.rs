@@ -168,11 +168,7 @@ async fn post(app: &Arc<App>, raw: &str, body: &[u8]) -> Result<Response<Body>> 
 
 async fn delete(app: &Arc<App>, raw: &str) -> Result<Response<Body>> {
     let path = normalize_path(raw).map_err(Error::BadRequest)?;
-    let server = app
-        .cache
-        .routes()
-        .get(&path)
-        .and_then(|r| r.server.clone());
+    let server = app.cache.routes().get(&path).and_then(|r| r.server.clone());
     // The cache may lag another instance; the store has the truth about the route's server.
     let server = match server {
         Some(s) => Some(s),

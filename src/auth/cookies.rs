@@ -105,7 +105,10 @@ mod tests {
     fn finds_a_cookie_among_several_headers() {
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("a=1; _xsrf=abc"));
-        h.append(header::COOKIE, HeaderValue::from_static("latchkey-session=s"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("latchkey-session=s"),
+        );
         assert_eq!(find(&h, "_xsrf").as_deref(), Some("abc"));
         assert_eq!(find(&h, SESSION_COOKIE).as_deref(), Some("s"));
         assert_eq!(find(&h, "missing"), None);
@@ -130,7 +133,10 @@ mod tests {
     #[test]
     fn stripping_the_only_cookie_removes_the_header() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("latchkey-session=s"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("latchkey-session=s"),
+        );
         strip_own(&mut h);
         assert!(!h.contains_key(header::COOKIE));
     }

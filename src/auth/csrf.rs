@@ -29,9 +29,7 @@ pub fn own_origin(headers: &HeaderMap, public_url: Option<&str>, tls: bool) -> O
     if let Some(u) = public_url {
         return Some(u.to_ascii_lowercase());
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())?;
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
     Some(format!("{}://{}", if tls { "https" } else { "http" }, host).to_ascii_lowercase())
 }
 

@@ -25,9 +25,7 @@ pub fn verify(password: &str, phc: &str) -> bool {
 /// response time does not tell which user names exist.
 pub fn decoy_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DECOY.get_or_init(|| {
-        hash(crate::secret::Secret::generate().expose()).unwrap_or_default()
-    })
+    DECOY.get_or_init(|| hash(crate::secret::Secret::generate().expose()).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -99,9 +99,7 @@ pub fn prepare_request(headers: &mut HeaderMap, websocket: bool, f: &Forwarding<
     }
     let xff = match (
         f.trust_forwarded,
-        headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok()),
+        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
     ) {
         (true, Some(chain)) => format!("{chain}, {}", f.client_ip),
         _ => f.client_ip.to_string(),
@@ -136,7 +134,11 @@ pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
     if !switching_protocols {
         remove_hop_by_hop(headers, false);
     }
-    let cookies: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+    let cookies: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
     if cookies.iter().any(sets_own_cookie) {
         headers.remove(header::SET_COOKIE);
         for c in cookies.into_iter().filter(|c| !sets_own_cookie(c)) {
@@ -183,7 +185,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
@@ -267,7 +272,10 @@ mod tests {
             "set-cookie",
             HeaderValue::from_static("latchkey-session=evil; Path=/"),
         );
-        h.append("set-cookie", HeaderValue::from_static("_xsrf=ok; Path=/user/john/"));
+        h.append(
+            "set-cookie",
+            HeaderValue::from_static("_xsrf=ok; Path=/user/john/"),
+        );
         prepare_response(&mut h, false);
         let all: Vec<_> = h.get_all("set-cookie").iter().collect();
         assert_eq!(all, vec!["_xsrf=ok; Path=/user/john/"]);

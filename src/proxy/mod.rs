@@ -155,7 +155,10 @@ pub async fn forward(
             }
         });
         let (parts, body) = resp.into_parts();
-        return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));
+        return Ok(Response::from_parts(
+            parts,
+            body.map_err(BoxError::from).boxed(),
+        ));
     }
 
     let (parts, body) = resp.into_parts();
@@ -164,11 +167,11 @@ pub async fn forward(
         (Some(registrar), true) => {
             let registration = registrar.register(false);
             Revocable {
-            inner: body.map_err(BoxError::from).boxed(),
-            cancelled: Box::pin(registration.cancel.clone().cancelled_owned()),
-            _registration: registration,
-        }
-        .boxed()
+                inner: body.map_err(BoxError::from).boxed(),
+                cancelled: Box::pin(registration.cancel.clone().cancelled_owned()),
+                _registration: registration,
+            }
+            .boxed()
         }
         _ => body.map_err(BoxError::from).boxed(),
     };
@@ -242,10 +245,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Touching<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

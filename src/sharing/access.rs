@@ -101,7 +101,10 @@ mod tests {
     fn user(name: &str, groups: &[&str]) -> Identity {
         Identity {
             name: UserName::parse(name).unwrap(),
-            groups: groups.iter().map(|g| GroupName::parse(g).unwrap()).collect(),
+            groups: groups
+                .iter()
+                .map(|g| GroupName::parse(g).unwrap())
+                .collect(),
         }
     }
 
@@ -157,11 +160,7 @@ mod tests {
     #[test]
     fn a_view_grant_allows_reads_but_not_writes_or_websockets() {
         let n = user("nina", &[]);
-        let g = [grant(
-            Grantee::User(n.name.clone()),
-            Role::View,
-            None,
-        )];
+        let g = [grant(Grantee::User(n.name.clone()), Role::View, None)];
         assert_eq!(
             decide(&john(), Some(&n), &g, GET, 0),
             Decision::Allow(Standing::Grantee(Role::View))

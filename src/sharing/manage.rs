@@ -174,7 +174,10 @@ impl App {
     /// Grants of a server's current session, with presence.
     pub async fn list_grants(&self, caller: &Caller, server: &ServerRef) -> Result<Vec<GrantView>> {
         self.manager_standing(caller, server).await?;
-        let grants = self.cache.refresh_grants(self.store.as_ref(), server).await?;
+        let grants = self
+            .cache
+            .refresh_grants(self.store.as_ref(), server)
+            .await?;
         let connected = grants
             .session
             .as_deref()

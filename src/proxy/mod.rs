@@ -103,16 +103,26 @@ pub async fn forward(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let route = f.route.clone();
-    let upstream_req = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+    let (body, sent) = SignalEnd::new(body.map_err(BoxError::from).boxed());
+    let upstream_req = Request::from_parts(parts, body.boxed());
     route.touch(clock::now_millis());
 
-    let mut resp = match tokio::time::timeout(f.timeout, f.client.request(upstream_req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::warn!(route = %route.path, error = %e, "upstream request failed");
-            return Err(Error::UpstreamUnavailable);
-        }
-        Err(_) => {
+    // The timeout counts from when the request body has been sent: a large upload is not an
+    // upstream that is silent.
+    let timeout = f.timeout;
+    let silent = async move {
+        let _ = sent.await;
+        tokio::time::sleep(timeout).await;
+    };
+    let mut resp = tokio::select! {
+        r = f.client.request(upstream_req) => match r {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(route = %route.path, error = %e, "upstream request failed");
+                return Err(Error::UpstreamUnavailable);
+            }
+        },
+        _ = silent => {
             tracing::warn!(route = %route.path, "upstream timed out");
             return Err(Error::UpstreamTimeout);
         }
@@ -176,6 +186,56 @@ pub async fn forward(
         _ => body.map_err(BoxError::from).boxed(),
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// A request body that says when it has been sent completely (or dropped).
+struct SignalEnd {
+    inner: Body,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SignalEnd {
+    fn new(inner: Body) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut me = SignalEnd {
+            inner,
+            done: Some(tx),
+        };
+        if hyper::body::Body::is_end_stream(&me.inner) {
+            me.finish();
+        }
+        (me, rx)
+    }
+
+    fn finish(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl hyper::body::Body for SignalEnd {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.finish();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A response body that ends as soon as access is revoked (long polls, event streams,

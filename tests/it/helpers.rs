@@ -219,6 +219,16 @@ async fn upstream_answer(
         });
         return latchkey::demo::websocket_echo(req);
     }
+    if path.ends_with("/big") {
+        // 256 MiB produced on the fly, never held.
+        let chunk = bytes::Bytes::from(vec![1u8; 1024 * 1024]);
+        let stream = futures_util::stream::iter((0..256).map(move |_| {
+            Ok::<_, latchkey::http_util::BoxError>(hyper::body::Frame::data(chunk.clone()))
+        }));
+        return Response::new(http_body_util::BodyExt::boxed(
+            http_body_util::StreamBody::new(stream),
+        ));
+    }
     if path.ends_with("/stream") {
         // A long-lived response without a length: one chunk every 50 ms, forever.
         seen.lock().unwrap().push(Seen {
@@ -239,17 +249,19 @@ async fn upstream_answer(
         let body = http_body_util::StreamBody::new(stream);
         return Response::new(http_body_util::BodyExt::boxed(body));
     }
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    // Count the body as it streams in, without holding it.
+    let mut body = req.into_body();
+    let mut body_len = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            body_len += data.len();
+        }
+    }
     seen.lock().unwrap().push(Seen {
         method: method.clone(),
         path: path.clone(),
         headers,
-        body_len: body.len(),
+        body_len,
     });
     let mut r = Response::new(full(format!("upstream saw {method} {path}")));
     *r.status_mut() = StatusCode::OK;

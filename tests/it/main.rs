@@ -7,3 +7,4 @@ mod route_api;
 mod sharing;
 mod store_contract;
 mod story;
+mod streaming;

@@ -109,9 +109,8 @@ impl Store for MemoryStore {
     async fn put_route(&self, new: NewRoute) -> Result<RouteChange> {
         let mut inner = self.lock();
         let old = inner.routes.get(&new.path);
-        let keeps_session = old.is_some_and(|o| {
-            o.target == new.target && o.explicit_session == new.explicit_session
-        });
+        let keeps_session = old
+            .is_some_and(|o| o.target == new.target && o.explicit_session == new.explicit_session);
         let (session, created_at, last_activity) = match old {
             Some(o) if keeps_session => (
                 o.route.session.clone(),
@@ -266,10 +265,8 @@ impl Store for MemoryStore {
 
     async fn find_invite(&self, code: &TokenHash) -> Result<Option<InviteView>> {
         let mut inner = self.lock();
-        Ok(live_invite(&mut inner, code, clock::now()).map(|(server, invite)| InviteView {
-            server,
-            invite,
-        }))
+        Ok(live_invite(&mut inner, code, clock::now())
+            .map(|(server, invite)| InviteView { server, invite }))
     }
 
     async fn list_invites(&self, server: &ServerRef) -> Result<Vec<InviteRecord>> {
@@ -277,14 +274,22 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let state = inner.server(server);
         state.invites.retain(|_, (_, i)| i.is_live(now));
-        Ok(state.invites.values().map(|(_, i)| i.clone()).collect())
+        let mut out: Vec<InviteRecord> = state.invites.values().map(|(_, i)| i.clone()).collect();
+        // Oldest first, as the Redis store lists them.
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
     }
 
     async fn revoke_invites(&self, server: &ServerRef, id: Option<&str>) -> Result<u64> {
         let mut inner = self.lock();
         let state = inner.server(server);
         let removed: Vec<TokenHash> = match id {
-            Some(id) => state.invites.remove(id).map(|(h, _)| h).into_iter().collect(),
+            Some(id) => state
+                .invites
+                .remove(id)
+                .map(|(h, _)| h)
+                .into_iter()
+                .collect(),
             None => std::mem::take(&mut state.invites)
                 .into_values()
                 .map(|(h, _)| h)

@@ -127,11 +127,7 @@ impl RedisStore {
     }
 
     async fn pointer(&self, code: &TokenHash) -> Result<Option<CodePointer>> {
-        let raw: Option<String> = self
-            .conn()
-            .get(code_key(code))
-            .await
-            .map_err(unavailable)?;
+        let raw: Option<String> = self.conn().get(code_key(code)).await.map_err(unavailable)?;
         let Some(raw) = raw else { return Ok(None) };
         let mut parts = raw.splitn(4, '\n');
         let (Some(server), Some(session), Some(link_generation), Some(id)) =
@@ -149,16 +145,15 @@ impl RedisStore {
 
     /// Current (session, link generation, grant generation) of a server.
     async fn meta(&self, server: &ServerRef) -> Result<(Option<String>, String, String)> {
-        let (session, lgen, ggen): (Option<String>, Option<String>, Option<String>) = redis::cmd(
-            "HMGET",
-        )
-        .arg(meta_key(server))
-        .arg("session")
-        .arg("lgen")
-        .arg("ggen")
-        .query_async(&mut self.conn())
-        .await
-        .map_err(unavailable)?;
+        let (session, lgen, ggen): (Option<String>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(meta_key(server))
+                .arg("session")
+                .arg("lgen")
+                .arg("ggen")
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
         Ok((
             session,
             lgen.unwrap_or_else(|| "0".into()),
@@ -362,7 +357,10 @@ impl Store for RedisStore {
             .get(format!("lk:login:{}", id.to_hex()))
             .await
             .map_err(unavailable)?;
-        raw.map(|r| decode(&r, "login")).transpose()
+        // The key lives at least a second, even for a login stored already expired.
+        let record: Option<LoginRecord> = raw.map(|r| decode(&r, "login")).transpose()?;
+        let now = clock::now();
+        Ok(record.filter(|r| r.expires_at > now))
     }
 
     async fn delete_login(&self, id: &TokenHash) -> Result<()> {
@@ -441,9 +439,21 @@ impl Store for RedisStore {
         if entry.code_hash != code.to_hex() || !entry.invite.is_live(now) {
             return Ok(None);
         }
+        // The exchange counters live beside the invite, as list_invites reads them.
+        let counts = format!("{}:lc:{}:{}", tag(&ptr.server), ptr.session, lgen);
+        let (n, t): (Option<u64>, Option<Timestamp>) = redis::cmd("HMGET")
+            .arg(&counts)
+            .arg(format!("{}:n", ptr.id))
+            .arg(format!("{}:t", ptr.id))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut invite = entry.invite;
+        invite.exchange_count = n.unwrap_or(0);
+        invite.last_exchanged_at = t;
         Ok(Some(InviteView {
             server: ptr.server,
-            invite: entry.invite,
+            invite,
         }))
     }
 
@@ -511,6 +521,7 @@ impl Store for RedisStore {
             .key(REVISION)
             .key(ended_key(&ptr.server))
             .key(shared_key(&grantee))
+            .key(ended_all_key(&ptr.server))
             .arg(ptr.server.key())
             .arg(tag(&ptr.server))
             .arg(code.to_hex())
@@ -570,6 +581,7 @@ impl Store for RedisStore {
             .key(REVISION)
             .key(ended_key(server))
             .key(shared_key(&grant.grantee))
+            .key(ended_all_key(server))
             .arg(tag(server))
             .arg(grant.grantee.key())
             .arg(encode(grant))
@@ -679,10 +691,7 @@ impl Store for RedisStore {
         if let Some(r) = one {
             return Ok(serde_json::from_str(&r).ok());
         }
-        let all: Option<String> = conn
-            .get(ended_all_key(server))
-            .await
-            .map_err(unavailable)?;
+        let all: Option<String> = conn.get(ended_all_key(server)).await.map_err(unavailable)?;
         let Some(all) = all else { return Ok(None) };
         let Some((reason, old_grants)) = all.split_once('\n') else {
             return Ok(None);
@@ -735,6 +744,9 @@ if ARGV[6] == '1' then
       redis.call('EXPIRE', old_grants, 86400)
       redis.call('SET', ARGV[7], '"server_restarted"\n' .. old_grants, 'EX', 86400)
       ended = cur
+      -- New generations too, so that a session id used again (an explicit one) starts empty.
+      redis.call('HINCRBY', KEYS[4], 'ggen', 1)
+      redis.call('HINCRBY', KEYS[4], 'lgen', 1)
     end
     redis.call('HSET', KEYS[4], 'session', session)
   end
@@ -764,6 +776,8 @@ if ARGV[2] == '1' then
     redis.call('EXPIRE', old_grants, 86400)
     redis.call('SET', ARGV[3], '"server_restarted"\n' .. old_grants, 'EX', 86400)
     redis.call('HDEL', KEYS[4], 'session')
+    redis.call('HINCRBY', KEYS[4], 'ggen', 1)
+    redis.call('HINCRBY', KEYS[4], 'lgen', 1)
     ended = s
   end
 end
@@ -793,7 +807,7 @@ redis.call('INCR', KEYS[3])
 return 1
 "#,
             ),
-            // KEYS: code pointer, meta, rev, ended, shared set of the user
+            // KEYS: code pointer, meta, rev, ended, shared set of the user, ended_all
             // ARGV: server key, prefix, code hash, grantee key, groups json, user name
             accept_invite: Script::new(
                 r#"
@@ -834,6 +848,12 @@ redis.call('HSET', grants, ARGV[4], grant)
 redis.call('HINCRBY', counts, id .. ':n', 1)
 redis.call('HSET', counts, id .. ':t', now)
 redis.call('HDEL', KEYS[4], ARGV[6])
+-- Shared with again: the last bulk end (restart, revoke all) no longer explains anything.
+local ea = redis.call('GET', KEYS[6])
+if ea then
+  local old_grants = string.match(ea, '\n(.*)$')
+  if old_grants then redis.call('HDEL', old_grants, ARGV[4]) end
+end
 redis.call('SADD', KEYS[5], ARGV[1])
 redis.call('INCR', KEYS[3])
 return {'ok', grant}
@@ -850,14 +870,23 @@ for _, v in ipairs(redis.call('HVALS', grants)) do table.insert(out, v) end
 return out
 "#,
             ),
-            // KEYS: meta, rev, ended, shared set   ARGV: prefix, grantee key, grant, user, server key
+            // KEYS: meta, rev, ended, shared set, ended_all
+            // ARGV: prefix, grantee key, grant, user, server key
             put_grant: Script::new(
                 r#"
 local m = redis.call('HMGET', KEYS[1], 'session', 'ggen')
 if not m[1] then return 0 end
 local grants = ARGV[1] .. ':g:' .. m[1] .. ':' .. (m[2] or '0')
 redis.call('HSET', grants, ARGV[2], ARGV[3])
-if ARGV[4] ~= '' then redis.call('HDEL', KEYS[3], ARGV[4]) end
+if ARGV[4] ~= '' then
+  redis.call('HDEL', KEYS[3], ARGV[4])
+  -- Shared with again: the last bulk end (restart, revoke all) no longer explains anything.
+  local ea = redis.call('GET', KEYS[5])
+  if ea then
+    local old_grants = string.match(ea, '\n(.*)$')
+    if old_grants then redis.call('HDEL', old_grants, ARGV[2]) end
+  end
+end
 redis.call('SADD', KEYS[4], ARGV[5])
 redis.call('INCR', KEYS[2])
 return 1

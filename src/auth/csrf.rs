@@ -50,6 +50,15 @@ pub fn check_same_origin(
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
+    // A page served with `Referrer-Policy: no-referrer` makes browsers send `Origin: null` on
+    // its own form posts; Fetch Metadata then still says where the request came from.
+    if origin == "null"
+        && headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v == "same-origin")
+    {
+        return Ok(());
+    }
     let origin = origin.to_str().unwrap_or("null").to_ascii_lowercase();
     let matches_own = own_origin.is_some_and(|o| o == origin);
     // HTTP/2 requests carry the host as the URI authority rather than a Host header.
@@ -101,5 +110,7 @@ mod tests {
         assert_eq!(check_same_origin(&h, own, None), Err(Error::CrossOrigin));
         let h = headers(&[("origin", "null")]);
         assert_eq!(check_same_origin(&h, own, None), Err(Error::CrossOrigin));
+        let h = headers(&[("origin", "null"), ("sec-fetch-site", "same-origin")]);
+        assert!(check_same_origin(&h, own, None).is_ok());
     }
 }

@@ -38,6 +38,8 @@ pub struct App {
     pub client: UpstreamClient,
     pub limiter: FailureLimiter,
     pub cookies: CookiePolicy,
+    /// Where latchkey's pages and API live for clients.
+    pub hub: paths::HubPrefix,
     /// Upgraded connections (WebSockets), which hyper's graceful shutdown does not see.
     pub tracker: TaskTracker,
 }
@@ -67,7 +69,9 @@ impl App {
             cookies: CookiePolicy {
                 secure: config.secure_cookies(),
                 max_age: config.session_max_age,
+                xsrf_path: config.hub_prefix.clone(),
             },
+            hub: paths::HubPrefix::new(&config.hub_prefix),
             limiter: FailureLimiter::new(config.max_failures, config.failure_window),
             config,
             store,
@@ -101,14 +105,15 @@ impl App {
         };
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let json = http_util::wants_json(req.headers(), &path);
-        let mut resp = match self.dispatch(req, &ctx).await {
+        let internal = self.hub.internal(&path);
+        let json = http_util::wants_json(req.headers(), internal.as_deref().unwrap_or(&path));
+        let mut resp = match self.dispatch(req, internal, &ctx).await {
             Ok(r) => r,
             Err(e) => {
                 if e.status().is_server_error() {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "request failed");
                 }
-                e.render(&ctx.request_id, json)
+                e.render_with_prefix(&ctx.request_id, json, self.hub.as_str())
             }
         };
         if let Ok(v) = http::HeaderValue::from_str(&ctx.request_id) {
@@ -129,7 +134,8 @@ impl App {
 
     async fn dispatch(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
+        internal: Option<String>,
         ctx: &Ctx,
     ) -> Result<Response<Body>> {
         let path = req.uri().path();
@@ -161,10 +167,18 @@ impl App {
             }
             _ => {}
         }
-        if path.starts_with(paths::API) {
-            return crate::api::handle(self, req, ctx).await;
-        }
-        if paths::is_reserved(path) {
+        if let Some(internal) = internal {
+            // Handlers see internal "/hub/..." paths whatever the configured prefix.
+            let pq = match req.uri().query() {
+                Some(q) => format!("{internal}?{q}"),
+                None => internal.clone(),
+            };
+            *req.uri_mut() = pq
+                .parse()
+                .map_err(|_| Error::bad_request("The request path is not valid."))?;
+            if internal.starts_with(paths::API) {
+                return crate::api::handle(self, req, ctx).await;
+            }
             return crate::web::handle(self, req, ctx).await;
         }
         self.proxy(req, ctx).await
@@ -174,6 +188,9 @@ impl App {
     async fn proxy(self: &Arc<Self>, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
         let table = self.cache.routes();
         let Some(route) = table.lookup(req.uri().path()).cloned() else {
+            if req.uri().path() == "/" {
+                return Ok(http_util::redirect(&self.hub.external(paths::HOME)));
+            }
             return Err(Error::NotFound(
                 "No server is running at this address.".into(),
             ));
@@ -316,7 +333,7 @@ impl App {
             .unwrap_or("/");
         Error::Redirect(format!(
             "{}?next={}",
-            paths::LOGIN,
+            self.hub.external(paths::LOGIN),
             http_util::percent_encode(next)
         ))
     }

@@ -36,6 +36,9 @@ pub struct RawServer {
     pub session_max_age: u64,
     /// Largest API or form body, in bytes.
     pub max_body: usize,
+    /// Where latchkey's own pages and API live. Change it (e.g. to "/latchkey/") when a
+    /// JupyterHub behind latchkey needs "/hub/" for itself.
+    pub hub_prefix: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +91,7 @@ impl Default for RawConfig {
                 upstream_timeout: 30,
                 session_max_age: 7 * 24 * 3600,
                 max_body: 1024 * 1024,
+                hub_prefix: "/hub/".into(),
             },
             api: RawApi {
                 listen: "127.0.0.1:8001".into(),
@@ -148,6 +152,8 @@ pub struct Config {
     pub upstream_timeout: std::time::Duration,
     pub session_max_age: u64,
     pub max_body: usize,
+    /// Prefix of latchkey's pages and API, with leading and trailing slash.
+    pub hub_prefix: String,
     pub api_listen: SocketAddr,
     pub api_token: String,
     pub store_url: String,
@@ -379,6 +385,18 @@ impl RawConfig {
         if self.server.session_max_age < 60 {
             problems.push("server.session_max_age must be at least 60 seconds".into());
         }
+        let hub_prefix = self.server.hub_prefix.clone();
+        if !(hub_prefix.len() >= 3
+            && hub_prefix.starts_with('/')
+            && hub_prefix.ends_with('/')
+            && hub_prefix[1..hub_prefix.len() - 1]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            problems.push(format!(
+                "server.hub_prefix = {hub_prefix:?} must be one path segment like \"/hub/\" or \"/latchkey/\""
+            ));
+        }
         if self.server.max_body < 1024 {
             problems.push("server.max_body must be at least 1024 bytes".into());
         }
@@ -467,6 +485,7 @@ impl RawConfig {
             upstream_timeout: std::time::Duration::from_secs(self.server.upstream_timeout),
             session_max_age: self.server.session_max_age,
             max_body: self.server.max_body,
+            hub_prefix,
             api_listen,
             api_token,
             store_url: url,

@@ -153,6 +153,11 @@ impl Error {
     /// Renders the error for the client: JSON for API and script clients, an HTML page for
     /// browsers. Both carry the request id so that a report can be matched with the logs.
     pub fn render(&self, request_id: &str, json: bool) -> Response<Body> {
+        self.render_with_prefix(request_id, json, crate::paths::HUB)
+    }
+
+    /// Renders with links under the configured hub prefix.
+    pub fn render_with_prefix(&self, request_id: &str, json: bool, prefix: &str) -> Response<Body> {
         if let Error::Redirect(to) = self {
             let mut r = crate::http_util::redirect(to);
             *r.status_mut() = StatusCode::FOUND;
@@ -172,7 +177,7 @@ impl Error {
             );
             r
         } else {
-            pages::error_page(self, request_id)
+            pages::error_page(self, request_id, prefix)
         };
         *resp.status_mut() = status;
         if let Error::TooManyRequests { retry_after } = self {

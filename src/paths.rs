@@ -22,15 +22,57 @@ pub const ROUTES_API: &str = "/api/routes";
 pub const SESSION_COOKIE: &str = "latchkey-session";
 pub const SESSION_COOKIE_TLS: &str = "__Host-latchkey-session";
 pub const XSRF_COOKIE: &str = "_xsrf";
-pub const XSRF_COOKIE_PATH: &str = "/hub/";
 
-/// True for paths that latchkey answers itself rather than proxying.
-pub fn is_reserved(path: &str) -> bool {
-    path == "/hub"
-        || path.starts_with(HUB)
-        || path == HEALTHZ
-        || path == READYZ
-        || path == CHP_HEALTHZ
-        || path == "/"
-        || path == "/favicon.ico"
+/// The hub prefix as configured (e.g. "/latchkey/"), mapping between the paths clients see and
+/// the internal paths above, which always start with "/hub/".
+#[derive(Clone, Debug)]
+pub struct HubPrefix(String);
+
+impl HubPrefix {
+    pub fn new(prefix: &str) -> Self {
+        HubPrefix(prefix.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The internal path for a path under the configured prefix, if it is one.
+    pub fn internal(&self, path: &str) -> Option<String> {
+        let bare = &self.0[..self.0.len() - 1];
+        if path == bare {
+            return Some("/hub".into());
+        }
+        path.strip_prefix(self.0.as_str())
+            .map(|rest| format!("{HUB}{rest}"))
+    }
+
+    /// The path clients use for an internal "/hub/..." path.
+    pub fn external(&self, internal: &str) -> String {
+        match internal.strip_prefix(HUB) {
+            Some(rest) => format!("{}{rest}", self.0),
+            None => internal.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_custom_prefix_maps_both_ways() {
+        let p = HubPrefix::new("/latchkey/");
+        assert_eq!(p.internal("/latchkey/login").as_deref(), Some("/hub/login"));
+        assert_eq!(p.internal("/latchkey").as_deref(), Some("/hub"));
+        assert_eq!(p.internal("/hub/login"), None);
+        assert_eq!(p.external(LOGIN), "/latchkey/login");
+        assert_eq!(p.external("/user/john/"), "/user/john/");
+        let d = HubPrefix::new(HUB);
+        assert_eq!(
+            d.internal("/hub/api/user").as_deref(),
+            Some("/hub/api/user")
+        );
+        assert_eq!(d.external(HOME), "/hub/home");
+    }
 }

@@ -19,18 +19,19 @@ pub fn server_json(server: &ServerRef, ready: bool) -> Value {
     })
 }
 
-pub fn accept_path(code: &str) -> String {
-    format!("{}?code={}", crate::paths::ACCEPT_SHARE, code)
+pub fn accept_path(hub: &crate::paths::HubPrefix, code: &str) -> String {
+    format!("{}?code={}", hub.external(crate::paths::ACCEPT_SHARE), code)
 }
 
 /// A share code. `code` is only given when it was just created.
 pub fn invite_json(
+    hub: &crate::paths::HubPrefix,
     server: &ServerRef,
     invite: &InviteRecord,
     code: Option<&str>,
     origin: Option<&str>,
 ) -> Value {
-    let accept_url = code.map(accept_path);
+    let accept_url = code.map(|c| accept_path(hub, c));
     let full_accept_url = match (&accept_url, origin) {
         (Some(a), Some(o)) => Some(format!("{o}{a}")),
         _ => None,

@@ -181,7 +181,7 @@ async fn share_codes(
             let invites = app.list_invites(caller, server).await?;
             let items = invites
                 .iter()
-                .map(|i| invite_json(server, i, None, origin.as_deref()))
+                .map(|i| invite_json(&app.hub, server, i, None, origin.as_deref()))
                 .collect();
             Ok(Page::from_query(query)?.respond(items, path))
         }
@@ -200,7 +200,13 @@ async fn share_codes(
                 .await?;
             let mut resp = json_response(
                 StatusCode::CREATED,
-                &invite_json(server, &invite, Some(code.expose()), origin.as_deref()),
+                &invite_json(
+                    &app.hub,
+                    server,
+                    &invite,
+                    Some(code.expose()),
+                    origin.as_deref(),
+                ),
             );
             http_util::mark_sensitive(resp.headers_mut());
             Ok(resp)

@@ -3,13 +3,15 @@
 use cookie::{Cookie, SameSite};
 use http::{HeaderMap, HeaderValue, header};
 
-use crate::paths::{SESSION_COOKIE, SESSION_COOKIE_TLS, XSRF_COOKIE, XSRF_COOKIE_PATH};
+use crate::paths::{SESSION_COOKIE, SESSION_COOKIE_TLS, XSRF_COOKIE};
 
 /// Cookie settings that depend on how latchkey is served.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CookiePolicy {
     pub secure: bool,
     pub max_age: u64,
+    /// Path of the XSRF cookie: the hub prefix, so proxied servers never see it.
+    pub xsrf_path: String,
 }
 
 impl CookiePolicy {
@@ -47,7 +49,7 @@ impl CookiePolicy {
     /// `/hub/`, and lives as long as the browser session.
     pub fn xsrf_cookie(&self, value: &str) -> HeaderValue {
         let c = Cookie::build((XSRF_COOKIE, value.to_owned()))
-            .path(XSRF_COOKIE_PATH)
+            .path(self.xsrf_path.clone())
             .secure(self.secure)
             .same_site(SameSite::Lax)
             .build();
@@ -146,6 +148,7 @@ mod tests {
         let p = CookiePolicy {
             secure: true,
             max_age: 60,
+            xsrf_path: "/hub/".into(),
         };
         let v = p.session_cookie("abc");
         let s = v.to_str().unwrap();

@@ -25,8 +25,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     match (method.clone(), path.as_str()) {
-        (Method::GET | Method::HEAD, "/" | "/hub" | "/hub/") => Ok(redirect(paths::HOME)),
-        (Method::GET | Method::HEAD, "/favicon.ico") => Err(Error::NotFound("No icon.".into())),
+        (Method::GET | Method::HEAD, "/hub" | "/hub/") => {
+            Ok(redirect(&app.hub.external(paths::HOME)))
+        }
         (Method::GET | Method::HEAD, p) if p.starts_with(paths::STATIC) => static_file(p),
         (Method::GET | Method::HEAD, paths::LOGIN) => login_form(app, req, None).await,
         (Method::POST, paths::LOGIN) => login(app, req, ctx).await,
@@ -132,12 +133,12 @@ async fn signed_in(app: &App, req: &Request<Incoming>) -> Result<Caller> {
             let next = req
                 .uri()
                 .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or(paths::HOME);
+                .map(|p| app.hub.external(p.as_str()))
+                .unwrap_or_else(|| app.hub.external(paths::HOME));
             Err(Error::Redirect(format!(
                 "{}?next={}",
-                paths::LOGIN,
-                http_util::percent_encode(next)
+                app.hub.external(paths::LOGIN),
+                http_util::percent_encode(&next)
             )))
         }
     }
@@ -167,7 +168,7 @@ async fn login_form(
     error: Option<(StatusCode, String, String)>,
 ) -> Result<Response<Body>> {
     let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref())
-        .unwrap_or_else(|| paths::HOME.into());
+        .unwrap_or_else(|| app.hub.external(paths::HOME));
     if error.is_none()
         && let Some(_) = app.identify(req.headers()).await?
     {
@@ -183,6 +184,7 @@ async fn login_form(
         &xsrf,
         status,
         &LoginPage {
+            prefix: app.hub.as_str().to_owned(),
             user: None,
             xsrf: xsrf.value.clone(),
             next_encoded: http_util::percent_encode(&next),
@@ -201,7 +203,7 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
     let (headers, form) = read_form(app, req, ctx).await?;
     let next = next
         .or_else(|| safe_next(form_value(&form, "next")))
-        .unwrap_or_else(|| paths::HOME.into());
+        .unwrap_or_else(|| app.hub.external(paths::HOME));
     let username = form_value(&form, "username")
         .unwrap_or("")
         .trim()
@@ -227,6 +229,7 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
             &xsrf,
             StatusCode::FORBIDDEN,
             &LoginPage {
+                prefix: app.hub.as_str().to_owned(),
                 user: None,
                 xsrf: xsrf.value.clone(),
                 next_encoded: http_util::percent_encode(&next),
@@ -261,7 +264,7 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
     {
         app.end_login(&crate::secret::TokenHash::of(&id)).await?;
     }
-    let mut resp = redirect(paths::LOGIN);
+    let mut resp = redirect(&app.hub.external(paths::LOGIN));
     resp.headers_mut()
         .append(header::SET_COOKIE, app.cookies.clear_session_cookie());
     Ok(resp)
@@ -287,7 +290,7 @@ async fn home(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
         servers.push(MyServerRow {
             label: s.label(),
             url: s.url_path(),
-            share_url: sharing_url(&s),
+            share_url: sharing_url(app, &s),
             sharees: grants.grants.iter().filter(|g| g.is_live(now)).count(),
         });
     }
@@ -310,6 +313,7 @@ async fn home(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
         &xsrf,
         StatusCode::OK,
         &HomePage {
+            prefix: app.hub.as_str().to_owned(),
             user: Some(caller.identity.name.to_string()),
             xsrf: xsrf.value.clone(),
             notice,
@@ -319,13 +323,13 @@ async fn home(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
     ))
 }
 
-fn sharing_url(server: &ServerRef) -> String {
-    format!(
+fn sharing_url(app: &App, server: &ServerRef) -> String {
+    app.hub.external(&format!(
         "{}{}/{}",
         paths::SHARING,
         server.owner,
         server.name.as_str()
-    )
+    ))
 }
 
 /// `/hub/sharing/{owner}/{server}` → the server.
@@ -429,11 +433,12 @@ async fn render_sharing(
         xsrf,
         status,
         &SharingPage {
+            prefix: app.hub.as_str().to_owned(),
             user: Some(caller.identity.name.to_string()),
             xsrf: xsrf.value.clone(),
             server_label: server.label(),
-            page_url: sharing_url(server),
-            action_url: sharing_url(server),
+            page_url: sharing_url(app, server),
+            action_url: sharing_url(app, server),
             running,
             is_owner: standing == crate::sharing::access::Standing::Owner,
             error,
@@ -466,7 +471,7 @@ async fn sharing_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<
     let back = |notice: &str| {
         redirect(&format!(
             "{}?done={}",
-            sharing_url(&server),
+            sharing_url(app, &server),
             http_util::percent_encode(notice)
         ))
     };
@@ -486,7 +491,7 @@ async fn sharing_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<
                 .await
             {
                 Ok((code, invite)) => {
-                    let path = crate::api::json::accept_path(code.expose());
+                    let path = crate::api::json::accept_path(&app.hub, code.expose());
                     let link = NewLink {
                         url: format!("{}{}", origin.unwrap_or_default(), path),
                         role: invite.role.to_string(),
@@ -612,6 +617,7 @@ async fn accept_form(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Res
         &xsrf,
         StatusCode::OK,
         &AcceptPage {
+            prefix: app.hub.as_str().to_owned(),
             user: Some(caller.identity.name.to_string()),
             xsrf: xsrf.value.clone(),
             user_name: caller.identity.name.to_string(),
@@ -661,7 +667,7 @@ async fn leave(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
     app.leave(&caller.identity.name, &server).await?;
     Ok(redirect(&format!(
         "{}?left={}",
-        paths::HOME,
+        app.hub.external(paths::HOME),
         http_util::percent_encode(&server.label())
     )))
 }

@@ -9,6 +9,7 @@ use crate::http_util::{Body, html_response};
 #[derive(Template)]
 #[template(path = "login.html")]
 pub struct LoginPage {
+    pub prefix: String,
     pub user: Option<String>,
     pub xsrf: String,
     pub next_encoded: String,
@@ -37,6 +38,7 @@ pub struct SharedRow {
 #[derive(Template)]
 #[template(path = "home.html")]
 pub struct HomePage {
+    pub prefix: String,
     pub user: Option<String>,
     pub xsrf: String,
     pub notice: Option<String>,
@@ -81,6 +83,7 @@ pub struct Lifetime {
 #[derive(Template)]
 #[template(path = "sharing.html")]
 pub struct SharingPage {
+    pub prefix: String,
     pub user: Option<String>,
     pub xsrf: String,
     pub server_label: String,
@@ -99,6 +102,7 @@ pub struct SharingPage {
 #[derive(Template)]
 #[template(path = "accept.html")]
 pub struct AcceptPage {
+    pub prefix: String,
     pub user: Option<String>,
     pub xsrf: String,
     pub user_name: String,
@@ -115,6 +119,7 @@ pub struct AcceptPage {
 #[derive(Template)]
 #[template(path = "error.html")]
 pub struct ErrorPage {
+    pub prefix: String,
     pub user: Option<String>,
     pub xsrf: String,
     pub status: u16,
@@ -138,10 +143,11 @@ pub fn render<T: Template>(status: StatusCode, page: &T) -> Response<Body> {
     }
 }
 
-pub fn error_page(err: &Error, request_id: &str) -> Response<Body> {
+pub fn error_page(err: &Error, request_id: &str, prefix: &str) -> Response<Body> {
     render(
         err.status(),
         &ErrorPage {
+            prefix: prefix.to_owned(),
             user: None,
             xsrf: String::new(),
             status: err.status().as_u16(),

@@ -308,6 +308,19 @@ impl Latchkey {
 
     /// Starts an instance on the given store URL (None: memory).
     pub async fn start(redis_url: Option<&str>, extra: &str) -> Latchkey {
+        Latchkey::start_with_env(redis_url, extra, &[]).await
+    }
+
+    /// Starts an instance with extra `LATCHKEY_*` environment overrides.
+    pub async fn start_with_env(
+        redis_url: Option<&str>,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Latchkey {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let hash = password_hash();
         let text = format!(
             r#"
@@ -343,7 +356,7 @@ groups = ["team-a"]
                 "[login]\nmax_failures = 1000"
             },
         );
-        let config = Config::from_sources(&text, &[]).expect("test config is valid");
+        let config = Config::from_sources(&text, &env).expect("test config is valid");
         let store = latchkey::store::open(&config.store_url)
             .await
             .expect("store opens");

@@ -235,3 +235,70 @@ async fn upstream_headers_are_injected_and_strip_prefix_is_honoured(backend: Bac
     assert!(!page.contains("upstream-secret"));
 }
 both_stores!(upstream_headers_are_injected_and_strip_prefix_is_honoured);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_hub_prefix_leaves_hub_paths_to_a_jupyterhub_behind_latchkey() {
+    let hub = Upstream::spawn().await;
+    let server = Upstream::spawn().await;
+    let lk =
+        Latchkey::start_with_env(None, "", &[("LATCHKEY_SERVER_HUB_PREFIX", "/latchkey/")]).await;
+    assert_eq!(
+        lk.post_route(
+            "/",
+            json!({"hub": true, "target": hub.target(), "jupyterhub": true})
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    lk.register_john(&server).await;
+    let anon = lk.browser();
+    // JupyterHub's own pages are JupyterHub's.
+    let r = anon.get("/hub/login").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(hub.last().path, "/hub/login");
+    // latchkey's pages moved, links and cookies with them.
+    let r = anon.get("/user/john/").await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(
+        r.headers()["location"],
+        "/latchkey/login?next=%2Fuser%2Fjohn%2F"
+    );
+    let page = anon.get("/latchkey/login").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let set_cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("Path=/latchkey/"), "{set_cookie}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("action=\"/latchkey/login"));
+    assert!(!html.contains("\"/hub/"));
+    let xsrf = anon.cookie("_xsrf", "/latchkey/").unwrap();
+    let r = anon
+        .client
+        .post(anon.url("/latchkey/login"))
+        .form(&[
+            ("username", "john"),
+            ("password", PASSWORD),
+            ("_xsrf", xsrf.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/latchkey/home");
+    let r = anon
+        .client
+        .post(anon.url("/latchkey/api/share-codes/john/"))
+        .header("x-xsrftoken", xsrf)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["accept_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("/latchkey/accept-share?code=")
+    );
+    assert_eq!(anon.get("/user/john/").await.status(), StatusCode::OK);
+}

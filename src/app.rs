@@ -26,7 +26,7 @@ use crate::proxy::{self, UpstreamClient, headers::Forwarding};
 use crate::routes::Route;
 use crate::secret::{self, Secret, TokenHash};
 use crate::sharing::access::{self, Decision, RequestKind, Standing};
-use crate::store::Store;
+use crate::store::{Store, StoreEvent};
 
 /// Shared state of one latchkey instance.
 pub struct App {
@@ -65,6 +65,7 @@ pub struct Caller {
 impl App {
     pub async fn new(config: Config, store: Arc<dyn Store>) -> Arc<App> {
         let app = Arc::new(App {
+            cache: Cache::new(config.max_staleness),
             users: Users::new(&config.users),
             cookies: CookiePolicy {
                 secure: config.secure_cookies(),
@@ -75,7 +76,6 @@ impl App {
             limiter: FailureLimiter::new(config.max_failures, config.failure_window),
             config,
             store,
-            cache: Cache::default(),
             connections: Arc::default(),
             client: proxy::client(),
             tracker: TaskTracker::new(),
@@ -84,7 +84,7 @@ impl App {
             tracing::warn!(error = %e, "could not load routes at start; will retry");
         }
         if let Ok(rev) = app.store.revision().await {
-            app.cache.note_revision(rev);
+            app.cache.note_announced(rev);
         }
         app
     }
@@ -486,26 +486,98 @@ impl App {
         Ok(())
     }
 
-    /// Keeps the cache coherent with the store, closes connections whose access ended, and
-    /// saves route activity. Runs until the process ends.
+    /// Acts on a change announced by any instance.
+    pub async fn on_event(&self, event: StoreEvent) {
+        match event {
+            StoreEvent::Routes => {
+                if let Err(e) = self.cache.reload_routes(self.store.as_ref()).await {
+                    tracing::warn!(error = %e, "route reload failed");
+                }
+                self.recheck_connections(None).await;
+            }
+            StoreEvent::Server(server) => self.sharing_changed(&server).await,
+            StoreEvent::LoginEnded(login) => {
+                self.cache.forget_login(&login);
+                self.connections.close_where(|c| c.login == Some(login));
+            }
+            StoreEvent::Resync => self.revalidate().await,
+            StoreEvent::Seen(revision) => self.cache.note_announced(revision),
+        }
+    }
+
+    /// Forgets everything cached and checks every open connection again, for when
+    /// announcements may have been lost.
+    pub async fn revalidate(&self) {
+        if let Err(e) = self.cache.reload_routes(self.store.as_ref()).await {
+            tracing::warn!(error = %e, "route reload failed");
+        }
+        self.cache.forget_grants();
+        self.cache.forget_logins();
+        self.recheck_connections(None).await;
+        let mut logins: Vec<TokenHash> = self
+            .connections
+            .snapshot()
+            .into_iter()
+            .filter_map(|c| c.login)
+            .collect();
+        logins.sort_by_key(|l| l.to_hex());
+        logins.dedup();
+        for login in logins {
+            if let Ok(None) = self.store.get_login(&login).await {
+                self.connections.close_where(|c| c.login == Some(login));
+            }
+        }
+    }
+
+    /// Keeps the cache coherent with the store (announcements, and a revision poll every second
+    /// for lost ones), closes connections whose access ended or expired, and saves route
+    /// activity. Runs until the process ends.
     pub async fn run_background(self: Arc<Self>) {
+        let mut events = self.store.subscribe();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flushed: std::collections::HashMap<String, i64> = Default::default();
         let mut n: u64 = 0;
         loop {
-            tick.tick().await;
-            n += 1;
-            match self.store.revision().await {
-                Ok(rev) if self.cache.note_revision(rev) => {
-                    if let Err(e) = self.cache.reload_routes(self.store.as_ref()).await {
-                        tracing::warn!(error = %e, "route reload failed");
-                    }
-                    self.cache.forget_grants();
+            let event = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
                 }
-                Ok(_) => {}
-                Err(_) => continue,
+            };
+            tokio::select! {
+                event = event => {
+                    match event {
+                        Some(event) => {
+                            self.cache.mark_synced();
+                            self.on_event(event).await;
+                        }
+                        None => events = None,
+                    }
+                    continue;
+                }
+                _ = tick.tick() => {}
             }
+            n += 1;
+            if events.is_some() {
+                // A revision above every announcement heard, still so a second later, means an
+                // announcement was lost: revalidate everything.
+                match self.store.revision().await {
+                    Ok(rev) => {
+                        self.cache.mark_synced();
+                        if self.cache.announcement_lost(rev) {
+                            tracing::warn!(
+                                revision = rev,
+                                "a change announcement was lost; revalidating"
+                            );
+                            self.revalidate().await;
+                            continue;
+                        }
+                    }
+                    Err(_) => continue,
+                }
+            }
+            // Grants that expired since the last tick.
             self.recheck_connections(None).await;
             if n.is_multiple_of(5) {
                 let table = self.cache.routes();

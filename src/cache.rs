@@ -1,9 +1,13 @@
 //! What the request hot path reads: routes, grants, sign-ins and API tokens, held in memory.
-//! Local writes refresh it at once; a revision counter polled in the background makes other
-//! instances' writes visible within a second or two.
+//! Local writes refresh it at once; other instances' writes arrive by pub/sub, and a revision
+//! counter polled every second catches announcements that were lost.
+//!
+//! The cache is only trusted while the store is in reach: once the last contact is older than
+//! the configured staleness window, every lookup goes to the store again (and fails with 503
+//! while the store is down), so an outage cannot extend anyone's access beyond that window.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::clock::{self, Timestamp};
@@ -22,7 +26,13 @@ pub struct Cache {
     grants: RwLock<HashMap<ServerRef, Arc<ServerGrants>>>,
     logins: RwLock<HashMap<TokenHash, (LoginRecord, Timestamp)>>,
     tokens: RwLock<HashMap<TokenHash, (ApiTokenRecord, Timestamp)>>,
+    /// The store revision seen by the last poll.
     revision: AtomicU64,
+    /// The highest revision whose announcement arrived.
+    announced: AtomicU64,
+    /// Milliseconds since the epoch of the last confirmed contact with the store.
+    synced_at: AtomicI64,
+    max_staleness_ms: i64,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -34,6 +44,25 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Cache {
+    pub fn new(max_staleness: std::time::Duration) -> Self {
+        Cache {
+            max_staleness_ms: max_staleness.as_millis() as i64,
+            synced_at: AtomicI64::new(clock::now_millis()),
+            ..Cache::default()
+        }
+    }
+
+    /// The store answered: cached entries are as good as the announcements received so far.
+    pub fn mark_synced(&self) {
+        self.synced_at
+            .fetch_max(clock::now_millis(), Ordering::Relaxed);
+    }
+
+    /// Whether cached entries may still be used.
+    pub fn is_fresh(&self) -> bool {
+        clock::now_millis() - self.synced_at.load(Ordering::Relaxed) <= self.max_staleness_ms
+    }
+
     pub fn routes(&self) -> Arc<RouteTable> {
         read(&self.routes).clone()
     }
@@ -60,7 +89,9 @@ impl Cache {
 
     /// The grants of a server's current session: from memory, or loaded once from the store.
     pub async fn grants(&self, store: &dyn Store, server: &ServerRef) -> Result<Arc<ServerGrants>> {
-        if let Some(g) = read(&self.grants).get(server) {
+        if self.is_fresh()
+            && let Some(g) = read(&self.grants).get(server)
+        {
             return Ok(g.clone());
         }
         self.refresh_grants(store, server).await
@@ -82,7 +113,8 @@ impl Cache {
 
     pub async fn login(&self, store: &dyn Store, id: &TokenHash) -> Result<Option<LoginRecord>> {
         let now = clock::now();
-        if let Some((rec, at)) = read(&self.logins).get(id)
+        if self.is_fresh()
+            && let Some((rec, at)) = read(&self.logins).get(id)
             && now - at < CREDENTIAL_TTL
         {
             return Ok((rec.expires_at > now).then(|| rec.clone()));
@@ -107,13 +139,18 @@ impl Cache {
         write(&self.logins).remove(id);
     }
 
+    pub fn forget_logins(&self) {
+        write(&self.logins).clear();
+    }
+
     pub async fn api_token(
         &self,
         store: &dyn Store,
         token: &TokenHash,
     ) -> Result<Option<ApiTokenRecord>> {
         let now = clock::now();
-        if let Some((rec, at)) = read(&self.tokens).get(token)
+        if self.is_fresh()
+            && let Some((rec, at)) = read(&self.tokens).get(token)
             && now - at < CREDENTIAL_TTL
         {
             return Ok(Some(rec.clone()));
@@ -129,8 +166,24 @@ impl Cache {
         Ok(rec)
     }
 
-    /// Returns true when the store changed since the last call (and remembers the new value).
-    pub fn note_revision(&self, revision: u64) -> bool {
-        self.revision.swap(revision, Ordering::AcqRel) != revision
+    /// Notes that the announcement of `revision` arrived.
+    pub fn note_announced(&self, revision: u64) {
+        self.announced.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// Called once a second with the store's revision. True when a revision above every
+    /// announcement heard was already seen at the previous call (an announcement was lost rather
+    /// than still in flight); the announced revision then catches up.
+    pub fn announcement_lost(&self, revision: u64) -> bool {
+        let announced = self.announced.load(Ordering::Acquire);
+        let previous = self.revision.swap(revision, Ordering::AcqRel);
+        if revision <= announced {
+            return false;
+        }
+        if previous > announced {
+            self.announced.fetch_max(revision, Ordering::AcqRel);
+            return true;
+        }
+        false
     }
 }

@@ -134,7 +134,8 @@ fn init_logging(format: &str) {
 }
 
 async fn serve(config: Config, drain: Duration) -> ExitCode {
-    let store = match crate::store::open(&config.store_url).await {
+    let store = match crate::store::open_with_timeout(&config.store_url, config.store_timeout).await
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");

@@ -52,6 +52,10 @@ pub struct RawApi {
 #[serde(deny_unknown_fields, default)]
 pub struct RawStore {
     pub url: String,
+    /// Milliseconds a store command may take before the request gets a 503.
+    pub timeout_ms: u64,
+    /// Seconds cached access decisions stay usable without contact with the store.
+    pub max_staleness: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +103,8 @@ impl Default for RawConfig {
             },
             store: RawStore {
                 url: "memory://".into(),
+                timeout_ms: 500,
+                max_staleness: 5,
             },
             sharing: RawSharing {
                 enabled: true,
@@ -157,6 +163,8 @@ pub struct Config {
     pub api_listen: SocketAddr,
     pub api_token: String,
     pub store_url: String,
+    pub store_timeout: std::time::Duration,
+    pub max_staleness: std::time::Duration,
     pub sharing: SharingLimits,
     pub max_failures: u32,
     pub failure_window: u64,
@@ -428,6 +436,12 @@ impl RawConfig {
             ));
         }
 
+        if self.store.timeout_ms < 10 || self.store.timeout_ms > 60_000 {
+            problems.push("store.timeout_ms must be between 10 and 60000".into());
+        }
+        if self.store.max_staleness == 0 {
+            problems.push("store.max_staleness must be at least 1 second".into());
+        }
         let s = &self.sharing;
         if s.min_expires_in == 0 {
             problems.push("sharing.min_expires_in must be at least 1 second".into());
@@ -489,6 +503,8 @@ impl RawConfig {
             api_listen,
             api_token,
             store_url: url,
+            store_timeout: std::time::Duration::from_millis(self.store.timeout_ms),
+            max_staleness: std::time::Duration::from_secs(self.store.max_staleness),
             sharing: SharingLimits {
                 enabled: s.enabled,
                 default_expires_in: s.default_expires_in,

@@ -71,6 +71,23 @@ impl TokenHash {
     pub fn to_hex(&self) -> String {
         hex(&self.0)
     }
+
+    /// Parses the 64-character lowercase hex form.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+            let digit = |c: u8| match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            };
+            out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(TokenHash(out))
+    }
 }
 
 impl fmt::Debug for TokenHash {
@@ -124,6 +141,9 @@ mod tests {
         assert_eq!(TokenHash::of("a"), TokenHash::of("a"));
         assert_ne!(TokenHash::of("a"), TokenHash::of("b"));
         assert_eq!(TokenHash::of("a").to_hex().len(), 64);
+        let h = TokenHash::of("a");
+        assert_eq!(TokenHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(TokenHash::from_hex("zz"), None);
     }
 
     #[test]

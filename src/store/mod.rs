@@ -77,6 +77,23 @@ pub struct ServerGrants {
     pub grants: Vec<Grant>,
 }
 
+/// A change made by some instance, announced to all of them (at most once; `revision` is the
+/// fallback that catches lost announcements).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Routes changed (a server started, restarted or stopped).
+    Routes,
+    /// The grants of this server changed.
+    Server(ServerRef),
+    /// This sign-in session ended.
+    LoginEnded(TokenHash),
+    /// Announcements may have been missed (the subscription was (re)established): revalidate
+    /// everything.
+    Resync,
+    /// An announcement of this store revision arrived (sent before the change it carries).
+    Seen(u64),
+}
+
 /// A successful invite exchange.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Accepted {
@@ -93,6 +110,12 @@ pub struct InviteView {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Announcements of changes made by other instances, for stores shared between instances.
+    /// The embedded store has no other instances and returns None.
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<StoreEvent>> {
+        None
+    }
+
     /// Fails with `StoreUnavailable` when the backend cannot be reached.
     async fn ping(&self) -> Result<()>;
     /// A counter that increases with every change; instances poll it to stay coherent.
@@ -159,12 +182,20 @@ pub trait Store: Send + Sync + 'static {
     async fn end_reason(&self, server: &ServerRef, user: &UserName) -> Result<Option<EndReason>>;
 }
 
-/// Opens the store named by a URL.
+/// Opens the store named by a URL, with the default command timeout.
 pub async fn open(url: &str) -> std::result::Result<Arc<dyn Store>, String> {
+    open_with_timeout(url, std::time::Duration::from_millis(500)).await
+}
+
+/// Opens the store named by a URL; Redis commands fail after `timeout`.
+pub async fn open_with_timeout(
+    url: &str,
+    timeout: std::time::Duration,
+) -> std::result::Result<Arc<dyn Store>, String> {
     if url == "memory://" {
         Ok(Arc::new(memory::MemoryStore::default()))
     } else {
-        let store = redis::RedisStore::connect(url).await?;
+        let store = redis::RedisStore::connect_with_timeout(url, timeout).await?;
         Ok(Arc::new(store))
     }
 }

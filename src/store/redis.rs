@@ -25,10 +25,13 @@ const ROUTES: &str = "lk:routes";
 const ROUTE_SESSIONS: &str = "lk:route_sessions";
 const ACTIVITY: &str = "lk:activity";
 const REVISION: &str = "lk:rev";
+/// The pub/sub channel on which every write is announced.
+pub const EVENTS: &str = "lk:events";
 /// How long the reasons for ended access are kept, for the refusal page.
 const ENDED_TTL: u64 = 86_400;
 
 pub struct RedisStore {
+    client: redis::Client,
     conn: ConnectionManager,
     scripts: Scripts,
 }
@@ -106,17 +109,28 @@ impl RedisStore {
     /// Connects lazily: latchkey starts even while Redis is still coming up, and commands fail
     /// fast with `StoreUnavailable` until it is reachable.
     pub async fn connect(url: &str) -> std::result::Result<Self, String> {
+        RedisStore::connect_with_timeout(url, Duration::from_millis(500)).await
+    }
+
+    /// Connects with a per-command timeout: a slow or stopped Redis makes commands fail after
+    /// `timeout` instead of piling up.
+    pub async fn connect_with_timeout(
+        url: &str,
+        timeout: Duration,
+    ) -> std::result::Result<Self, String> {
         let client =
             redis::Client::open(url).map_err(|e| format!("store.url is not usable: {e}"))?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(250));
         let conn = client
             .get_connection_manager_lazy(config)
             .map_err(|e| format!("cannot use redis at the configured URL: {e}"))?;
         Ok(RedisStore {
+            client,
             conn,
             scripts: Scripts::new(),
         })
@@ -162,8 +176,67 @@ impl RedisStore {
     }
 }
 
+/// Keeps one subscription to the events channel, re-establishing it after any failure, and
+/// forwards what it hears. Every (re)subscription is followed by `Resync`, because
+/// announcements made while it was down are lost.
+async fn listen(client: redis::Client, tx: tokio::sync::mpsc::Sender<super::StoreEvent>) {
+    use super::StoreEvent;
+    use futures_util::StreamExt;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(EVENTS).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let mut pubsub = match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        if tx.send(StoreEvent::Resync).await.is_err() {
+            return;
+        }
+        let mut messages = pubsub.on_message();
+        while let Some(msg) = messages.next().await {
+            let Ok(payload) = msg.get_payload::<String>() else {
+                continue;
+            };
+            // "<revision> r" | "<revision> s <server>" | "<revision> l <login hash>"
+            let mut parts = payload.splitn(3, ' ');
+            let revision = parts.next().and_then(|r| r.parse::<u64>().ok());
+            let event = match (parts.next(), parts.next()) {
+                (Some("r"), None) => Some(StoreEvent::Routes),
+                (Some("s"), Some(server)) => ServerRef::parse(server).ok().map(StoreEvent::Server),
+                (Some("l"), Some(hex)) => TokenHash::from_hex(hex).map(StoreEvent::LoginEnded),
+                _ => None,
+            };
+            if let (Some(revision), Some(event)) = (revision, event)
+                && tx.send(StoreEvent::Seen(revision)).await.is_ok()
+                && tx.send(event).await.is_err()
+            {
+                return;
+            }
+        }
+        tracing::warn!("lost the redis subscription; re-subscribing");
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<super::StoreEvent>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(listen(self.client.clone(), tx));
+        Some(rx)
+    }
+
     async fn ping(&self) -> Result<()> {
         let _: String = redis::cmd("PING")
             .query_async(&mut self.conn())
@@ -364,9 +437,21 @@ impl Store for RedisStore {
     }
 
     async fn delete_login(&self, id: &TokenHash) -> Result<()> {
-        self.conn()
-            .del::<_, ()>(format!("lk:login:{}", id.to_hex()))
+        // Announced, so that every instance closes the connections opened with it.
+        redis::cmd("EVAL")
+            .arg(
+                "redis.call('DEL', KEYS[1]) \
+                 local rev = redis.call('INCR', KEYS[2]) \
+                 redis.call('PUBLISH', 'lk:events', rev .. ' l ' .. ARGV[1]) \
+                 return rev",
+            )
+            .arg(2)
+            .arg(format!("lk:login:{}", id.to_hex()))
+            .arg(REVISION)
+            .arg(id.to_hex())
+            .query_async::<i64>(&mut self.conn())
             .await
+            .map(|_| ())
             .map_err(unavailable)
     }
 
@@ -751,7 +836,9 @@ if ARGV[6] == '1' then
     redis.call('HSET', KEYS[4], 'session', session)
   end
 end
-redis.call('INCR', KEYS[3])
+local rev = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', 'lk:events', rev .. ' r')
+if ARGV[9] ~= '' then redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. string.sub(ARGV[9], 5, -2)) end
 return {session, tonumber(created), ended}
 "#,
             ),
@@ -781,7 +868,9 @@ if ARGV[2] == '1' then
     ended = s
   end
 end
-redis.call('INCR', KEYS[3])
+local rev = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', 'lk:events', rev .. ' r')
+if ARGV[4] ~= '' then redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. string.sub(ARGV[4], 5, -2)) end
 return {body, s, tonumber(c), activity, ended}
 "#,
             ),
@@ -855,7 +944,8 @@ if ea then
   if old_grants then redis.call('HDEL', old_grants, ARGV[4]) end
 end
 redis.call('SADD', KEYS[5], ARGV[1])
-redis.call('INCR', KEYS[3])
+local rev = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. ARGV[1])
 return {'ok', grant}
 "#,
             ),
@@ -888,7 +978,8 @@ if ARGV[4] ~= '' then
   end
 end
 redis.call('SADD', KEYS[4], ARGV[5])
-redis.call('INCR', KEYS[2])
+local rev = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. ARGV[5])
 return 1
 "#,
             ),
@@ -903,7 +994,8 @@ if removed == 1 and ARGV[3] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
-redis.call('INCR', KEYS[2])
+local rev = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. string.sub(ARGV[1], 5, -2))
 return removed
 "#,
             ),
@@ -916,7 +1008,8 @@ local gen = redis.call('HINCRBY', KEYS[1], 'ggen', 1)
 local old_grants = ARGV[1] .. ':g:' .. sess .. ':' .. (gen - 1)
 redis.call('EXPIRE', old_grants, ARGV[3])
 redis.call('SET', KEYS[3], ARGV[2] .. '\n' .. old_grants, 'EX', ARGV[3])
-redis.call('INCR', KEYS[2])
+local rev = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. string.sub(ARGV[1], 5, -2))
 return 1
 "#,
             ),

@@ -357,7 +357,7 @@ groups = ["team-a"]
             },
         );
         let config = Config::from_sources(&text, &env).expect("test config is valid");
-        let store = latchkey::store::open(&config.store_url)
+        let store = latchkey::store::open_with_timeout(&config.store_url, config.store_timeout)
             .await
             .expect("store opens");
         let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -2,6 +2,7 @@
 //! `memory://` (embedded) and `redis://`. Domain rules live above it; each method that must be
 //! atomic (accepting an invite, revoking everything, ending a session) is one call.
 
+pub mod endpoint;
 pub mod memory;
 pub mod redis;
 

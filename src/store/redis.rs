@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
@@ -31,8 +31,7 @@ pub const EVENTS: &str = "lk:events";
 const ENDED_TTL: u64 = 86_400;
 
 pub struct RedisStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    endpoint: std::sync::Arc<super::endpoint::Endpoint>,
     scripts: Scripts,
 }
 
@@ -118,26 +117,14 @@ impl RedisStore {
         url: &str,
         timeout: Duration,
     ) -> std::result::Result<Self, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("store.url is not usable: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(250));
-        let conn = client
-            .get_connection_manager_lazy(config)
-            .map_err(|e| format!("cannot use redis at the configured URL: {e}"))?;
         Ok(RedisStore {
-            client,
-            conn,
+            endpoint: super::endpoint::Endpoint::connect(url, timeout).await?,
             scripts: Scripts::new(),
         })
     }
 
     fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.endpoint.conn()
     }
 
     async fn pointer(&self, code: &TokenHash) -> Result<Option<CodePointer>> {
@@ -179,11 +166,17 @@ impl RedisStore {
 /// Keeps one subscription to the events channel, re-establishing it after any failure, and
 /// forwards what it hears. Every (re)subscription is followed by `Resync`, because
 /// announcements made while it was down are lost.
-async fn listen(client: redis::Client, tx: tokio::sync::mpsc::Sender<super::StoreEvent>) {
+async fn listen(
+    endpoint: std::sync::Arc<super::endpoint::Endpoint>,
+    tx: tokio::sync::mpsc::Sender<super::StoreEvent>,
+) {
     use super::StoreEvent;
     use futures_util::StreamExt;
     let mut backoff = Duration::from_millis(50);
+    let mut moved = endpoint.moved();
     loop {
+        let client = endpoint.client();
+        moved.mark_unchanged();
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(EVENTS).await?;
@@ -205,7 +198,15 @@ async fn listen(client: redis::Client, tx: tokio::sync::mpsc::Sender<super::Stor
             return;
         }
         let mut messages = pubsub.on_message();
-        while let Some(msg) = messages.next().await {
+        loop {
+            let msg = tokio::select! {
+                m = messages.next() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                // The master moved (Sentinel failover): subscribe there instead.
+                _ = moved.changed() => break,
+            };
             let Ok(payload) = msg.get_payload::<String>() else {
                 continue;
             };
@@ -233,7 +234,7 @@ async fn listen(client: redis::Client, tx: tokio::sync::mpsc::Sender<super::Stor
 impl Store for RedisStore {
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<super::StoreEvent>> {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(listen(self.client.clone(), tx));
+        tokio::spawn(listen(self.endpoint.clone(), tx));
         Some(rx)
     }
 

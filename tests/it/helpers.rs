@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+pub use std::process::Command;
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -639,4 +640,56 @@ pub async fn eventually(within: Duration, mut cond: impl AsyncFnMut() -> bool) -
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Several latchkey instances sharing one redis-server: the multi-instance rig.
+pub struct Rig {
+    pub redis: Redis,
+    pub instances: Vec<Latchkey>,
+}
+
+impl Rig {
+    pub async fn start(n: usize) -> Rig {
+        Rig::start_with(n, "").await
+    }
+
+    pub async fn start_with(n: usize, extra: &str) -> Rig {
+        let redis = Redis::start().await;
+        let mut instances = vec![];
+        for _ in 0..n {
+            instances.push(Latchkey::start(Some(&redis.url()), extra).await);
+        }
+        Rig { redis, instances }
+    }
+
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Waits for a WebSocket to be closed by the other side; returns how long it took.
+pub async fn closed_within<S>(ws: &mut S, limit: Duration) -> Option<Duration>
+where
+    S: futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    use futures_util::StreamExt;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(limit, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => break,
+                Some(Ok(m)) if m.is_close() => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|_| started.elapsed())
 }

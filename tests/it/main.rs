@@ -8,3 +8,4 @@ mod sharing;
 mod store_contract;
 mod story;
 mod streaming;
+mod multi_instance;

@@ -1,0 +1,240 @@
+//! Several instances on one Redis: a change made through any instance holds on all of them,
+//! revocation closes connections everywhere, and Redis faults are survived.
+
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use http::StatusCode;
+use reqwest::Method;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_posted_to_one_instance_is_served_by_the_others_within_a_second() {
+    let upstream = Upstream::spawn().await;
+    let rig = Rig::start(3).await;
+    let john_on_b = rig.instances[1].signed_in("john").await;
+    assert_eq!(john_on_b.get("/user/john/").await.status(), StatusCode::NOT_FOUND);
+    rig.instances[0].register_john(&upstream).await;
+    let served = eventually(Duration::from_secs(1), async || {
+        john_on_b.get("/user/john/").await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(served, "instance B serves the route posted to A within 1 s");
+    // A sign-in made on one instance is valid on every other (same cookie).
+    let cookie = john_on_b.cookie_header("/user/john/");
+    let on_c = reqwest::Client::new()
+        .get(rig.instances[2].url("/user/john/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_c.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_on_one_instance_closes_websockets_on_every_instance() {
+    let upstream = Upstream::spawn().await;
+    let rig = Rig::start(3).await;
+    rig.instances[0].register_john(&upstream).await;
+    let john = rig.instances[0].signed_in("john").await;
+    let (code, _) = john.invite("john/", json!({})).await;
+    // nina accepts on A and holds sockets on B and C.
+    let nina_a = rig.instances[0].signed_in("nina").await;
+    assert_eq!(nina_a.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    let cookie = nina_a.cookie_header("/user/john/");
+    let mut sockets = vec![];
+    for lk in &rig.instances[1..] {
+        let b = Browser::new(&lk.base);
+        let url: reqwest::Url = lk.url("/").parse().unwrap();
+        for c in cookie.split("; ") {
+            b.jar.add_cookie_str(c, &url);
+        }
+        let ok = eventually(Duration::from_secs(2), async || {
+            b.get("/user/john/").await.status() == StatusCode::OK
+        })
+        .await;
+        assert!(ok, "the grant made on A is honoured on {}", lk.base);
+        let mut ws = b.websocket("/user/john/ws").await.unwrap();
+        ws.send(Message::text("hi")).await.unwrap();
+        sockets.push((b, ws));
+    }
+    let revoked = Instant::now();
+    let r = john
+        .api(Method::PATCH, "/hub/api/shares/john/", Some(json!({"user": "nina"})))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let returned = revoked.elapsed();
+    for (b, ws) in &mut sockets {
+        let took = closed_within(ws, Duration::from_secs(2)).await;
+        assert!(took.is_some(), "socket on {} closed", b.base);
+        assert_eq!(b.get("/user/john/").await.status(), StatusCode::FORBIDDEN);
+    }
+    eprintln!("revoke call returned in {returned:?}; all sockets closed by {:?}", revoked.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_announcement_still_closes_sockets_within_seconds() {
+    let upstream = Upstream::spawn().await;
+    let rig = Rig::start(2).await;
+    rig.instances[0].register_john(&upstream).await;
+    let john = rig.instances[0].signed_in("john").await;
+    let (code, _) = john.invite("john/", json!({})).await;
+    let nina = rig.instances[1].signed_in("nina").await;
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    let mut ws = nina.websocket("/user/john/ws").await.unwrap();
+    // Kill every subscriber connection, then revoke at once: the announcement is lost for
+    // whichever instance had not re-subscribed yet.
+    rig.redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let r = john.api(Method::DELETE, "/hub/api/shares/john/", None).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let took = closed_within(&mut ws, Duration::from_secs(3)).await;
+    assert!(took.is_some(), "closed within 3 s although the announcement was lost");
+    assert_eq!(nina.get("/user/john/").await.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_on_one_instance_closes_the_sessions_sockets_on_another() {
+    let upstream = Upstream::spawn().await;
+    let rig = Rig::start(2).await;
+    rig.instances[0].register_john(&upstream).await;
+    let john_a = rig.instances[0].signed_in("john").await;
+    let john_b = Browser::new(&rig.instances[1].base);
+    let url: reqwest::Url = rig.instances[1].url("/").parse().unwrap();
+    for c in john_a.cookie_header("/user/john/").split("; ") {
+        john_b.jar.add_cookie_str(c, &url);
+    }
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            john_b.get("/user/john/").await.status() == StatusCode::OK
+        })
+        .await
+    );
+    let mut ws = john_b.websocket("/user/john/ws").await.unwrap();
+    let xsrf = john_a.xsrf().await;
+    let r = john_a
+        .client
+        .post(john_a.url("/hub/logout"))
+        .form(&[("_xsrf", xsrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(closed_within(&mut ws, Duration::from_secs(2)).await.is_some());
+    assert_eq!(john_b.get("/user/john/").await.status(), StatusCode::FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_means_fast_503s_and_nobody_is_signed_out() {
+    let upstream = Upstream::spawn().await;
+    let mut rig = Rig::start_with(1, "").await;
+    let lk = &rig.instances[0];
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    assert_eq!(john.get("/user/john/").await.status(), StatusCode::OK);
+    let hits = upstream.hits();
+    rig.redis.kill();
+    // Within the staleness window cached decisions may serve; after it, requests that need the
+    // store get a quick 503 and never reach the upstream.
+    let refused = eventually(Duration::from_secs(8), async || {
+        john.get("/user/john/").await.status() == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(refused, "requests fail with 503 once the cache is stale");
+    let served_while_down = upstream.hits() - hits;
+    let started = Instant::now();
+    let r = john.get("/user/john/").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(1), "503 comes quickly");
+    assert!(r.headers().get("set-cookie").is_none(), "no cookie is cleared");
+    assert!(r.text().await.unwrap().contains("you stay signed in"));
+    let anon = lk.browser();
+    let r = anon.get("/user/john/").await;
+    assert_ne!(r.status(), StatusCode::OK);
+    let hits_down = upstream.hits();
+
+    rig.redis.restart().await;
+    let back = Instant::now();
+    let ok = eventually(Duration::from_secs(2), async || {
+        john.get("/user/john/").await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(ok, "within 2 s of Redis returning, the same cookie works again");
+    assert_eq!(upstream.hits(), hits_down + 1);
+    eprintln!(
+        "served from cache while down: {served_while_down}; back after {:?}",
+        back.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_causes_timeouts_not_pile_ups() {
+    let upstream = Upstream::spawn().await;
+    let rig = Rig::start_with(1, "").await;
+    let lk = &rig.instances[0];
+    lk.register_john(&upstream).await;
+    let nina = lk.signed_in("nina").await;
+    let pid: i32 = rig.redis_cli(&["INFO", "server"])
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("redis pid");
+    let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    // 20 concurrent requests that need the store (an unknown code): each gets a 503 after the
+    // store timeout, none waits for Redis to come back.
+    let started = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..20 {
+        let client = nina.client.clone();
+        let url = nina.url("/hub/accept-share?code=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        tasks.push(tokio::spawn(async move { client.get(url).send().await.unwrap().status() }));
+    }
+    let mut statuses = vec![];
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let took = started.elapsed();
+    let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+    assert!(statuses.iter().all(|s| *s == StatusCode::SERVICE_UNAVAILABLE), "{statuses:?}");
+    assert!(took < Duration::from_secs(3), "all answered in {took:?}, before Redis resumed");
+    let ok = eventually(Duration::from_secs(3), async || {
+        nina.get("/hub/home").await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_latchkey_and_redis_loses_nothing_acknowledged() {
+    let upstream = Upstream::spawn().await;
+    let mut redis = Redis::start().await;
+    let lk = Latchkey::start(Some(&redis.url()), "").await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let (code, _) = john.invite("john/", json!({})).await;
+    let (spare, _) = john.invite("john/", json!({})).await;
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    let john_cookie = john.cookie_header("/user/john/");
+    let nina_cookie = nina.cookie_header("/user/john/");
+    lk.stop().await;
+    redis.restart().await;
+    let lk = Latchkey::start(Some(&redis.url()), "").await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |cookie: &str| {
+        client
+            .get(lk.url("/user/john/"))
+            .header("cookie", cookie.to_owned())
+            .send()
+    };
+    assert_eq!(get(&john_cookie).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(get(&nina_cookie).await.unwrap().status(), StatusCode::OK);
+    let otto = lk.signed_in("otto").await;
+    assert_eq!(otto.accept(&spare).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(otto.get("/user/john/").await.status(), StatusCode::OK);
+}

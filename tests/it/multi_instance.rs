@@ -238,3 +238,118 @@ async fn restarting_latchkey_and_redis_loses_nothing_acknowledged() {
     assert_eq!(otto.accept(&spare).await.status(), StatusCode::SEE_OTHER);
     assert_eq!(otto.get("/user/john/").await.status(), StatusCode::OK);
 }
+
+/// A process killed when dropped.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_port(port: u16) {
+    let up = eventually(Duration::from_secs(5), async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    assert!(up, "port {port} did not open");
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sentinel_failover_latchkey_follows_the_new_master() {
+    let dir = std::env::temp_dir().join(format!("latchkey-sentinel-{}", latchkey::secret::random_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut master = Redis::start().await;
+    let replica_port = free_port();
+    let _replica = Proc(
+        Command::new("redis-server")
+            .args(["--port", &replica_port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--replicaof", "127.0.0.1", &master.port.to_string()])
+            .args(["--dir", dir.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(replica_port).await;
+    let sentinel_port = free_port();
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
+             sentinel monitor lk 127.0.0.1 {} 1\n\
+             sentinel down-after-milliseconds lk 1000\n\
+             sentinel failover-timeout lk 5000\n",
+            dir.display(),
+            master.port
+        ),
+    )
+    .unwrap();
+    let _sentinel = Proc(
+        Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(sentinel_port).await;
+    // The replica must be in sync before the master dies.
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up")
+        })
+        .await
+    );
+
+    let upstream = Upstream::spawn().await;
+    let url = format!("redis+sentinel://127.0.0.1:{sentinel_port}/lk/0");
+    let lk = Latchkey::start(Some(&url), "").await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let (code, _) = john.invite("john/", json!({})).await;
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    cli(master.port, &["WAIT", "1", "2000"]);
+
+    master.kill();
+    let killed = Instant::now();
+    let resumed = eventually(Duration::from_secs(15), async || {
+        let r = john
+            .api(Method::POST, "/hub/api/share-codes/john/", Some(json!({})))
+            .await;
+        r.status() == StatusCode::CREATED
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(resumed, "writes resume after the failover");
+    assert!(took < Duration::from_secs(10), "writes resumed after {took:?}");
+    eprintln!("writes resumed {took:?} after the master was killed");
+    // What was acknowledged before the failover is still there, on the new master.
+    assert_eq!(nina.get("/user/john/").await.status(), StatusCode::OK);
+    let r = john
+        .api(Method::PATCH, "/hub/api/shares/john/", Some(json!({"user": "nina"})))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(nina.get("/user/john/").await.status(), StatusCode::FORBIDDEN);
+    let _ = std::fs::remove_dir_all(&dir);
+}

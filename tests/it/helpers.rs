@@ -220,6 +220,9 @@ async fn upstream_answer(
         });
         return latchkey::demo::websocket_echo(req);
     }
+    if path.ends_with("/slow") {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
     if path.ends_with("/big") {
         // 256 MiB produced on the fly, never held.
         let chunk = bytes::Bytes::from(vec![1u8; 1024 * 1024]);
@@ -675,8 +678,12 @@ impl Rig {
 /// Waits for a WebSocket to be closed by the other side; returns how long it took.
 pub async fn closed_within<S>(ws: &mut S, limit: Duration) -> Option<Duration>
 where
-    S: futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
-        + Unpin,
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
 {
     use futures_util::StreamExt;
     let started = std::time::Instant::now();

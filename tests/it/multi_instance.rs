@@ -16,7 +16,10 @@ async fn a_route_posted_to_one_instance_is_served_by_the_others_within_a_second(
     let upstream = Upstream::spawn().await;
     let rig = Rig::start(3).await;
     let john_on_b = rig.instances[1].signed_in("john").await;
-    assert_eq!(john_on_b.get("/user/john/").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        john_on_b.get("/user/john/").await.status(),
+        StatusCode::NOT_FOUND
+    );
     rig.instances[0].register_john(&upstream).await;
     let served = eventually(Duration::from_secs(1), async || {
         john_on_b.get("/user/john/").await.status() == StatusCode::OK
@@ -63,7 +66,11 @@ async fn revoking_on_one_instance_closes_websockets_on_every_instance() {
     }
     let revoked = Instant::now();
     let r = john
-        .api(Method::PATCH, "/hub/api/shares/john/", Some(json!({"user": "nina"})))
+        .api(
+            Method::PATCH,
+            "/hub/api/shares/john/",
+            Some(json!({"user": "nina"})),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let returned = revoked.elapsed();
@@ -72,7 +79,10 @@ async fn revoking_on_one_instance_closes_websockets_on_every_instance() {
         assert!(took.is_some(), "socket on {} closed", b.base);
         assert_eq!(b.get("/user/john/").await.status(), StatusCode::FORBIDDEN);
     }
-    eprintln!("revoke call returned in {returned:?}; all sockets closed by {:?}", revoked.elapsed());
+    eprintln!(
+        "revoke call returned in {returned:?}; all sockets closed by {:?}",
+        revoked.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,11 +98,19 @@ async fn a_lost_announcement_still_closes_sockets_within_seconds() {
     // Kill every subscriber connection, then revoke at once: the announcement is lost for
     // whichever instance had not re-subscribed yet.
     rig.redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-    let r = john.api(Method::DELETE, "/hub/api/shares/john/", None).await;
+    let r = john
+        .api(Method::DELETE, "/hub/api/shares/john/", None)
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let took = closed_within(&mut ws, Duration::from_secs(3)).await;
-    assert!(took.is_some(), "closed within 3 s although the announcement was lost");
-    assert_eq!(nina.get("/user/john/").await.status(), StatusCode::FORBIDDEN);
+    assert!(
+        took.is_some(),
+        "closed within 3 s although the announcement was lost"
+    );
+    assert_eq!(
+        nina.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +140,11 @@ async fn signing_out_on_one_instance_closes_the_sessions_sockets_on_another() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert!(closed_within(&mut ws, Duration::from_secs(2)).await.is_some());
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(2))
+            .await
+            .is_some()
+    );
     assert_eq!(john_b.get("/user/john/").await.status(), StatusCode::FOUND);
 }
 
@@ -147,8 +169,14 @@ async fn redis_down_means_fast_503s_and_nobody_is_signed_out() {
     let started = Instant::now();
     let r = john.get("/user/john/").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(started.elapsed() < Duration::from_secs(1), "503 comes quickly");
-    assert!(r.headers().get("set-cookie").is_none(), "no cookie is cleared");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "503 comes quickly"
+    );
+    assert!(
+        r.headers().get("set-cookie").is_none(),
+        "no cookie is cleared"
+    );
     assert!(r.text().await.unwrap().contains("you stay signed in"));
     let anon = lk.browser();
     let r = anon.get("/user/john/").await;
@@ -161,7 +189,10 @@ async fn redis_down_means_fast_503s_and_nobody_is_signed_out() {
         john.get("/user/john/").await.status() == StatusCode::OK
     })
     .await;
-    assert!(ok, "within 2 s of Redis returning, the same cookie works again");
+    assert!(
+        ok,
+        "within 2 s of Redis returning, the same cookie works again"
+    );
     assert_eq!(upstream.hits(), hits_down + 1);
     eprintln!(
         "served from cache while down: {served_while_down}; back after {:?}",
@@ -176,12 +207,15 @@ async fn a_stopped_redis_causes_timeouts_not_pile_ups() {
     let lk = &rig.instances[0];
     lk.register_john(&upstream).await;
     let nina = lk.signed_in("nina").await;
-    let pid: i32 = rig.redis_cli(&["INFO", "server"])
+    let pid: i32 = rig
+        .redis_cli(&["INFO", "server"])
         .lines()
         .find_map(|l| l.strip_prefix("process_id:"))
         .and_then(|p| p.trim().parse().ok())
         .expect("redis pid");
-    let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status();
     // 20 concurrent requests that need the store (an unknown code): each gets a 503 after the
     // store timeout, none waits for Redis to come back.
     let started = Instant::now();
@@ -189,16 +223,28 @@ async fn a_stopped_redis_causes_timeouts_not_pile_ups() {
     for _ in 0..20 {
         let client = nina.client.clone();
         let url = nina.url("/hub/accept-share?code=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
-        tasks.push(tokio::spawn(async move { client.get(url).send().await.unwrap().status() }));
+        tasks.push(tokio::spawn(async move {
+            client.get(url).send().await.unwrap().status()
+        }));
     }
     let mut statuses = vec![];
     for t in tasks {
         statuses.push(t.await.unwrap());
     }
     let took = started.elapsed();
-    let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
-    assert!(statuses.iter().all(|s| *s == StatusCode::SERVICE_UNAVAILABLE), "{statuses:?}");
-    assert!(took < Duration::from_secs(3), "all answered in {took:?}, before Redis resumed");
+    let _ = Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "all answered in {took:?}, before Redis resumed"
+    );
     let ok = eventually(Duration::from_secs(3), async || {
         nina.get("/hub/home").await.status() == StatusCode::OK
     })
@@ -259,7 +305,9 @@ fn free_port() -> u16 {
 
 async fn wait_port(port: u16) {
     let up = eventually(Duration::from_secs(5), async || {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
     })
     .await;
     assert!(up, "port {port} did not open");
@@ -276,13 +324,23 @@ fn cli(port: u16, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sentinel_failover_latchkey_follows_the_new_master() {
-    let dir = std::env::temp_dir().join(format!("latchkey-sentinel-{}", latchkey::secret::random_id()));
+    let dir = std::env::temp_dir().join(format!(
+        "latchkey-sentinel-{}",
+        latchkey::secret::random_id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let mut master = Redis::start().await;
     let replica_port = free_port();
     let _replica = Proc(
         Command::new("redis-server")
-            .args(["--port", &replica_port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &replica_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--replicaof", "127.0.0.1", &master.port.to_string()])
             .args(["--dir", dir.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
@@ -342,14 +400,179 @@ async fn after_a_sentinel_failover_latchkey_follows_the_new_master() {
     .await;
     let took = killed.elapsed();
     assert!(resumed, "writes resume after the failover");
-    assert!(took < Duration::from_secs(10), "writes resumed after {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "writes resumed after {took:?}"
+    );
     eprintln!("writes resumed {took:?} after the master was killed");
     // What was acknowledged before the failover is still there, on the new master.
     assert_eq!(nina.get("/user/john/").await.status(), StatusCode::OK);
     let r = john
-        .api(Method::PATCH, "/hub/api/shares/john/", Some(json!({"user": "nina"})))
+        .api(
+            Method::PATCH,
+            "/hub/api/shares/john/",
+            Some(json!({"user": "nina"})),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(nina.get("/user/john/").await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        nina.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A latchkey process (the real binary), for tests that kill or signal it.
+struct Instance {
+    proc: Option<Proc>,
+    base: String,
+}
+
+impl Instance {
+    async fn start(redis_url: &str, dir: &std::path::Path) -> Instance {
+        let (port, api_port) = (free_port(), free_port());
+        let hash = latchkey::auth::password::hash(PASSWORD).unwrap();
+        let conf = dir.join(format!("latchkey-{port}.toml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+                 token = \"{API_TOKEN}\"\n[store]\nurl = \"{redis_url}\"\n\
+                 [[users]]\nname = \"john\"\npassword_hash = \"{hash}\"\n\
+                 [[users]]\nname = \"nina\"\npassword_hash = \"{hash}\"\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+            .args(["serve", "--config", conf.to_str().unwrap(), "--drain", "5"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(port).await;
+        Instance {
+            proc: Some(Proc(child)),
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn signal(&mut self, sig: &str) {
+        if let Some(p) = &self.proc {
+            let _ = Command::new("kill")
+                .args([sig, &p.0.id().to_string()])
+                .status();
+        }
+    }
+
+    /// A browser on this instance carrying another browser's cookies.
+    fn browser_as(&self, other: &Browser) -> Browser {
+        let b = Browser::new(&self.base);
+        let url: reqwest::Url = format!("{}/", self.base).parse().unwrap();
+        for c in other.cookie_header("/user/john/").split("; ") {
+            b.jar.add_cookie_str(c, &url);
+        }
+        b
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_an_instance_dies_clients_carry_on_through_another_and_revoked_users_stay_out() {
+    let dir = std::env::temp_dir().join(format!("latchkey-kill-{}", latchkey::secret::random_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = Redis::start().await;
+    let upstream = Upstream::spawn().await;
+    let mut a = Instance::start(&redis.url(), &dir).await;
+    let b = Instance::start(&redis.url(), &dir).await;
+    let c = Instance::start(&redis.url(), &dir).await;
+
+    // Register john's server through the store shared by all three (via an in-process instance).
+    let registrar = Latchkey::start(Some(&redis.url()), "").await;
+    registrar.register_john(&upstream).await;
+
+    let john = Browser::new(&c.base);
+    john.login("john").await;
+    let (code, _) = john.invite("john/", json!({})).await;
+    let nina_a = Browser::new(&a.base);
+    nina_a.login("nina").await;
+    assert_eq!(nina_a.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    let mut ws = nina_a.websocket("/user/john/ws").await.unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+
+    // A dies without warning: her socket drops; she reconnects through B and carries on,
+    // signed in with the same cookie.
+    a.signal("-KILL");
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(3))
+            .await
+            .is_some()
+    );
+    let nina_b = b.browser_as(&nina_a);
+    assert_eq!(nina_b.get("/user/john/").await.status(), StatusCode::OK);
+    let mut ws = nina_b.websocket("/user/john/ws").await.unwrap();
+    ws.send(Message::text("after")).await.unwrap();
+
+    // john revokes through C: B closes her socket, and she stays refused everywhere alive.
+    let r = john
+        .api(
+            Method::PATCH,
+            "/hub/api/shares/john/",
+            Some(json!({"user": "nina"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    assert_eq!(
+        nina_b.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let nina_c = c.browser_as(&nina_a);
+    assert_eq!(
+        nina_c.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let dir = std::env::temp_dir().join(format!("latchkey-term-{}", latchkey::secret::random_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let redis = Redis::start().await;
+    let upstream = Upstream::spawn().await;
+    let mut a = Instance::start(&redis.url(), &dir).await;
+    let registrar = Latchkey::start(Some(&redis.url()), "").await;
+    registrar.register_john(&upstream).await;
+    let john = Browser::new(&a.base);
+    john.login("john").await;
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            john.get("/user/john/").await.status() == StatusCode::OK
+        })
+        .await
+    );
+    // Three slow requests in flight when SIGTERM arrives all complete.
+    let before = upstream.hits();
+    let mut in_flight = vec![];
+    for _ in 0..3 {
+        let client = john.client.clone();
+        let url = john.url("/user/john/slow");
+        in_flight.push(tokio::spawn(async move {
+            client.get(url).send().await.map(|r| r.status())
+        }));
+    }
+    // All three have reached the upstream (which holds them 700 ms) before the signal.
+    assert!(
+        eventually(Duration::from_secs(2), async || upstream.hits()
+            == before + 3)
+        .await
+    );
+    a.signal("-TERM");
+    for t in in_flight {
+        assert_eq!(t.await.unwrap().unwrap(), StatusCode::OK);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

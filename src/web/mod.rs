@@ -257,6 +257,12 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
     let headers = if req.method() == Method::POST {
         read_form(app, req, ctx).await?.0
     } else {
+        // JupyterHub signs out on GET too; another site may not make a browser do it.
+        crate::auth::csrf::check_same_origin(
+            req.headers(),
+            app.own_origin(req.headers(), ctx.tls).as_deref(),
+            req.uri().authority().map(|a| a.as_str()),
+        )?;
         req.headers().clone()
     };
     if let Some(id) = cookies::find(&headers, app.cookies.session_name())

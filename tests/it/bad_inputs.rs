@@ -357,3 +357,24 @@ async fn failed_sign_ins_are_rate_limited_per_client() {
     assert!(b.cookie("latchkey-session", "/").is_none());
     lk.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_site_cannot_sign_a_user_out() {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(Backend::Memory).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let r = john
+        .client
+        .get(john.url("/hub/logout"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(john.get("/user/john/").await.status(), StatusCode::OK);
+    // A same-site GET signs out, as JupyterHub's does.
+    let r = john.get("/hub/logout").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(john.get("/user/john/").await.status(), StatusCode::FOUND);
+}

@@ -224,6 +224,19 @@ async fn upstream_headers_are_injected_and_strip_prefix_is_honoured(backend: Bac
     let seen = upstream.last();
     assert_eq!(seen.path, "/base/static/app.js?v=1");
     assert_eq!(seen.headers["authorization"], "token upstream-secret");
+    // The route API shows which headers are injected, never their values.
+    let route: serde_json::Value = lk
+        .route_api()
+        .get(format!("{}/api/routes/user/john/code", lk.api))
+        .header("authorization", format!("token {API_TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(route["upstream_headers"]["Authorization"], "<hidden>");
+    assert!(!route.to_string().contains("upstream-secret"));
     assert!(seen.headers.contains_key("host"));
     // The injected credential is never shown to anyone but the route API.
     let page = john

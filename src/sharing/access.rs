@@ -49,6 +49,25 @@ pub enum Decision {
     ViewOnly,
 }
 
+/// Whether a grant is for this user, by name or through one of their groups.
+pub fn covers(grant: &Grant, user: &Identity) -> bool {
+    match &grant.grantee {
+        Grantee::User(u) => u == &user.name,
+        Grantee::Group(group) => user.groups.contains(group),
+    }
+}
+
+/// The grant with the best role among those for this user, live or not.
+pub fn best_grant<'a>(
+    grants: impl IntoIterator<Item = &'a Grant>,
+    user: &Identity,
+) -> Option<&'a Grant> {
+    grants
+        .into_iter()
+        .filter(|g| covers(g, user))
+        .max_by_key(|g| g.role)
+}
+
 /// The caller's best standing on a server whose owner is `owner`, given the live grants of the
 /// server's current session.
 pub fn standing(
@@ -60,16 +79,7 @@ pub fn standing(
     if &caller.name == owner {
         return Some(Standing::Owner);
     }
-    grants
-        .iter()
-        .filter(|g| g.is_live(now))
-        .filter(|g| match &g.grantee {
-            Grantee::User(u) => u == &caller.name,
-            Grantee::Group(group) => caller.groups.contains(group),
-        })
-        .map(|g| g.role)
-        .max()
-        .map(Standing::Grantee)
+    best_grant(grants.iter().filter(|g| g.is_live(now)), caller).map(|g| Standing::Grantee(g.role))
 }
 
 /// May this caller make this request to a server owned by `owner`?

@@ -394,15 +394,7 @@ impl Store for MemoryStore {
         let inner = self.lock();
         let mut out = vec![];
         for (server, state) in &inner.servers {
-            let best = state
-                .grants
-                .values()
-                .filter(|g| match &g.grantee {
-                    Grantee::User(u) => u == &user.name,
-                    Grantee::Group(grp) => user.groups.contains(grp),
-                })
-                .max_by_key(|g| g.role);
-            if let Some(g) = best {
+            if let Some(g) = crate::sharing::access::best_grant(state.grants.values(), user) {
                 out.push((server.clone(), g.clone()));
             }
         }

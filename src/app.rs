@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, Request, Response, StatusCode, header};
+use http::{HeaderMap, Request, Response, header};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
@@ -42,6 +42,9 @@ pub struct App {
     pub hub: paths::HubPrefix,
     /// Upgraded connections (WebSockets), which hyper's graceful shutdown does not see.
     pub tracker: TaskTracker,
+    pub metrics: crate::metrics::Metrics,
+    /// Set when shutdown starts: readiness answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Per-request facts every handler may need.
@@ -64,6 +67,8 @@ pub struct Caller {
 
 impl App {
     pub async fn new(config: Config, store: Arc<dyn Store>) -> Arc<App> {
+        let metrics = crate::metrics::Metrics::new();
+        let store = crate::store::metered::wrap(store, &metrics.store);
         let app = Arc::new(App {
             cache: Cache::new(config.max_staleness),
             users: Users::new(&config.users),
@@ -74,11 +79,13 @@ impl App {
             },
             hub: paths::HubPrefix::new(&config.hub_prefix),
             limiter: FailureLimiter::new(config.max_failures, config.failure_window),
+            client: proxy::client(&config.upstream_ca),
             config,
             store,
             connections: Arc::default(),
-            client: proxy::client(),
             tracker: TaskTracker::new(),
+            metrics,
+            draining: Default::default(),
         });
         if let Err(e) = app.cache.reload_routes(app.store.as_ref()).await {
             tracing::warn!(error = %e, "could not load routes at start; will retry");
@@ -106,6 +113,7 @@ impl App {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let internal = self.hub.internal(&path);
+        let class = crate::metrics::Class::of_public(&path, internal.as_deref());
         let json = http_util::wants_json(req.headers(), internal.as_deref().unwrap_or(&path));
         let mut resp = match self.dispatch(req, internal, &ctx).await {
             Ok(r) => r,
@@ -129,6 +137,8 @@ impl App {
             status = resp.status().as_u16(),
             ms = started.elapsed().as_secs_f64() * 1000.0,
         );
+        self.metrics
+            .request(class, resp.status(), started.elapsed());
         resp
     }
 
@@ -149,23 +159,8 @@ impl App {
                 "The header {name} is not allowed: it could be read as an identity header."
             )));
         }
-        match path {
-            paths::HEALTHZ | paths::CHP_HEALTHZ => {
-                return Ok(http_util::json_response(
-                    StatusCode::OK,
-                    &serde_json::json!({"status": "OK"}),
-                ));
-            }
-            paths::READYZ => {
-                return match self.store.ping().await {
-                    Ok(()) => Ok(http_util::json_response(
-                        StatusCode::OK,
-                        &serde_json::json!({"status": "ready"}),
-                    )),
-                    Err(e) => Err(e),
-                };
-            }
-            _ => {}
+        if let Some(resp) = crate::health::answer(self, path).await {
+            return Ok(resp);
         }
         if let Some(internal) = internal {
             // Handlers see internal "/hub/..." paths whatever the configured prefix.

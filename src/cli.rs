@@ -34,7 +34,8 @@ enum Command {
     Serve {
         #[arg(long, env = "LATCHKEY_CONFIG")]
         config: Option<PathBuf>,
-        /// Seconds to drain connections after SIGTERM.
+        /// Seconds from SIGTERM (or Ctrl-C) until the last connections are closed: requests and
+        /// WebSockets may finish until then.
         #[arg(long, default_value_t = 30)]
         drain: u64,
     },
@@ -142,9 +143,9 @@ async fn serve(config: Config, drain: Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let tls = match &config.tls {
-        Some(files) => match crate::server::tls_acceptor(&files.cert, &files.key) {
-            Ok(a) => Some(a),
+    let mut tls = match &config.tls {
+        Some(files) => match crate::server::Tls::load(files) {
+            Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
@@ -159,10 +160,20 @@ async fn serve(config: Config, drain: Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let (Some(tls), Some(addr)) = (tls.as_mut(), config.http_redirect_listen) {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => tls.redirect = Some(l),
+            Err(e) => {
+                eprintln!("cannot listen on {addr} (HTTP to HTTPS redirect): {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     tracing::info!(
         public = %public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         api = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         tls = tls.is_some(),
+        redirect = ?config.http_redirect_listen,
         "latchkey listening"
     );
     let app = crate::App::new(config, store).await;

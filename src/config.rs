@@ -28,6 +28,16 @@ pub struct RawServer {
     pub public_url: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    /// Seconds between checks of the TLS files for changes (SIGHUP reloads at once).
+    pub tls_reload_interval: u64,
+    /// A plain HTTP listener that redirects every request to HTTPS (needs TLS).
+    pub http_redirect_listen: Option<String>,
+    /// PEM file of the CA certificates that `https://` upstreams are verified against; without
+    /// it, the Mozilla roots.
+    pub upstream_ca: Option<String>,
+    /// Seconds between readiness turning 503 and the listeners closing on shutdown, for load
+    /// balancers that only learn from readiness checks.
+    pub shutdown_delay: u64,
     /// Peers whose X-Forwarded-For is believed (load balancers in front of latchkey).
     pub trusted_proxies: Vec<String>,
     /// Seconds to wait for an upstream's response headers.
@@ -91,6 +101,10 @@ impl Default for RawConfig {
                 public_url: None,
                 tls_cert: None,
                 tls_key: None,
+                tls_reload_interval: 5,
+                http_redirect_listen: None,
+                upstream_ca: None,
+                shutdown_delay: 0,
                 trusted_proxies: vec![],
                 upstream_timeout: 30,
                 session_max_age: 7 * 24 * 3600,
@@ -154,6 +168,11 @@ pub struct Config {
     /// `scheme://host[:port]` with no trailing slash, when configured.
     pub public_url: Option<String>,
     pub tls: Option<TlsFiles>,
+    pub tls_reload_interval: std::time::Duration,
+    pub http_redirect_listen: Option<SocketAddr>,
+    /// CA certificates for `https://` upstreams (empty: the Mozilla roots).
+    pub upstream_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    pub shutdown_delay: std::time::Duration,
     pub trusted_proxies: Vec<IpAddr>,
     pub upstream_timeout: std::time::Duration,
     pub session_max_age: u64,
@@ -372,6 +391,25 @@ impl RawConfig {
             }
         };
 
+        if self.server.tls_reload_interval == 0 {
+            problems.push("server.tls_reload_interval must be at least 1 second".into());
+        }
+        let http_redirect_listen = self.server.http_redirect_listen.as_deref().map(|a| {
+            if tls.is_none() {
+                problems.push(
+                    "server.http_redirect_listen needs server.tls_cert and server.tls_key".into(),
+                );
+            }
+            addr("server.http_redirect_listen", a, &mut problems)
+        });
+        let upstream_ca = match self.server.upstream_ca.as_deref() {
+            None => vec![],
+            Some(p) => crate::tls::read_certificates(Path::new(p)).unwrap_or_else(|e| {
+                problems.push(format!("server.upstream_ca: {e}"));
+                vec![]
+            }),
+        };
+
         let trusted_proxies = self
             .server
             .trusted_proxies
@@ -495,6 +533,10 @@ impl RawConfig {
             listen,
             public_url,
             tls,
+            tls_reload_interval: std::time::Duration::from_secs(self.server.tls_reload_interval),
+            http_redirect_listen,
+            upstream_ca,
+            shutdown_delay: std::time::Duration::from_secs(self.server.shutdown_delay),
             trusted_proxies,
             upstream_timeout: std::time::Duration::from_secs(self.server.upstream_timeout),
             session_max_age: self.server.session_max_age,

@@ -13,8 +13,10 @@ pub mod config;
 pub mod connections;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod http_util;
 pub mod ids;
+pub mod metrics;
 pub mod paths;
 pub mod proxy;
 pub mod routes;
@@ -22,6 +24,7 @@ pub mod secret;
 pub mod server;
 pub mod sharing;
 pub mod store;
+pub mod tls;
 pub mod web;
 
 pub use app::App;

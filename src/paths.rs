@@ -16,6 +16,8 @@ pub const CHP_HEALTHZ: &str = "/_chp_healthz";
 
 /// Route API (configurable-http-proxy compatible), on its own listener.
 pub const ROUTES_API: &str = "/api/routes";
+/// Prometheus metrics (OpenMetrics text), on the route API listener only.
+pub const METRICS: &str = "/metrics";
 
 /// Cookie names. The XSRF cookie is scoped to `/hub/` so that a proxied Jupyter server, which
 /// uses a cookie of the same name, never sees it.

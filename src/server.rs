@@ -1,11 +1,14 @@
-//! Accepting connections: TCP, optional TLS, HTTP/1.1 and HTTP/2 with upgrades, graceful
-//! shutdown. No product logic lives here.
+//! Accepting connections: TCP, optional TLS (with certificate reload), HTTP/1.1 and HTTP/2
+//! with upgrades, the HTTP-to-HTTPS redirect listener, and graceful shutdown. No product logic
+//! lives here.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -16,17 +19,40 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
+use crate::http_util::{self, Body};
+use crate::metrics::Class;
+use crate::tls::ReloadingCert;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The two listeners of one latchkey instance, bound by the caller.
+/// The listeners of one latchkey instance, bound by the caller.
 pub struct Listeners {
     pub public: TcpListener,
     pub api: TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    /// TLS on the public listener.
+    pub tls: Option<Tls>,
+}
+
+/// TLS for the public listener.
+pub struct Tls {
+    /// The certificate, reloaded on SIGHUP and when its files change
+    /// (`[server] tls_reload_interval`).
+    pub cert: Arc<ReloadingCert>,
+    /// A plain HTTP listener that answers every request with a redirect to HTTPS.
+    pub redirect: Option<TcpListener>,
+}
+
+impl Tls {
+    /// Reads the configured certificate and key.
+    pub fn load(files: &crate::config::TlsFiles) -> Result<Tls, String> {
+        Ok(Tls {
+            cert: ReloadingCert::load(&files.cert, &files.key)?,
+            redirect: None,
+        })
+    }
 }
 
 fn builder() -> auto::Builder<TokioExecutor> {
@@ -42,8 +68,11 @@ fn builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves until `shutdown` resolves, then drains HTTP requests and WebSockets for at most
-/// `drain` before returning.
+/// Serves until `shutdown` resolves, then shuts down gracefully:
+/// 1. readiness (`/readyz`) answers 503 at once;
+/// 2. after `[server] shutdown_delay`, the listeners close;
+/// 3. HTTP requests in flight and open WebSockets may finish until `drain` has passed since
+///    the shutdown began; WebSockets still open then are closed and `serve` returns.
 pub async fn serve(
     listeners: Listeners,
     app: Arc<App>,
@@ -52,32 +81,98 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = tokio::spawn(app.clone().run_background());
-    let public = tokio::spawn(accept_loop(
+    let https_port = listeners
+        .public
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(443);
+    let mut loops = vec![];
+    let mut cert_watch = None;
+    let acceptor = match listeners.tls {
+        Some(tls) => {
+            let acceptor = match tls.cert.acceptor() {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot configure TLS");
+                    background.abort();
+                    return;
+                }
+            };
+            let metrics_app = app.clone();
+            cert_watch = Some(tokio::spawn(
+                tls.cert
+                    .clone()
+                    .watch(app.config.tls_reload_interval, move |ok| {
+                        metrics_app.metrics.tls_reloaded(ok)
+                    }),
+            ));
+            if let Some(redirect) = tls.redirect {
+                loops.push(tokio::spawn(accept_loop(
+                    redirect,
+                    None,
+                    app.clone(),
+                    stop_rx.clone(),
+                    Kind::Redirect { https_port },
+                )));
+            }
+            Some(acceptor)
+        }
+        None => None,
+    };
+    loops.push(tokio::spawn(accept_loop(
         listeners.public,
-        listeners.tls,
+        acceptor,
         app.clone(),
         stop_rx.clone(),
         Kind::Public,
-    ));
-    let api = tokio::spawn(accept_loop(
+    )));
+    loops.push(tokio::spawn(accept_loop(
         listeners.api,
         None,
         app.clone(),
         stop_rx,
         Kind::RouteApi,
-    ));
+    )));
+
     shutdown.await;
-    tracing::info!("shutting down: draining connections");
-    let _ = stop_tx.send(true);
     let deadline = tokio::time::Instant::now() + drain;
+    app.draining.store(true, Ordering::SeqCst);
+    let delay = app.config.shutdown_delay;
+    tracing::info!(
+        delay_s = delay.as_secs(),
+        drain_s = drain.as_secs(),
+        "shutting down: readiness answers 503"
+    );
+    if !delay.is_zero() {
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + delay)).await;
+    }
+    tracing::info!(
+        websockets = app.tracker.len(),
+        "listeners closed; draining requests and WebSockets"
+    );
+    let _ = stop_tx.send(true);
     let _ = tokio::time::timeout_at(deadline, async {
-        let _ = public.await;
-        let _ = api.await;
+        for l in loops {
+            let _ = l.await;
+        }
     })
     .await;
     app.tracker.close();
-    let _ = tokio::time::timeout_at(deadline, app.tracker.wait()).await;
+    if tokio::time::timeout_at(deadline, app.tracker.wait())
+        .await
+        .is_err()
+    {
+        let closed = app.connections.close_where(|_| true);
+        tracing::warn!(
+            websockets = app.tracker.len(),
+            closed,
+            "drain deadline passed: closing what is still open"
+        );
+    }
     background.abort();
+    if let Some(w) = cert_watch {
+        w.abort();
+    }
     tracing::info!("stopped");
 }
 
@@ -85,6 +180,10 @@ pub async fn serve(
 enum Kind {
     Public,
     RouteApi,
+    /// Plain HTTP that redirects to HTTPS on this port (unless `public_url` says otherwise).
+    Redirect {
+        https_port: u16,
+    },
 }
 
 async fn accept_loop(
@@ -117,6 +216,8 @@ async fn accept_loop(
         tokio::spawn(async move {
             match tls {
                 Some(acceptor) => {
+                    // The handshake runs here, in the connection's task, so a slow client never
+                    // holds up `accept`.
                     let stream = match tokio::time::timeout(
                         HANDSHAKE_TIMEOUT,
                         acceptor.accept(stream),
@@ -159,12 +260,10 @@ fn service(
     tls: bool,
     kind: Kind,
 ) -> impl hyper::service::Service<
-    http::Request<Incoming>,
-    Response = http::Response<crate::http_util::Body>,
+    Request<Incoming>,
+    Response = Response<Body>,
     Error = std::convert::Infallible,
-    Future = impl Future<
-        Output = Result<http::Response<crate::http_util::Body>, std::convert::Infallible>,
-    > + Send,
+    Future = impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
 > + Clone {
     service_fn(move |req| {
         let app = app.clone();
@@ -172,28 +271,63 @@ fn service(
             Ok(match kind {
                 Kind::Public => app.handle(req, peer, tls).await,
                 Kind::RouteApi => crate::api::routes::handle(app, req).await,
+                Kind::Redirect { https_port } => redirect_to_https(&app, &req, https_port),
             })
         }
     })
 }
 
-/// Builds a TLS acceptor from PEM files, with the ring provider and ALPN h2 + http/1.1.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot parse {}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read the key {}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("the TLS certificate and key do not fit: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+/// 308 to the same path and query over HTTPS: on `public_url` when it is an https URL, else on
+/// the host the client asked for, at the TLS listener's port.
+fn redirect_to_https(app: &App, req: &Request<Incoming>, https_port: u16) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let request_id = crate::secret::random_id();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .or_else(|| req.uri().authority().cloned());
+    let location = match app.config.public_url.as_deref() {
+        Some(base) if base.starts_with("https://") => Some(format!("{base}{pq}")),
+        _ => host.map(|a| {
+            let port = if https_port == 443 {
+                String::new()
+            } else {
+                format!(":{https_port}")
+            };
+            format!("https://{}{port}{pq}", a.host())
+        }),
+    };
+    let mut resp = match location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        Some(location) => {
+            let mut r = Response::new(http_util::empty());
+            *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            r.headers_mut().insert(header::LOCATION, location);
+            r
+        }
+        None => crate::error::Error::bad_request(
+            "This address only redirects to HTTPS, and the request names no host.",
+        )
+        .render(&request_id, true),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().entry("x-request-id").or_insert(v);
+    }
+    tracing::info!(
+        target: "latchkey::access",
+        request_id = %request_id,
+        listener = "redirect",
+        method = %req.method(),
+        path = %req.uri().path(),
+        status = resp.status().as_u16(),
+    );
+    app.metrics
+        .request(Class::Redirect, resp.status(), started.elapsed());
+    resp
 }

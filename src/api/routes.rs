@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::app::App;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::http_util::{self, Body, json_response, no_content};
+use crate::metrics::{Class, Live, Revocation};
 use crate::paths;
 use crate::routes::{RouteSpec, normalize_path};
 use crate::secret::{self, constant_time_eq};
@@ -18,13 +19,24 @@ use crate::store::{NewRoute, StoredRoute};
 
 /// Answers one request on the route API listener.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let started = std::time::Instant::now();
     let request_id = secret::random_id();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let resp = match dispatch(&app, req).await {
+    let class = if path == paths::METRICS {
+        Class::Metrics
+    } else if crate::health::is_health_path(&path) {
+        Class::Health
+    } else {
+        Class::RouteApi
+    };
+    let mut resp = match dispatch(&app, req).await {
         Ok(r) => r,
         Err(e) => e.render(&request_id, true),
     };
+    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+        resp.headers_mut().entry("x-request-id").or_insert(v);
+    }
     tracing::info!(
         target: "latchkey::access",
         request_id = %request_id,
@@ -32,18 +44,23 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         %method,
         path = %path,
         status = resp.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
     );
+    app.metrics.request(class, resp.status(), started.elapsed());
     resp
 }
 
 async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
     let path = req.uri().path().to_owned();
-    if path == paths::CHP_HEALTHZ || path == paths::HEALTHZ {
-        return Ok(json_response(StatusCode::OK, &json!({"status": "OK"})));
+    if let Some(resp) = crate::health::answer(app, &path).await {
+        return Ok(resp);
     }
-    if path == paths::READYZ {
-        app.store.ping().await?;
-        return Ok(json_response(StatusCode::OK, &json!({"status": "ready"})));
+    if path == paths::METRICS {
+        // No token: Prometheus scrapes without one, and no series carries a secret or a name.
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Err(Error::MethodNotAllowed);
+        }
+        return Ok(metrics(app));
     }
     let Some(route_path) = path
         .strip_prefix(paths::ROUTES_API)
@@ -70,6 +87,21 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     }
 }
 
+/// The OpenMetrics exposition of this instance.
+fn metrics(app: &App) -> Response<Body> {
+    let text = app.metrics.encode(Live {
+        websockets: app.tracker.len(),
+        routes: app.cache.routes().len(),
+        draining: app.draining.load(std::sync::atomic::Ordering::SeqCst),
+    });
+    let mut resp = Response::new(http_util::full(text));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    resp
+}
+
 fn authorized(app: &App, req: &Request<Incoming>) -> bool {
     let Some(value) = req
         .headers()
@@ -85,8 +117,15 @@ fn authorized(app: &App, req: &Request<Incoming>) -> bool {
         && constant_time_eq(token.trim().as_bytes(), app.config.api_token.as_bytes())
 }
 
+/// A route as the API shows it: the data as posted, except that injected upstream credentials
+/// are never shown again (only their header names), plus `last_activity`.
 fn route_json(data: &Map<String, Value>, last_activity: i64) -> Value {
     let mut out = data.clone();
+    if let Some(Value::Object(headers)) = out.get_mut("upstream_headers") {
+        for value in headers.values_mut() {
+            *value = Value::String("<hidden>".into());
+        }
+    }
     out.insert(
         "last_activity".into(),
         Value::String(clock::iso_millis(last_activity)),
@@ -139,11 +178,6 @@ async fn post(app: &Arc<App>, raw: &str, body: &[u8]) -> Result<Response<Body>> 
         }
     };
     let spec = RouteSpec::from_data(&path, &data).map_err(Error::BadRequest)?;
-    if spec.target.scheme == http::uri::Scheme::HTTPS {
-        return Err(Error::bad_request(
-            "https:// targets are not supported yet; use an http:// target.",
-        ));
-    }
     let change = app
         .store
         .put_route(NewRoute {
@@ -158,6 +192,7 @@ async fn post(app: &Arc<App>, raw: &str, body: &[u8]) -> Result<Response<Body>> 
         .await?;
     if let Some((server, _)) = &change.ended {
         tracing::info!(server = %server, "server session ended: grants and links are void");
+        app.metrics.revoked(Revocation::SessionEnded);
     }
     tracing::info!(path = %path, server = ?spec.server.as_ref().map(|s| s.key()), "route stored");
     app.routes_changed(spec.server.as_ref()).await;
@@ -186,6 +221,9 @@ async fn delete(app: &Arc<App>, raw: &str) -> Result<Response<Body>> {
         return Err(Error::NotFound(format!("There is no route {path}.")));
     }
     tracing::info!(path = %path, "route deleted");
+    if change.ended.is_some() {
+        app.metrics.revoked(Revocation::SessionEnded);
+    }
     app.routes_changed(server.as_ref()).await;
     Ok(no_content())
 }

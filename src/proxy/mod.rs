@@ -21,13 +21,18 @@ use crate::connections::{Registrar, Registration};
 use crate::error::Error;
 use crate::http_util::{Body, BoxError};
 use crate::routes::Route;
+use crate::tls::UpstreamConnector;
 
-pub type UpstreamClient = Client<HttpConnector, Body>;
+pub type UpstreamClient = Client<UpstreamConnector, Body>;
 
-pub fn client() -> UpstreamClient {
+/// The pooled client for every upstream, `http://` and `https://`. `https://` upstreams are
+/// verified against `upstream_ca` when it holds certificates, else against the Mozilla roots.
+pub fn client(upstream_ca: &[rustls_pki_types::CertificateDer<'static>]) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    let connector =
+        UpstreamConnector::new(connector, crate::tls::upstream_client_config(upstream_ca));
     Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         .pool_max_idle_per_host(256)

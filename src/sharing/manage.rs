@@ -6,6 +6,7 @@ use crate::auth::Identity;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::ids::{GroupName, ServerRef, UserName};
+use crate::metrics::Revocation;
 use crate::secret::{self, Secret, TokenHash};
 use crate::sharing::access::{self, Standing};
 use crate::sharing::{EndReason, Grant, Grantee, InviteRecord, Role, Via};
@@ -122,6 +123,7 @@ impl App {
             .create_invite(server, &session, &code.hash(), &invite)
             .await?;
         tracing::info!(server = %server, invite = %invite.id, role = %role, "invite created");
+        self.metrics.invite_created();
         Ok((code, invite))
     }
 
@@ -152,6 +154,10 @@ impl App {
             return Err(Error::NotFound("There is no such link.".into()));
         }
         tracing::info!(server = %server, one = id.is_some(), "invite links revoked");
+        self.metrics.revoked(match id {
+            Some(_) => Revocation::Link,
+            None => Revocation::AllLinks,
+        });
         Ok(n)
     }
 
@@ -167,6 +173,7 @@ impl App {
             .accept_invite(&TokenHash::of(code), identity, now)
             .await?;
         tracing::info!(server = %accepted.server, user = %identity.name, role = %accepted.grant.role, "invite accepted");
+        self.metrics.invite_accepted();
         self.sharing_changed(&accepted.server).await;
         Ok(accepted)
     }
@@ -261,6 +268,9 @@ impl App {
             .revoke_grant(server, grantee, EndReason::Revoked)
             .await?;
         tracing::info!(server = %server, grantee = %grantee.key(), removed, "grant revoked");
+        if removed {
+            self.metrics.revoked(Revocation::Grantee);
+        }
         self.sharing_changed(server).await;
         Ok(())
     }
@@ -270,6 +280,7 @@ impl App {
         self.require_owner(caller, server, "revoke all users")?;
         self.store.revoke_all_grants(server).await?;
         tracing::info!(server = %server, "all grants revoked");
+        self.metrics.revoked(Revocation::AllGrantees);
         self.sharing_changed(server).await;
         Ok(())
     }

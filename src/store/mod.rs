@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 pub mod memory;
+pub mod metered;
 pub mod redis;
 
 use std::sync::Arc;

@@ -3,9 +3,10 @@
 mod helpers;
 
 mod bad_inputs;
+mod multi_instance;
+mod production;
 mod route_api;
 mod sharing;
 mod store_contract;
 mod story;
 mod streaming;
-mod multi_instance;

@@ -572,6 +572,12 @@ impl App {
                     Err(_) => continue,
                 }
             }
+            // A change whose announcement never went out (the writer died between its write
+            // and its announcement) is picked up here at the latest.
+            if events.is_some() && n.is_multiple_of(30) {
+                self.revalidate().await;
+                continue;
+            }
             // Grants that expired since the last tick.
             self.recheck_connections(None).await;
             if n.is_multiple_of(5) {

@@ -467,10 +467,12 @@ impl RawConfig {
             || url.starts_with("redis://")
             || url.starts_with("rediss://")
             || url.starts_with("redis+unix://")
+            || url.starts_with("redis+sentinel://")
+            || url.starts_with("redis+cluster://")
             || url.starts_with("unix://"))
         {
             problems.push(format!(
-                "store.url = {url:?} must be \"memory://\" or a redis:// URL"
+                "store.url = {url:?} must be \"memory://\", redis://, rediss://, redis+sentinel:// or redis+cluster://"
             ));
         }
 

@@ -1,13 +1,76 @@
-//! Where the Redis master is: a fixed URL, or found through Redis Sentinel and followed across
-//! failovers (redis-rs connections do not follow a failover by themselves).
+//! Where Redis is: a fixed URL; a master found through Redis Sentinel and followed across
+//! failovers (redis-rs connections do not follow a failover by themselves); or a Redis Cluster.
 //!
-//! `redis+sentinel://[:password@]host:port[,host:port...]/service[/db]`
+//! - `redis://[:password@]host:port[/db]`
+//! - `redis+sentinel://[:password@]host:port[,host:port...]/service[/db]`
+//! - `redis+cluster://[:password@]host:port[,host:port...]`
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::watch;
+
+/// A connection to a single Redis (standalone or the Sentinel's master) or to a cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// `redis+cluster://` nodes, as `redis://` URLs.
+fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, String>> {
+    let rest = url.strip_prefix("redis+cluster://")?;
+    let rest = rest.trim_end_matches('/');
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| match auth {
+            Some(a) => format!("redis://{a}@{h}"),
+            None => format!("redis://{h}"),
+        })
+        .collect();
+    Some(if nodes.is_empty() {
+        Err("a cluster URL needs at least one host:port".into())
+    } else {
+        Ok(nodes)
+    })
+}
 
 /// How often the sentinels are asked where the master is.
 const SENTINEL_POLL: Duration = Duration::from_millis(500);
@@ -50,7 +113,9 @@ impl SentinelSpec {
             }
             let db = match parts.next() {
                 None | Some("") => 0,
-                Some(d) => d.parse().map_err(|_| format!("{d:?} is not a database number"))?,
+                Some(d) => d
+                    .parse()
+                    .map_err(|_| format!("{d:?} is not a database number"))?,
             };
             Ok(SentinelSpec {
                 sentinels,
@@ -92,7 +157,11 @@ impl SentinelSpec {
 
 /// The current connection to the master.
 pub struct Endpoint {
-    current: RwLock<(redis::Client, ConnectionManager, String)>,
+    /// (client for subscriptions, connection for commands, URL of the master)
+    current: RwLock<(redis::Client, Conn, String)>,
+    /// Cluster nodes to subscribe through, tried in turn (announcements reach every node).
+    subscribe_nodes: Vec<redis::Client>,
+    next_node: AtomicUsize,
     timeout: Duration,
     /// Bumped when the master changes, so that subscribers move too.
     moved: watch::Sender<u64>,
@@ -114,6 +183,31 @@ impl Endpoint {
     /// Connects lazily to a fixed URL or, for sentinel URLs, to the master the sentinels name
     /// now, and follows it from then on.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Arc<Endpoint>, String> {
+        if let Some(nodes) = cluster_nodes(url) {
+            let nodes = nodes?;
+            let cluster = redis::cluster::ClusterClient::builder(nodes.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .build()
+                .map_err(|e| format!("store.url is not usable: {e}"))?;
+            let conn = tokio::time::timeout(Duration::from_secs(5), cluster.get_async_connection())
+                .await
+                .map_err(|_| "the Redis cluster did not answer".to_owned())?
+                .map_err(|e| format!("cannot connect to the Redis cluster: {e}"))?;
+            let subscribe_nodes = nodes
+                .iter()
+                .map(|n| redis::Client::open(n.as_str()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("store.url is not usable: {e}"))?;
+            return Ok(Arc::new(Endpoint {
+                current: RwLock::new((subscribe_nodes[0].clone(), Conn::Cluster(conn), url.into())),
+                subscribe_nodes,
+                next_node: AtomicUsize::new(0),
+                timeout,
+                moved: watch::channel(0).0,
+            }));
+        }
         let (master_url, spec) = match SentinelSpec::parse(url) {
             None => (url.to_owned(), None),
             Some(spec) => {
@@ -128,11 +222,13 @@ impl Endpoint {
                 (spec.master_url(&addr), Some(spec))
             }
         };
-        let client =
-            redis::Client::open(master_url.as_str()).map_err(|e| format!("store.url is not usable: {e}"))?;
+        let client = redis::Client::open(master_url.as_str())
+            .map_err(|e| format!("store.url is not usable: {e}"))?;
         let conn = manager(&client, timeout)?;
         let endpoint = Arc::new(Endpoint {
-            current: RwLock::new((client, conn, master_url)),
+            current: RwLock::new((client, Conn::Single(conn), master_url)),
+            subscribe_nodes: vec![],
+            next_node: AtomicUsize::new(0),
             timeout,
             moved: watch::channel(0).0,
         });
@@ -142,7 +238,7 @@ impl Endpoint {
         Ok(endpoint)
     }
 
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> Conn {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -150,7 +246,12 @@ impl Endpoint {
             .clone()
     }
 
+    /// A client to subscribe with; for a cluster, the next node in turn.
     pub fn client(&self) -> redis::Client {
+        if !self.subscribe_nodes.is_empty() {
+            let i = self.next_node.fetch_add(1, Ordering::Relaxed) % self.subscribe_nodes.len();
+            return self.subscribe_nodes[i].clone();
+        }
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -183,7 +284,7 @@ async fn follow_master(endpoint: Weak<Endpoint>, spec: SentinelSpec) {
             continue;
         };
         tracing::warn!(master = %addr, "redis master changed; following it");
-        *ep.current.write().unwrap_or_else(|e| e.into_inner()) = (client, conn, url);
+        *ep.current.write().unwrap_or_else(|e| e.into_inner()) = (client, Conn::Single(conn), url);
         ep.moved.send_modify(|n| *n += 1);
     }
 }
@@ -203,7 +304,23 @@ mod tests {
         assert_eq!(s.password.as_deref(), Some("pw"));
         assert_eq!(s.master_url("h:9"), "redis://:pw@h:9/3");
         assert!(SentinelSpec::parse("redis://x").is_none());
-        assert!(SentinelSpec::parse("redis+sentinel://a:1").unwrap().is_err());
+        assert!(
+            SentinelSpec::parse("redis+sentinel://a:1")
+                .unwrap()
+                .is_err()
+        );
         assert!(SentinelSpec::parse("redis+sentinel:///m").unwrap().is_err());
+    }
+
+    #[test]
+    fn cluster_urls_list_their_nodes() {
+        assert_eq!(
+            cluster_nodes("redis+cluster://:pw@a:1,b:2/")
+                .unwrap()
+                .unwrap(),
+            vec!["redis://:pw@a:1", "redis://:pw@b:2"]
+        );
+        assert!(cluster_nodes("redis://a:1").is_none());
+        assert!(cluster_nodes("redis+cluster://").unwrap().is_err());
     }
 }

@@ -1,12 +1,16 @@
-//! The Redis store. Keys of one server share a hash tag (`lk:{owner/name}:...`) so that its
-//! scripts touch one slot. Grants live under `...:g:{session}:{generation}`: ending a session or
-//! revoking every grant moves to a new key name in O(1), and the old hash merely expires. Keys
-//! never contain a secret: codes, sessions and tokens appear only as SHA-256 hashes.
+//! The Redis store (standalone, Sentinel or Cluster).
+//!
+//! Every script touches one hash slot: the route table lives under the `{lk}` tag, and the keys
+//! of one server share its own tag (`lk:{owner/name}:...`). Grants live under
+//! `...:g:{session}:{generation}`: ending a session or revoking every grant moves to a new key
+//! name in O(1), and the old hash merely expires. After each change, a second small script bumps
+//! the revision and announces the change on the `lk:events` channel. Keys never contain a
+//! secret: codes, sessions and tokens appear only as SHA-256 hashes.
 
 use std::time::Duration;
 
+use super::endpoint::Conn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
@@ -21,10 +25,10 @@ use crate::ids::{ServerRef, UserName};
 use crate::secret::TokenHash;
 use crate::sharing::{EndReason, Grant, Grantee, InviteRecord};
 
-const ROUTES: &str = "lk:routes";
-const ROUTE_SESSIONS: &str = "lk:route_sessions";
-const ACTIVITY: &str = "lk:activity";
-const REVISION: &str = "lk:rev";
+const ROUTES: &str = "{lk}:routes";
+const ROUTE_SESSIONS: &str = "{lk}:route_sessions";
+const ACTIVITY: &str = "{lk}:activity";
+const REVISION: &str = "{lk}:rev";
 /// The pub/sub channel on which every write is announced.
 pub const EVENTS: &str = "lk:events";
 /// How long the reasons for ended access are kept, for the refusal page.
@@ -38,6 +42,8 @@ pub struct RedisStore {
 struct Scripts {
     put_route: Script,
     delete_route: Script,
+    server_session: Script,
+    announce: Script,
     create_invite: Script,
     accept_invite: Script,
     read_grants: Script,
@@ -123,8 +129,43 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.endpoint.conn()
+    }
+
+    /// Bumps the revision and announces what changed (`r`, `s <server>`, `l <login>`), so that
+    /// every instance acts on it at once.
+    async fn announce(&self, what: &[String]) -> Result<()> {
+        let mut call = self.scripts.announce.key(REVISION);
+        for w in what {
+            call.arg(w);
+        }
+        call.invoke_async::<i64>(&mut self.conn())
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// Starts (`Some`) or ends (`None`, only if it is still `matching`) a server's session in
+    /// its own slot; returns the session that ended, if one did.
+    async fn set_server_session(
+        &self,
+        server: &ServerRef,
+        session: Option<&str>,
+        matching: &str,
+    ) -> Result<Option<String>> {
+        let ended: String = self
+            .scripts
+            .server_session
+            .key(meta_key(server))
+            .key(ended_all_key(server))
+            .arg(tag(server))
+            .arg(session.unwrap_or(""))
+            .arg(matching)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok((!ended.is_empty()).then_some(ended))
     }
 
     async fn pointer(&self, code: &TokenHash) -> Result<Option<CodePointer>> {
@@ -300,81 +341,74 @@ impl Store for RedisStore {
             .as_deref()
             .map(|s| format!("x{s}"))
             .unwrap_or_default();
-        let (meta, prefix, ended_all) = match &new.server {
-            Some(s) => (meta_key(s), tag(s), ended_all_key(s)),
-            None => ("lk:nometa".into(), String::new(), String::new()),
-        };
         let body = encode(&RouteBody {
             data: new.data.clone(),
         });
-        let (session, created_at, ended): (String, i64, String) = self
+        let (session, created_at, last_activity): (String, i64, i64) = self
             .scripts
             .put_route
             .key(ROUTES)
             .key(ROUTE_SESSIONS)
-            .key(REVISION)
-            .key(meta)
             .key(ACTIVITY)
             .arg(&new.path)
             .arg(&new.target)
             .arg(explicit)
             .arg(&new.fresh_session)
             .arg(body)
-            .arg(if new.server.is_some() { "1" } else { "0" })
-            .arg(ended_all)
             .arg(new.now)
-            .arg(prefix)
             .arg(clock::now_millis())
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let activity: Option<i64> = self
-            .conn()
-            .hget(ACTIVITY, &new.path)
-            .await
-            .map_err(unavailable)?;
-        let ended = match (&new.server, ended.is_empty()) {
-            (Some(s), false) => Some((s.clone(), ended)),
-            _ => None,
-        };
+        let mut announce = vec!["r".to_owned()];
+        let mut ended = None;
+        if let Some(server) = &new.server {
+            ended = self
+                .set_server_session(server, Some(&session), "")
+                .await?
+                .map(|old| (server.clone(), old));
+            announce.push(format!("s {}", server.key()));
+        }
+        self.announce(&announce).await?;
         Ok(RouteChange {
             route: Some(StoredRoute {
                 path: new.path,
                 data: new.data,
                 session,
                 created_at,
-                last_activity: activity.unwrap_or_else(clock::now_millis),
+                last_activity,
             }),
             ended,
         })
     }
 
     async fn delete_route(&self, path: &str, server: Option<&ServerRef>) -> Result<RouteChange> {
-        let (meta, prefix, ended_all) = match server {
-            Some(s) => (meta_key(s), tag(s), ended_all_key(s)),
-            None => ("lk:nometa".into(), String::new(), String::new()),
-        };
-        let result: Option<(String, String, i64, i64, String)> = self
+        let result: Option<(String, String, i64, i64)> = self
             .scripts
             .delete_route
             .key(ROUTES)
             .key(ROUTE_SESSIONS)
-            .key(REVISION)
-            .key(meta)
             .key(ACTIVITY)
             .arg(path)
-            .arg(if server.is_some() { "1" } else { "0" })
-            .arg(ended_all)
-            .arg(prefix)
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let Some((body, session, created_at, last_activity, ended)) = result else {
+        let Some((body, session, created_at, last_activity)) = result else {
             return Ok(RouteChange {
                 route: None,
                 ended: None,
             });
         };
+        let mut announce = vec!["r".to_owned()];
+        let mut ended = None;
+        if let Some(server) = server {
+            ended = self
+                .set_server_session(server, None, &session)
+                .await?
+                .map(|old| (server.clone(), old));
+            announce.push(format!("s {}", server.key()));
+        }
+        self.announce(&announce).await?;
         let body: RouteBody = decode(&body, "route")?;
         Ok(RouteChange {
             route: Some(StoredRoute {
@@ -384,10 +418,7 @@ impl Store for RedisStore {
                 created_at,
                 last_activity,
             }),
-            ended: match (server, ended.is_empty()) {
-                (Some(s), false) => Some((s.clone(), ended)),
-                _ => None,
-            },
+            ended,
         })
     }
 
@@ -438,22 +469,12 @@ impl Store for RedisStore {
     }
 
     async fn delete_login(&self, id: &TokenHash) -> Result<()> {
-        // Announced, so that every instance closes the connections opened with it.
-        redis::cmd("EVAL")
-            .arg(
-                "redis.call('DEL', KEYS[1]) \
-                 local rev = redis.call('INCR', KEYS[2]) \
-                 redis.call('PUBLISH', 'lk:events', rev .. ' l ' .. ARGV[1]) \
-                 return rev",
-            )
-            .arg(2)
-            .arg(format!("lk:login:{}", id.to_hex()))
-            .arg(REVISION)
-            .arg(id.to_hex())
-            .query_async::<i64>(&mut self.conn())
+        self.conn()
+            .del::<_, ()>(format!("lk:login:{}", id.to_hex()))
             .await
-            .map(|_| ())
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        // Announced, so that every instance closes the connections opened with it.
+        self.announce(&[format!("l {}", id.to_hex())]).await
     }
 
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {
@@ -483,26 +504,35 @@ impl Store for RedisStore {
             code_hash: code.to_hex(),
             invite: invite.clone(),
         });
-        let created: i64 = self
+        let link_generation: Option<String> = self
             .scripts
             .create_invite
             .key(meta_key(server))
-            .key(code_key(code))
-            .key(REVISION)
             .arg(session)
             .arg(&invite.id)
             .arg(entry)
             .arg(invite.expires_at)
             .arg(tag(server))
-            .arg(server.key())
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        if created == 1 {
-            Ok(())
-        } else {
-            Err(Error::ServerNotRunning(server.label()))
-        }
+        let Some(lgen) = link_generation else {
+            return Err(Error::ServerNotRunning(server.label()));
+        };
+        // The pointer only locates the invite; the entry in the server's slot decides.
+        redis::cmd("SET")
+            .arg(code_key(code))
+            .arg(format!(
+                "{}\n{session}\n{lgen}\n{}",
+                server.key(),
+                invite.id
+            ))
+            .arg("EXAT")
+            .arg(invite.expires_at)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        self.announce(&[format!("s {}", server.key())]).await
     }
 
     async fn find_invite(&self, code: &TokenHash) -> Result<Option<InviteView>> {
@@ -575,16 +605,28 @@ impl Store for RedisStore {
     }
 
     async fn revoke_invites(&self, server: &ServerRef, id: Option<&str>) -> Result<u64> {
-        let n: u64 = self
+        // All: "1" or "0"; one: the code hash of the removed invite, or "".
+        let removed: String = self
             .scripts
             .revoke_invites
             .key(meta_key(server))
-            .key(REVISION)
             .arg(tag(server))
             .arg(id.unwrap_or(""))
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
+        let n = match id {
+            None => u64::from(removed == "1"),
+            Some(_) if removed.is_empty() => 0,
+            Some(_) => {
+                self.conn()
+                    .del::<_, ()>(format!("lk:code:{removed}"))
+                    .await
+                    .map_err(unavailable)?;
+                1
+            }
+        };
+        self.announce(&[format!("s {}", server.key())]).await?;
         Ok(n)
     }
 
@@ -602,14 +644,13 @@ impl Store for RedisStore {
         let reply: Vec<String> = self
             .scripts
             .accept_invite
-            .key(code_key(code))
             .key(meta_key(&ptr.server))
-            .key(REVISION)
             .key(ended_key(&ptr.server))
-            .key(shared_key(&grantee))
             .key(ended_all_key(&ptr.server))
-            .arg(ptr.server.key())
             .arg(tag(&ptr.server))
+            .arg(&ptr.session)
+            .arg(&ptr.link_generation)
+            .arg(&ptr.id)
             .arg(code.to_hex())
             .arg(grantee.key())
             .arg(groups)
@@ -620,6 +661,11 @@ impl Store for RedisStore {
         match reply.first().map(String::as_str) {
             Some("ok") => {
                 let grant: Grant = decode(reply.get(1).map_or("", |s| s.as_str()), "grant")?;
+                self.conn()
+                    .sadd::<_, _, ()>(shared_key(&grantee), ptr.server.key())
+                    .await
+                    .map_err(unavailable)?;
+                self.announce(&[format!("s {}", ptr.server.key())]).await?;
                 Ok(Accepted {
                     server: ptr.server,
                     grant,
@@ -664,23 +710,23 @@ impl Store for RedisStore {
             .scripts
             .put_grant
             .key(meta_key(server))
-            .key(REVISION)
             .key(ended_key(server))
-            .key(shared_key(&grant.grantee))
             .key(ended_all_key(server))
             .arg(tag(server))
             .arg(grant.grantee.key())
             .arg(encode(grant))
             .arg(user)
-            .arg(server.key())
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        if ok == 1 {
-            Ok(())
-        } else {
-            Err(Error::ServerNotRunning(server.label()))
+        if ok != 1 {
+            return Err(Error::ServerNotRunning(server.label()));
         }
+        self.conn()
+            .sadd::<_, _, ()>(shared_key(&grant.grantee), server.key())
+            .await
+            .map_err(unavailable)?;
+        self.announce(&[format!("s {}", server.key())]).await
     }
 
     async fn revoke_grant(
@@ -697,7 +743,6 @@ impl Store for RedisStore {
             .scripts
             .revoke_grant
             .key(meta_key(server))
-            .key(REVISION)
             .key(ended_key(server))
             .arg(tag(server))
             .arg(grantee.key())
@@ -707,6 +752,7 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
+        self.announce(&[format!("s {}", server.key())]).await?;
         Ok(removed == 1)
     }
 
@@ -715,7 +761,6 @@ impl Store for RedisStore {
             .scripts
             .revoke_all
             .key(meta_key(server))
-            .key(REVISION)
             .key(ended_all_key(server))
             .arg(tag(server))
             .arg(encode(&EndReason::Revoked))
@@ -723,7 +768,7 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        Ok(())
+        self.announce(&[format!("s {}", server.key())]).await
     }
 
     async fn shared_with(&self, user: &Identity) -> Result<Vec<(ServerRef, Grant)>> {
@@ -733,27 +778,22 @@ impl Store for RedisStore {
                 .iter()
                 .map(|g| shared_key(&Grantee::Group(g.clone()))),
         );
-        let servers: Vec<String> = redis::cmd("SUNION")
-            .arg(&keys)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        // One SMEMBERS per key: in a cluster the keys live in different slots.
+        let mut servers: Vec<String> = vec![];
+        for key in &keys {
+            let members: Vec<String> = self.conn().smembers(key).await.map_err(unavailable)?;
+            servers.extend(members);
+        }
+        servers.sort();
+        servers.dedup();
         let mut out = vec![];
         for key in servers {
             let Ok(server) = ServerRef::parse(&key) else {
                 continue;
             };
             let grants = self.grants(&server).await?;
-            let best = grants
-                .grants
-                .into_iter()
-                .filter(|g| match &g.grantee {
-                    Grantee::User(u) => u == &user.name,
-                    Grantee::Group(grp) => user.groups.contains(grp),
-                })
-                .max_by_key(|g| g.role);
-            match best {
-                Some(g) => out.push((server, g)),
+            match crate::sharing::access::best_grant(&grants.grants, user) {
+                Some(g) => out.push((server, g.clone())),
                 None => {
                     // The grant ended (revoked, restarted): forget the index entry.
                     let _: () = self
@@ -804,12 +844,12 @@ fn parse_route_session(raw: &str) -> Option<(String, i64)> {
 impl Scripts {
     fn new() -> Self {
         Scripts {
-            // KEYS: routes, route_sessions, rev, meta, activity
-            // ARGV: path, target, explicit, fresh, body, has_server, ended_all, now, prefix, now_ms
+            // KEYS: routes, route_sessions, activity
+            // ARGV: path, target, explicit, fresh session, body, now, now_ms
             put_route: Script::new(
                 r#"
 local old = redis.call('HGET', KEYS[2], ARGV[1])
-local session, created = nil, ARGV[8]
+local session, created = nil, ARGV[6]
 if old then
   local t, e, s, c = string.match(old, '^(.-)\n(.-)\n(.-)\n(.*)$')
   if t == ARGV[2] and e == ARGV[3] then session = s; created = c end
@@ -819,134 +859,125 @@ if not session then
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '\n' .. ARGV[3] .. '\n' .. session .. '\n' .. created)
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
-if not old then redis.call('HSET', KEYS[5], ARGV[1], ARGV[10]) end
-local ended = ''
-if ARGV[6] == '1' then
-  local cur = redis.call('HGET', KEYS[4], 'session')
-  if cur ~= session then
-    if cur then
-      local gg = redis.call('HGET', KEYS[4], 'ggen') or '0'
-      local old_grants = ARGV[9] .. ':g:' .. cur .. ':' .. gg
-      redis.call('EXPIRE', old_grants, 86400)
-      redis.call('SET', ARGV[7], '"server_restarted"\n' .. old_grants, 'EX', 86400)
-      ended = cur
-      -- New generations too, so that a session id used again (an explicit one) starts empty.
-      redis.call('HINCRBY', KEYS[4], 'ggen', 1)
-      redis.call('HINCRBY', KEYS[4], 'lgen', 1)
-    end
-    redis.call('HSET', KEYS[4], 'session', session)
-  end
-end
-local rev = redis.call('INCR', KEYS[3])
-redis.call('PUBLISH', 'lk:events', rev .. ' r')
-if ARGV[9] ~= '' then redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. string.sub(ARGV[9], 5, -2)) end
-return {session, tonumber(created), ended}
+if not old then redis.call('HSET', KEYS[3], ARGV[1], ARGV[7]) end
+local activity = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or ARGV[7])
+return {session, tonumber(created), activity}
 "#,
             ),
-            // KEYS: routes, route_sessions, rev, meta, activity
-            // ARGV: path, has_server, ended_all, prefix
+            // KEYS: routes, route_sessions, activity   ARGV: path
             delete_route: Script::new(
                 r#"
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if not old then return false end
 local body = redis.call('HGET', KEYS[1], ARGV[1])
-local activity = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
+local activity = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 local t, e, s, c = string.match(old, '^(.-)\n(.-)\n(.-)\n(.*)$')
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-local ended = ''
-if ARGV[2] == '1' then
-  local cur = redis.call('HGET', KEYS[4], 'session')
-  if cur == s then
-    local gg = redis.call('HGET', KEYS[4], 'ggen') or '0'
-    local old_grants = ARGV[4] .. ':g:' .. cur .. ':' .. gg
-    redis.call('EXPIRE', old_grants, 86400)
-    redis.call('SET', ARGV[3], '"server_restarted"\n' .. old_grants, 'EX', 86400)
-    redis.call('HDEL', KEYS[4], 'session')
-    redis.call('HINCRBY', KEYS[4], 'ggen', 1)
-    redis.call('HINCRBY', KEYS[4], 'lgen', 1)
-    ended = s
-  end
-end
-local rev = redis.call('INCR', KEYS[3])
-redis.call('PUBLISH', 'lk:events', rev .. ' r')
-if ARGV[4] ~= '' then redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. string.sub(ARGV[4], 5, -2)) end
-return {body, s, tonumber(c), activity, ended}
+redis.call('HDEL', KEYS[3], ARGV[1])
+return {body, s, tonumber(c), activity}
 "#,
             ),
-            // KEYS: meta, code pointer, rev
-            // ARGV: session, id, entry, expires_at, prefix, server key
+            // KEYS: meta, ended_all
+            // ARGV: prefix, new session ('' to end), session that must be current to end it
+            server_session: Script::new(
+                r#"
+local cur = redis.call('HGET', KEYS[1], 'session')
+local ending = ARGV[2] == ''
+if ending and cur ~= ARGV[3] then return '' end
+if (not ending) and cur == ARGV[2] then return '' end
+local ended = ''
+if cur then
+  local gg = redis.call('HGET', KEYS[1], 'ggen') or '0'
+  local old_grants = ARGV[1] .. ':g:' .. cur .. ':' .. gg
+  redis.call('EXPIRE', old_grants, 86400)
+  redis.call('SET', KEYS[2], '"server_restarted"\n' .. old_grants, 'EX', 86400)
+  -- New generations too, so that a session id used again (an explicit one) starts empty.
+  redis.call('HINCRBY', KEYS[1], 'ggen', 1)
+  redis.call('HINCRBY', KEYS[1], 'lgen', 1)
+  ended = cur
+end
+if ending then
+  redis.call('HDEL', KEYS[1], 'session')
+else
+  redis.call('HSET', KEYS[1], 'session', ARGV[2])
+end
+return ended
+"#,
+            ),
+            // KEYS: revision   ARGV: what changed, one announcement each
+            announce: Script::new(
+                r#"
+local rev = redis.call('INCR', KEYS[1])
+for _, what in ipairs(ARGV) do redis.call('PUBLISH', 'lk:events', rev .. ' ' .. what) end
+return rev
+"#,
+            ),
+            // KEYS: meta   ARGV: session, id, entry, expires_at, prefix
+            // Returns the link generation, or false when the session is not current.
             create_invite: Script::new(
                 r#"
 local m = redis.call('HMGET', KEYS[1], 'session', 'lgen')
-if m[1] ~= ARGV[1] then return 0 end
+if m[1] ~= ARGV[1] then return false end
 local lgen = m[2] or '0'
 local links = ARGV[5] .. ':l:' .. ARGV[1] .. ':' .. lgen
 local counts = ARGV[5] .. ':lc:' .. ARGV[1] .. ':' .. lgen
 local exp = tonumber(ARGV[4])
 local now = tonumber(redis.call('TIME')[1])
-if exp <= now then return 0 end
+if exp <= now then return false end
 redis.call('HSET', links, ARGV[2], ARGV[3])
 for _, k in ipairs({links, counts}) do
   local ttl = redis.call('TTL', k)
   if ttl < 0 or now + ttl < exp then redis.call('EXPIREAT', k, exp + 60) end
 end
-redis.call('SET', KEYS[2], ARGV[6] .. '\n' .. ARGV[1] .. '\n' .. lgen .. '\n' .. ARGV[2], 'EXAT', exp)
-redis.call('INCR', KEYS[3])
-return 1
+return lgen
 "#,
             ),
-            // KEYS: code pointer, meta, rev, ended, shared set of the user, ended_all
-            // ARGV: server key, prefix, code hash, grantee key, groups json, user name
+            // KEYS: meta, ended, ended_all
+            // ARGV: prefix, session, link generation, id, code hash, grantee key, groups json,
+            //       user name
             accept_invite: Script::new(
                 r#"
-local ptr = redis.call('GET', KEYS[1])
-if not ptr then return {'invalid'} end
-local srv, sess, lgen, id = string.match(ptr, '^(.-)\n(.-)\n(.-)\n(.*)$')
-if srv ~= ARGV[1] then return {'invalid'} end
-local m = redis.call('HMGET', KEYS[2], 'session', 'lgen', 'ggen')
-if m[1] ~= sess or (m[2] or '0') ~= lgen then return {'invalid'} end
-local links = ARGV[2] .. ':l:' .. sess .. ':' .. lgen
-local counts = ARGV[2] .. ':lc:' .. sess .. ':' .. lgen
+local m = redis.call('HMGET', KEYS[1], 'session', 'lgen', 'ggen')
+if m[1] ~= ARGV[2] or (m[2] or '0') ~= ARGV[3] then return {'invalid'} end
+local sess, lgen, id = ARGV[2], ARGV[3], ARGV[4]
+local links = ARGV[1] .. ':l:' .. sess .. ':' .. lgen
+local counts = ARGV[1] .. ':lc:' .. sess .. ':' .. lgen
 local raw = redis.call('HGET', links, id)
 if not raw then return {'invalid'} end
 local e = cjson.decode(raw)
-if e.code_hash ~= ARGV[3] then return {'invalid'} end
+if e.code_hash ~= ARGV[5] then return {'invalid'} end
 local now = tonumber(redis.call('TIME')[1])
 if e.invite.expires_at <= now then return {'invalid'} end
 local allowed = e.invite.groups
 if type(allowed) == 'table' and #allowed > 0 then
-  local mine = cjson.decode(ARGV[5])
+  local mine = cjson.decode(ARGV[7])
   local ok = false
   for _, g in ipairs(allowed) do
     for _, h in ipairs(mine) do if g == h then ok = true end end
   end
   if not ok then return {'group'} end
 end
-local grants = ARGV[2] .. ':g:' .. sess .. ':' .. (m[3] or '0')
+local grants = ARGV[1] .. ':g:' .. sess .. ':' .. (m[3] or '0')
 local rank = {view = 1, use = 2, admin = 3}
 local role = e.invite.role
-local old = redis.call('HGET', grants, ARGV[4])
+local old = redis.call('HGET', grants, ARGV[6])
 if old then
   local o = cjson.decode(old)
   if rank[o.role] and rank[o.role] > rank[role] then role = o.role end
 end
-local grant = cjson.encode({grantee = {kind = 'user', name = ARGV[6]}, role = role,
+local grant = cjson.encode({grantee = {kind = 'user', name = ARGV[8]}, role = role,
   created_at = now, via = {type = 'code', id = id}})
-redis.call('HSET', grants, ARGV[4], grant)
+redis.call('HSET', grants, ARGV[6], grant)
 redis.call('HINCRBY', counts, id .. ':n', 1)
 redis.call('HSET', counts, id .. ':t', now)
-redis.call('HDEL', KEYS[4], ARGV[6])
+redis.call('HDEL', KEYS[2], ARGV[8])
 -- Shared with again: the last bulk end (restart, revoke all) no longer explains anything.
-local ea = redis.call('GET', KEYS[6])
+local ea = redis.call('GET', KEYS[3])
 if ea then
   local old_grants = string.match(ea, '\n(.*)$')
-  if old_grants then redis.call('HDEL', old_grants, ARGV[4]) end
+  if old_grants then redis.call('HDEL', old_grants, ARGV[6]) end
 end
-redis.call('SADD', KEYS[5], ARGV[1])
-local rev = redis.call('INCR', KEYS[3])
-redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. ARGV[1])
 return {'ok', grant}
 "#,
             ),
@@ -961,8 +992,7 @@ for _, v in ipairs(redis.call('HVALS', grants)) do table.insert(out, v) end
 return out
 "#,
             ),
-            // KEYS: meta, rev, ended, shared set, ended_all
-            // ARGV: prefix, grantee key, grant, user, server key
+            // KEYS: meta, ended, ended_all   ARGV: prefix, grantee key, grant, user
             put_grant: Script::new(
                 r#"
 local m = redis.call('HMGET', KEYS[1], 'session', 'ggen')
@@ -970,21 +1000,18 @@ if not m[1] then return 0 end
 local grants = ARGV[1] .. ':g:' .. m[1] .. ':' .. (m[2] or '0')
 redis.call('HSET', grants, ARGV[2], ARGV[3])
 if ARGV[4] ~= '' then
-  redis.call('HDEL', KEYS[3], ARGV[4])
+  redis.call('HDEL', KEYS[2], ARGV[4])
   -- Shared with again: the last bulk end (restart, revoke all) no longer explains anything.
-  local ea = redis.call('GET', KEYS[5])
+  local ea = redis.call('GET', KEYS[3])
   if ea then
     local old_grants = string.match(ea, '\n(.*)$')
     if old_grants then redis.call('HDEL', old_grants, ARGV[2]) end
   end
 end
-redis.call('SADD', KEYS[4], ARGV[5])
-local rev = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. ARGV[5])
 return 1
 "#,
             ),
-            // KEYS: meta, rev, ended   ARGV: prefix, grantee key, user, reason json, ttl
+            // KEYS: meta, ended   ARGV: prefix, grantee key, user, reason json, ttl
             revoke_grant: Script::new(
                 r#"
 local m = redis.call('HMGET', KEYS[1], 'session', 'ggen')
@@ -992,15 +1019,13 @@ if not m[1] then return 0 end
 local grants = ARGV[1] .. ':g:' .. m[1] .. ':' .. (m[2] or '0')
 local removed = redis.call('HDEL', grants, ARGV[2])
 if removed == 1 and ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
 end
-local rev = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. string.sub(ARGV[1], 5, -2))
 return removed
 "#,
             ),
-            // KEYS: meta, rev, ended_all   ARGV: prefix, reason json, ttl
+            // KEYS: meta, ended_all   ARGV: prefix, reason json, ttl
             revoke_all: Script::new(
                 r#"
 local sess = redis.call('HGET', KEYS[1], 'session')
@@ -1008,31 +1033,30 @@ if not sess then return 0 end
 local gen = redis.call('HINCRBY', KEYS[1], 'ggen', 1)
 local old_grants = ARGV[1] .. ':g:' .. sess .. ':' .. (gen - 1)
 redis.call('EXPIRE', old_grants, ARGV[3])
-redis.call('SET', KEYS[3], ARGV[2] .. '\n' .. old_grants, 'EX', ARGV[3])
-local rev = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', 'lk:events', rev .. ' s ' .. string.sub(ARGV[1], 5, -2))
+redis.call('SET', KEYS[2], ARGV[2] .. '\n' .. old_grants, 'EX', ARGV[3])
 return 1
 "#,
             ),
-            // KEYS: meta, rev   ARGV: prefix, id ('' for all)
+            // KEYS: meta   ARGV: prefix, id ('' for all)
+            // All: '1' when there was a session, else '0'; one: the removed code's hash or ''.
             revoke_invites: Script::new(
                 r#"
 local m = redis.call('HMGET', KEYS[1], 'session', 'lgen')
-if not m[1] then return 0 end
+if not m[1] then
+  if ARGV[2] == '' then return '0' end
+  return ''
+end
 local lgen = m[2] or '0'
 local links = ARGV[1] .. ':l:' .. m[1] .. ':' .. lgen
 if ARGV[2] == '' then
   redis.call('HINCRBY', KEYS[1], 'lgen', 1)
-  redis.call('INCR', KEYS[2])
-  return 1
+  return '1'
 end
 local raw = redis.call('HGET', links, ARGV[2])
-if not raw then return 0 end
+if not raw then return '' end
 local e = cjson.decode(raw)
-redis.call('DEL', 'lk:code:' .. e.code_hash)
 redis.call('HDEL', links, ARGV[2])
-redis.call('INCR', KEYS[2])
-return 1
+return e.code_hash
 "#,
             ),
         }

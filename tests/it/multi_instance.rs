@@ -576,3 +576,146 @@ async fn sigterm_lets_requests_in_flight_finish() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A three-master Redis Cluster on loopback, built with `redis-cli --cluster create`.
+struct Cluster {
+    _nodes: Vec<Proc>,
+    ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "latchkey-cluster-{}",
+            latchkey::secret::random_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = vec![];
+        for p in &ports {
+            nodes.push(Proc(
+                Command::new("redis-server")
+                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
+                    .args(["--dir", dir.to_str().unwrap(), "--save", ""])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            ));
+        }
+        for p in &ports {
+            wait_port(*p).await;
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for p in &ports {
+            let ok = eventually(Duration::from_secs(10), async || {
+                cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            })
+            .await;
+            assert!(ok, "cluster node {p} is ready");
+        }
+        Cluster {
+            _nodes: nodes,
+            ports,
+            dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_story_holds_on_a_redis_cluster_across_instances() {
+    let cluster = Cluster::start().await;
+    let upstream = Upstream::spawn().await;
+    let a = Latchkey::start(Some(&cluster.url()), "").await;
+    let b = Latchkey::start(Some(&cluster.url()), "").await;
+    a.register_john(&upstream).await;
+    let john = a.signed_in("john").await;
+    let (code, _) = john.invite("john/", json!({})).await;
+    let nina = b.signed_in("nina").await;
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(nina.get("/user/john/").await.status(), StatusCode::OK);
+    let shared: serde_json::Value = nina
+        .get("/hub/api/users/nina/shared")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shared["_pagination"]["total"], 1);
+    let mut ws = nina.websocket("/user/john/ws").await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    let shares: serde_json::Value = john
+        .get("/hub/api/shares/john/")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shares["items"][0]["user"]["name"], "nina");
+
+    let r = john
+        .api(
+            Method::PATCH,
+            "/hub/api/shares/john/",
+            Some(json!({"user": "nina"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    assert_eq!(
+        nina.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // Restart voids links; logout and the rest work as on a single Redis.
+    let (code, _) = john.invite("john/", json!({})).await;
+    let restarted = Upstream::spawn().await;
+    a.register_john(&restarted).await;
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::NOT_FOUND);
+    let (code, _) = john.invite("john/", json!({})).await;
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    assert!(
+        eventually(Duration::from_secs(2), async || {
+            nina.get("/user/john/").await.status() == StatusCode::OK
+        })
+        .await
+    );
+    let r = john
+        .api(Method::DELETE, "/hub/api/shares/john/", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        nina.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+}

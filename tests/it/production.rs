@@ -894,7 +894,7 @@ async fn on_shutdown_readiness_fails_listeners_close_and_a_live_websocket_works_
 async fn websockets_still_open_at_the_drain_deadline_are_closed() {
     let upstream = Upstream::spawn().await;
     let mut lk = Instance::start(Setup {
-        drain: Duration::from_secs(3),
+        drain: Duration::from_secs(5),
         ..Setup::default()
     })
     .await;

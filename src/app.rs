@@ -121,7 +121,15 @@ impl App {
                 if e.status().is_server_error() {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "request failed");
                 }
-                e.render_with_prefix(&ctx.request_id, json, self.hub.as_str())
+                let mut resp = e.render_with_prefix(&ctx.request_id, json, self.hub.as_str());
+                // After a malformed request, the rest of the connection cannot be trusted.
+                if e.status() == http::StatusCode::BAD_REQUEST {
+                    resp.headers_mut().insert(
+                        header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                resp
             }
         };
         if let Ok(v) = http::HeaderValue::from_str(&ctx.request_id) {
@@ -150,6 +158,7 @@ impl App {
     ) -> Result<Response<Body>> {
         let path = req.uri().path();
         proxy::check_path(path)?;
+        proxy::check_framing(&req)?;
         if let Some(name) = req
             .headers()
             .keys()

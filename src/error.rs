@@ -39,6 +39,7 @@ pub enum Error {
     InviteInvalid,
     MethodNotAllowed,
     PayloadTooLarge,
+    UriTooLong,
     TooManyRequests {
         retry_after: u64,
     },
@@ -70,6 +71,7 @@ impl Error {
             Error::InviteInvalid => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UriTooLong => StatusCode::URI_TOO_LONG,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ServerNotRunning(_) => StatusCode::CONFLICT,
             Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -97,6 +99,7 @@ impl Error {
             Error::InviteInvalid => "Invite link not valid",
             Error::MethodNotAllowed => "Method not allowed",
             Error::PayloadTooLarge => "Request too large",
+            Error::UriTooLong => "Address too long",
             Error::TooManyRequests { .. } => "Too many attempts",
             Error::ServerNotRunning(_) => "Server not running",
             Error::UpstreamUnavailable => "Server not reachable",
@@ -133,6 +136,7 @@ impl Error {
             }
             Error::MethodNotAllowed => "This method is not allowed here.".into(),
             Error::PayloadTooLarge => "The request body is too large.".into(),
+            Error::UriTooLong => "The request address is too long.".into(),
             Error::TooManyRequests { retry_after } => {
                 format!("Too many failed attempts. Try again in {retry_after} seconds.")
             }

@@ -61,6 +61,24 @@ pub fn check_path(path: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Longest request target accepted (path and query), in bytes.
+const MAX_URI: usize = 8 * 1024;
+
+/// Refuses requests whose length an upstream could read differently from latchkey (both
+/// Content-Length and Transfer-Encoding: the classic smuggling vector) and overlong URIs.
+pub fn check_framing<B>(req: &Request<B>) -> Result<(), Error> {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(Error::bad_request(
+            "A request may not have both Content-Length and Transfer-Encoding.",
+        ));
+    }
+    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI {
+        return Err(Error::UriTooLong);
+    }
+    Ok(())
+}
+
 /// The upstream URI for a request path under a route.
 pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Error> {
     let rest = if route.strip_prefix {

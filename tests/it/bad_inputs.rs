@@ -378,3 +378,53 @@ async fn another_site_cannot_sign_a_user_out() {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(john.get("/user/john/").await.status(), StatusCode::FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_framing_and_oversized_heads_are_refused_before_the_upstream() {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(Backend::Memory).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let cookie = john.cookie_header("/user/john/");
+    let head = |extra: &str| {
+        format!("POST /user/john/x HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n{extra}\r\n")
+    };
+    let cases = [
+        (head("Content-Length: 5\r\nContent-Length: 6\r\n") + "hello", 400),
+        (head("X-A: a\r\n folded\r\nContent-Length: 0\r\n"), 400),
+        (head("X-A: a\u{1}b\r\nContent-Length: 0\r\n"), 400),
+        (
+            format!(
+                "GET /user/john/{} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n",
+                "a".repeat(10_000)
+            ),
+            414,
+        ),
+        (
+            format!(
+                "GET /user/john/ HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                (0..200).map(|i| format!("X-{i}: a\r\n")).collect::<String>()
+            ),
+            431,
+        ),
+    ];
+    for (req, status) in cases {
+        assert_eq!(
+            Latchkey::raw_status(&lk.base, &req).await,
+            status,
+            "{}",
+            req.lines().nth(3).unwrap_or("")
+        );
+    }
+    assert_eq!(upstream.hits(), 0, "none of them reached the upstream");
+    // Content-Length with Transfer-Encoding: the chunked framing wins (RFC 9112 section 6.3),
+    // and the upstream gets that body re-framed, never the stale length.
+    let req = head("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n") + "0\r\n\r\n";
+    assert_eq!(Latchkey::raw_status(&lk.base, &req).await, 200);
+    let seen = upstream.last();
+    assert_eq!(seen.body_len, 0);
+    assert_ne!(
+        seen.headers.get("content-length").map(|v| v.to_str().unwrap()),
+        Some("5")
+    );
+}

@@ -1,4 +1,5 @@
-//! Subcommands: `serve`, `demo`, `check-config`, `hash-password`.
+//! Subcommands: `serve`, `demo`, `check-config`, `hash-password`, and the sharing commands
+//! (`sharing`, `invite`, `revoke`, `list`, `routes`), which are clients of the APIs.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ struct Cli {
         global = true
     )]
     log_format: String,
+    #[command(flatten)]
+    remote: crate::remote::Remote,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,12 +56,46 @@ enum Command {
     },
     /// Read a password on standard input and print its argon2id hash for `[[users]]`.
     HashPassword,
+    /// Share a server with users and groups, stop sharing, or show who has access.
+    #[command(subcommand)]
+    Sharing(crate::remote::Sharing),
+    /// Create an invite link for a server and print it (once).
+    Invite(crate::remote::Invite),
+    /// Revoke one user, all users, one link or all links of a server.
+    Revoke {
+        server: String,
+        #[command(flatten)]
+        what: crate::remote::RevokeWhat,
+    },
+    /// List what is shared with you (`--shared`).
+    List {
+        #[arg(long, required = true)]
+        shared: bool,
+    },
+    /// Drive the route API (configurable-http-proxy compatible).
+    Routes {
+        #[command(flatten)]
+        api: crate::remote::RouteApi,
+        #[command(subcommand)]
+        command: crate::remote::Routes,
+    },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
+    let remote = cli.remote;
     match cli.command {
+        Command::Sharing(cmd) => runtime().block_on(crate::remote::sharing(remote, cmd)),
+        Command::Invite(cmd) => runtime().block_on(crate::remote::invite(remote, cmd)),
+        Command::Revoke { server, what } => {
+            runtime().block_on(crate::remote::revoke(remote, server, what))
+        }
+        Command::List { .. } => runtime().block_on(crate::remote::list_shared(remote)),
+        Command::Routes { api, command } => {
+            let json = remote.json;
+            runtime().block_on(crate::remote::routes(api, json, command))
+        }
         Command::Serve { config, drain } => match Config::load(config.as_deref()) {
             Ok(config) => runtime().block_on(serve(config, Duration::from_secs(drain))),
             Err(problems) => report(&problems),

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod metrics;
 pub mod paths;
 pub mod proxy;
+pub mod remote;
 pub mod routes;
 pub mod secret;
 pub mod server;

@@ -1,0 +1,175 @@
+//! The CLI's sharing and route commands, run as the real binary against a running latchkey.
+
+use http::StatusCode;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// Runs `latchkey ARGS` with the environment given; returns (success, stdout, stderr).
+async fn latchkey(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+            .args(&args)
+            .envs(env)
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("the latchkey binary runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn token_of(b: &Browser, user: &str) -> String {
+    let r = b
+        .api(
+            Method::POST,
+            &format!("/hub/api/users/{user}/tokens"),
+            Some(json!({"note": "cli"})),
+        )
+        .await;
+    r.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shares_invites_shows_and_revokes_through_the_api() {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(Backend::Memory).await;
+    let api = lk.api.clone();
+    let routes_env = [
+        ("LATCHKEY_API_URL", api.as_str()),
+        ("CONFIGPROXY_AUTH_TOKEN", API_TOKEN),
+    ];
+    let target = upstream.target();
+    let (ok, out, err) = latchkey(
+        &["routes", "add", "/user/john", &target, "--user", "john"],
+        &routes_env,
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("201 route /user/john"), "{out}");
+    let (ok, out, _) = latchkey(&["routes", "list"], &routes_env).await;
+    assert!(
+        ok && out.contains("/user/john") && out.contains(&target),
+        "{out}"
+    );
+
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let otto = lk.signed_in("otto").await;
+    let john_token = token_of(&john, "john").await;
+    let env = [
+        ("LATCHKEY_URL", lk.base.as_str()),
+        ("LATCHKEY_TOKEN", john_token.as_str()),
+    ];
+
+    let (ok, out, err) = latchkey(
+        &[
+            "sharing",
+            "share",
+            "john",
+            "--user",
+            "nina:view",
+            "--group",
+            "team-a",
+        ],
+        &env,
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("shared: nina") && out.contains("view"),
+        "{out}"
+    );
+    assert_eq!(nina.get("/user/john/").await.status(), StatusCode::OK);
+    assert_eq!(
+        otto.get("/user/john/").await.status(),
+        StatusCode::OK,
+        "otto is in team-a"
+    );
+
+    let (ok, out, _) = latchkey(
+        &["invite", "john/", "--role", "use", "--expires-in", "600"],
+        &env,
+    )
+    .await;
+    assert!(ok, "{out}");
+    let link = out.lines().next().unwrap().to_owned();
+    assert!(
+        link.starts_with(&format!("{}/hub/accept-share?code=", lk.base)),
+        "{link}"
+    );
+    let code = link.rsplit('=').next().unwrap();
+    assert_eq!(nina.accept(code).await.status(), StatusCode::SEE_OTHER);
+
+    let (ok, out, _) = latchkey(&["sharing", "show", "john"], &env).await;
+    assert!(ok);
+    assert!(
+        out.contains("nina") && out.contains("group team-a"),
+        "{out}"
+    );
+    assert!(out.contains("used 1 time(s)"), "{out}");
+
+    let nina_token = token_of(&nina, "nina").await;
+    let (ok, out, _) = latchkey(
+        &["list", "--shared"],
+        &[
+            ("LATCHKEY_URL", lk.base.as_str()),
+            ("LATCHKEY_TOKEN", nina_token.as_str()),
+        ],
+    )
+    .await;
+    assert!(
+        ok && out.contains("john/") && out.contains("/user/john/"),
+        "{out}"
+    );
+
+    let (ok, _, _) = latchkey(&["sharing", "remove", "john", "--group", "team-a"], &env).await;
+    assert!(ok);
+    assert_eq!(
+        otto.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let (ok, _, _) = latchkey(&["revoke", "john", "--user", "nina"], &env).await;
+    assert!(ok);
+    assert_eq!(
+        nina.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let (ok, _, _) = latchkey(&["revoke", "john", "--all-links"], &env).await;
+    assert!(ok);
+    let (ok, out, _) = latchkey(&["--json", "sharing", "show", "john"], &env).await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["links"]["_pagination"]["total"], 0);
+    assert_eq!(v["shares"]["_pagination"]["total"], 0);
+
+    // Errors come back as the API's message and a failing exit status.
+    let (ok, _, err) = latchkey(&["sharing", "share", "john", "--user", "ghost"], &env).await;
+    assert!(!ok);
+    assert!(err.contains("400") && err.contains("ghost"), "{err}");
+    let (ok, _, err) = latchkey(&["invite", "john"], &[("LATCHKEY_URL", lk.base.as_str())]).await;
+    assert!(!ok && err.contains("LATCHKEY_TOKEN"), "{err}");
+    let (ok, _, err) = latchkey(&["revoke", "john"], &env).await;
+    assert!(!ok && err.contains("required"), "{err}");
+
+    let (ok, out, _) = latchkey(&["routes", "remove", "/user/john"], &routes_env).await;
+    assert!(ok && out.contains("removed"), "{out}");
+    assert_eq!(
+        john.get("/user/john/").await.status(),
+        StatusCode::NOT_FOUND
+    );
+}

@@ -124,10 +124,8 @@ impl App {
                 let mut resp = e.render_with_prefix(&ctx.request_id, json, self.hub.as_str());
                 // After a malformed request, the rest of the connection cannot be trusted.
                 if e.status() == http::StatusCode::BAD_REQUEST {
-                    resp.headers_mut().insert(
-                        header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
                 resp
             }

@@ -390,7 +390,10 @@ async fn malformed_framing_and_oversized_heads_are_refused_before_the_upstream()
         format!("POST /user/john/x HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n{extra}\r\n")
     };
     let cases = [
-        (head("Content-Length: 5\r\nContent-Length: 6\r\n") + "hello", 400),
+        (
+            head("Content-Length: 5\r\nContent-Length: 6\r\n") + "hello",
+            400,
+        ),
         (head("X-A: a\r\n folded\r\nContent-Length: 0\r\n"), 400),
         (head("X-A: a\u{1}b\r\nContent-Length: 0\r\n"), 400),
         (
@@ -403,7 +406,9 @@ async fn malformed_framing_and_oversized_heads_are_refused_before_the_upstream()
         (
             format!(
                 "GET /user/john/ HTTP/1.1\r\nHost: x\r\n{}\r\n",
-                (0..200).map(|i| format!("X-{i}: a\r\n")).collect::<String>()
+                (0..200)
+                    .map(|i| format!("X-{i}: a\r\n"))
+                    .collect::<String>()
             ),
             431,
         ),
@@ -424,7 +429,9 @@ async fn malformed_framing_and_oversized_heads_are_refused_before_the_upstream()
     let seen = upstream.last();
     assert_eq!(seen.body_len, 0);
     assert_ne!(
-        seen.headers.get("content-length").map(|v| v.to_str().unwrap()),
+        seen.headers
+            .get("content-length")
+            .map(|v| v.to_str().unwrap()),
         Some("5")
     );
 }

@@ -87,6 +87,11 @@ impl App {
             metrics,
             draining: Default::default(),
         });
+        for (path, data) in app.config.routes.clone() {
+            if let Err(e) = crate::api::routes::register(&app, path.clone(), data).await {
+                tracing::error!(%path, error = %e, "could not register a route of the config file");
+            }
+        }
         if let Err(e) = app.cache.reload_routes(app.store.as_ref()).await {
             tracing::warn!(error = %e, "could not load routes at start; will retry");
         }

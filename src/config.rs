@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub sharing: RawSharing,
     pub login: RawLogin,
     pub users: Vec<RawUser>,
+    /// Servers declared here rather than through the route API.
+    pub routes: Vec<RawRoute>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +89,19 @@ pub struct RawLogin {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct RawRoute {
+    pub path: String,
+    pub target: String,
+    /// The owner: such a route is a user's server, guarded by latchkey.
+    pub user: Option<String>,
+    pub server_name: String,
+    pub upstream_headers: std::collections::BTreeMap<String, String>,
+    pub strip_prefix: bool,
+    pub session: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RawUser {
     pub name: String,
     pub password_hash: String,
@@ -131,6 +146,7 @@ impl Default for RawConfig {
                 failure_window: 60,
             },
             users: vec![],
+            routes: vec![],
         }
     }
 }
@@ -188,6 +204,8 @@ pub struct Config {
     pub max_failures: u32,
     pub failure_window: u64,
     pub users: Vec<UserConfig>,
+    /// Routes to register at start: (normalised path, route data as the route API takes it).
+    pub routes: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -496,6 +514,39 @@ impl RawConfig {
             problems.push("login.max_failures and login.failure_window must be positive".into());
         }
 
+        let mut routes = vec![];
+        for (i, r) in self.routes.iter().enumerate() {
+            let path = match crate::routes::normalize_path(&r.path) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(format!("routes[{i}]: {e}"));
+                    continue;
+                }
+            };
+            let mut data = serde_json::Map::new();
+            data.insert("target".into(), r.target.clone().into());
+            if let Some(u) = &r.user {
+                data.insert("user".into(), u.clone().into());
+                data.insert("server_name".into(), r.server_name.clone().into());
+            }
+            if !r.upstream_headers.is_empty() {
+                data.insert(
+                    "upstream_headers".into(),
+                    serde_json::to_value(&r.upstream_headers).unwrap_or_default(),
+                );
+            }
+            if r.strip_prefix {
+                data.insert("strip_prefix".into(), true.into());
+            }
+            if let Some(s) = &r.session {
+                data.insert("session".into(), s.clone().into());
+            }
+            match crate::routes::RouteSpec::from_data(&path, &data) {
+                Ok(_) => routes.push((path, data)),
+                Err(e) => problems.push(format!("routes[{i}] ({path}): {e}")),
+            }
+        }
+
         let mut seen = HashSet::new();
         let mut users = vec![];
         for (i, u) in self.users.iter().enumerate() {
@@ -558,6 +609,7 @@ impl RawConfig {
             max_failures: self.login.max_failures,
             failure_window: self.login.failure_window,
             users,
+            routes,
         })
     }
 }

@@ -177,6 +177,15 @@ async fn post(app: &Arc<App>, raw: &str, body: &[u8]) -> Result<Response<Body>> 
             )));
         }
     };
+    register(app, path, data).await?;
+    let mut resp = Response::new(http_util::empty());
+    *resp.status_mut() = StatusCode::CREATED;
+    Ok(resp)
+}
+
+/// Stores a route (from the route API or the config file). Re-registering the identical route
+/// keeps its server's session; anything else about it changed starts a new one.
+pub async fn register(app: &App, path: String, data: Map<String, Value>) -> Result<()> {
     let spec = RouteSpec::from_data(&path, &data).map_err(Error::BadRequest)?;
     let change = app
         .store
@@ -196,9 +205,7 @@ async fn post(app: &Arc<App>, raw: &str, body: &[u8]) -> Result<Response<Body>> 
     }
     tracing::info!(path = %path, server = ?spec.server.as_ref().map(|s| s.key()), "route stored");
     app.routes_changed(spec.server.as_ref()).await;
-    let mut resp = Response::new(http_util::empty());
-    *resp.status_mut() = StatusCode::CREATED;
-    Ok(resp)
+    Ok(())
 }
 
 async fn delete(app: &Arc<App>, raw: &str) -> Result<Response<Body>> {

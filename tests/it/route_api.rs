@@ -315,3 +315,54 @@ async fn a_custom_hub_prefix_leaves_hub_paths_to_a_jupyterhub_behind_latchkey() 
     );
     assert_eq!(anon.get("/user/john/").await.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_declared_in_the_config_file_keep_their_session_across_restarts() {
+    let upstream = Upstream::spawn().await;
+    let redis = Redis::start().await;
+    let config = |target: &str| {
+        format!(
+            "[[routes]]\npath = \"/user/john/\"\ntarget = \"{target}\"\nuser = \"john\"\n\
+             upstream_headers = {{ Authorization = \"token t\" }}\n"
+        )
+    };
+    let lk = Latchkey::start(Some(&redis.url()), &config(&upstream.target())).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let (code, _) = john.invite("john/", json!({})).await;
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(nina.get("/user/john/").await.status(), StatusCode::OK);
+    assert_eq!(upstream.last().headers["authorization"], "token t");
+    let nina_cookie = nina.cookie_header("/user/john/");
+    lk.stop().await;
+
+    // The same configuration again: the same session, so nina's grant holds.
+    let lk = Latchkey::start(Some(&redis.url()), &config(&upstream.target())).await;
+    let get = |lk: &Latchkey| {
+        reqwest::Client::new()
+            .get(lk.url("/user/john/"))
+            .header("cookie", nina_cookie.clone())
+            .send()
+    };
+    assert_eq!(get(&lk).await.unwrap().status(), StatusCode::OK);
+    lk.stop().await;
+
+    // The server moved: a new session, and the old grant is void.
+    let moved = Upstream::spawn().await;
+    let lk = Latchkey::start(Some(&redis.url()), &config(&moved.target())).await;
+    assert_eq!(get(&lk).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(moved.hits(), 0);
+}
+
+#[test]
+fn a_bad_route_in_the_config_file_is_reported() {
+    let text = "[api]\ntoken = \"0123456789abcdef\"\n[[routes]]\npath = \"/a/../b\"\ntarget = \"http://x\"\n\
+                [[routes]]\npath = \"/c\"\ntarget = \"nope\"\n";
+    let problems = latchkey::Config::from_sources(text, &[])
+        .unwrap_err()
+        .join("\n");
+    assert!(
+        problems.contains("routes[0]") && problems.contains("routes[1]"),
+        "{problems}"
+    );
+}

@@ -600,3 +600,80 @@ async fn the_sharing_menu_works_without_javascript(backend: Backend) {
     );
 }
 both_stores!(the_sharing_menu_works_without_javascript);
+
+async fn an_admin_grantee_may_invite_and_revoke_but_not_beyond_use(backend: Backend) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let nina = lk.signed_in("nina").await;
+    let otto = lk.signed_in("otto").await;
+    let r = john
+        .api(
+            Method::POST,
+            "/hub/api/shares/john/",
+            Some(json!({"user": "nina", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // nina invites otto with `use`, but may not hand out `admin`.
+    let r = nina
+        .api(
+            Method::POST,
+            "/hub/api/share-codes/john/",
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let (code, invite) = nina.invite("john/", json!({"role": "use"})).await;
+    assert_eq!(invite["created_by"], "nina");
+    assert_eq!(otto.accept(&code).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(otto.get("/user/john/").await.status(), StatusCode::OK);
+    let shares: serde_json::Value = nina
+        .get("/hub/api/shares/john/")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shares["_pagination"]["total"], 2);
+    // She may revoke otto, but not everyone, and nobody but the owner revokes an admin.
+    let r = nina
+        .api(Method::DELETE, "/hub/api/shares/john/", None)
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = nina
+        .api(
+            Method::PATCH,
+            "/hub/api/shares/john/",
+            Some(json!({"user": "otto"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        otto.get("/user/john/").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = john
+        .api(
+            Method::POST,
+            "/hub/api/shares/john/",
+            Some(json!({"user": "otto", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = nina
+        .api(
+            Method::PATCH,
+            "/hub/api/shares/john/",
+            Some(json!({"user": "otto"})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(otto.get("/user/john/").await.status(), StatusCode::OK);
+    // The owner's page offers admin; hers does not.
+    let page = nina.get("/hub/sharing/john/").await.text().await.unwrap();
+    assert!(!page.contains("value=\"admin\""));
+    let page = john.get("/hub/sharing/john/").await.text().await.unwrap();
+    assert!(page.contains("value=\"admin\""));
+}
+both_stores!(an_admin_grantee_may_invite_and_revoke_but_not_beyond_use);

@@ -1,0 +1,378 @@
+//! The benchmark driver behind `bench/run`: starts the upstream, then each proxy in turn on the
+//! proxy core, measures it with wrk and the WebSocket client on the load core, then latchkey's
+//! sharing path on Redis, and writes a JSON file and a Markdown table. See bench/README.md.
+
+mod procs;
+mod report;
+mod sharing;
+mod targets;
+mod web;
+mod wrk;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use procs::{LOAD_CORE, Proc};
+
+pub struct Opts {
+    pub latchkey: PathBuf,
+    pub upstream: PathBuf,
+    pub ws_client: PathBuf,
+    pub chp: PathBuf,
+    pub work: PathBuf,
+    pub out: PathBuf,
+    pub duration: u64,
+    pub targets: Vec<String>,
+    pub hold: usize,
+    pub sharing: bool,
+    pub note: String,
+    /// Record a `perf` profile of each proxy during the small GET run, into this directory.
+    pub perf: Option<PathBuf>,
+}
+
+const SMALL_CONNS: usize = 64;
+const BIG_CONNS: usize = 8;
+const CLOSE_CONNS: usize = 32;
+const WS_CONNS: usize = 100;
+
+fn parse_opts() -> Opts {
+    let mut o = Opts {
+        latchkey: "target/release/latchkey".into(),
+        upstream: "target/release/examples/bench_upstream".into(),
+        ws_client: "target/release/examples/bench_ws".into(),
+        chp: "bench/node_modules/.bin/configurable-http-proxy".into(),
+        work: std::env::temp_dir().join("latchkey-bench"),
+        out: "bench/results".into(),
+        duration: 10,
+        targets: ["nginx", "haproxy", "chp", "latchkey"]
+            .map(String::from)
+            .to_vec(),
+        hold: 9000,
+        sharing: true,
+        note: String::new(),
+        perf: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--latchkey" => o.latchkey = value().into(),
+            "--upstream" => o.upstream = value().into(),
+            "--ws-client" => o.ws_client = value().into(),
+            "--chp" => o.chp = value().into(),
+            "--work" => o.work = value().into(),
+            "--out" => o.out = value().into(),
+            "--duration" => o.duration = value().parse().expect("--duration SECONDS"),
+            "--targets" => o.targets = value().split(',').map(String::from).collect(),
+            "--hold" => o.hold = value().parse().expect("--hold CONNECTIONS"),
+            "--no-sharing" => o.sharing = false,
+            "--note" => o.note = value(),
+            "--perf" => o.perf = Some(value().into()),
+            other => panic!("unknown option {other}; see bench/README.md"),
+        }
+    }
+    o
+}
+
+fn main() {
+    let opts = parse_opts();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(run(opts));
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn hash_password(latchkey: &PathBuf) -> String {
+    let mut child = Command::new(latchkey)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("latchkey hash-password runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(targets::PASSWORD.as_bytes())
+        .expect("write the password");
+    let out = child.wait_with_output().expect("a hash");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn run(o: Opts) {
+    let _ = std::fs::remove_dir_all(&o.work);
+    std::fs::create_dir_all(&o.work).expect("a work directory");
+    let ticks = procs::clock_ticks();
+    let load_before = loadavg();
+    eprintln!("load average before: {load_before}");
+
+    let upstream_port = procs::free_port();
+    let _upstream = Proc::spawn(
+        "upstream",
+        LOAD_CORE,
+        &o.upstream,
+        &[format!("127.0.0.1:{upstream_port}")],
+        &[],
+        &o.work.join("upstream.log"),
+    );
+    assert!(
+        procs::wait_port(upstream_port, Duration::from_secs(10)),
+        "the upstream did not start"
+    );
+    let env = targets::Env {
+        work: o.work.clone(),
+        latchkey: o.latchkey.clone(),
+        chp: o.chp.clone(),
+        upstream_port,
+        password_hash: hash_password(&o.latchkey),
+    };
+
+    let mut results = Map::new();
+    for name in &o.targets {
+        eprintln!("== {name}");
+        let mut running = targets::start(name, &env).await;
+        let m = measure(&mut running, &o, ticks);
+        drop(running);
+        results.insert(name.clone(), m);
+        // Let sockets in TIME_WAIT and the like settle between proxies.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
+    let sharing = if o.sharing {
+        eprintln!("== latchkey sharing path (Redis)");
+        sharing::run(&env, o.duration.min(10)).await
+    } else {
+        Value::Null
+    };
+    let load_after = loadavg();
+    eprintln!("load average after: {load_after}");
+
+    let doc = report::document(&o, results, sharing, &load_before, &load_after);
+    report::write(&o, &doc);
+}
+
+fn wrk_value(r: &wrk::WrkResult, cpu_ticks: u64, ticks: f64) -> Value {
+    let cpu_us = cpu_ticks as f64 / ticks * 1e6;
+    let mut v = serde_json::to_value(r).expect("serialisable");
+    v["proxy_cpu_us_per_request"] = json!(if r.requests > 0 {
+        cpu_us / r.requests as f64
+    } else {
+        f64::NAN
+    });
+    v["proxy_cpu_share"] = json!(cpu_us / 1e6 / r.seconds.max(1e-9));
+    v
+}
+
+/// Every figure of one proxy, in a fixed order.
+fn measure(run: &mut targets::Running, o: &Opts, ticks: f64) -> Value {
+    let d = o.duration;
+    let mut errors: Vec<String> = vec![];
+    let mut m = Map::new();
+    m.insert("startup_ms".into(), json!(run.startup.as_secs_f64() * 1e3));
+    m.insert("idle_rss_kb".into(), json!(run.idle_rss_kb));
+    m.insert("load_before".into(), json!(loadavg()));
+
+    let small = run.url("/user/john/small");
+    let big = run.url("/user/john/big");
+    let mut check = |what: &str, r: &wrk::WrkResult| {
+        if r.non_2xx > 0 || r.requests == 0 {
+            errors.push(format!(
+                "{what}: {} of {} answers not 2xx/3xx",
+                r.non_2xx, r.requests
+            ));
+        }
+        let [connect, read, write, timeout] = r.socket_errors;
+        if connect + write + timeout > 0 {
+            errors.push(format!(
+                "{what}: socket errors connect {connect}, read {read}, write {write}, timeout {timeout}"
+            ));
+        }
+    };
+
+    wrk::run(&small, SMALL_CONNS, 2, &run.headers); // warm-up
+    let perf = o.perf.as_ref().map(|dir| {
+        std::fs::create_dir_all(dir).expect("the perf directory");
+        let pids: Vec<String> = run.proc.tree().iter().map(u32::to_string).collect();
+        Command::new("taskset")
+            .args([
+                "-c",
+                LOAD_CORE,
+                "perf",
+                "record",
+                "-q",
+                "-F",
+                "999",
+                "--call-graph",
+                "dwarf,8192",
+                "-p",
+            ])
+            .arg(pids.join(","))
+            .arg("-o")
+            .arg(dir.join(format!("{}.perf.data", run.name)))
+            .arg("--")
+            .args(["sleep", &d.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("perf runs")
+    });
+    let c0 = run.proc.cpu_ticks();
+    let r = wrk::run(&small, SMALL_CONNS, d, &run.headers);
+    let c1 = run.proc.cpu_ticks();
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+    }
+    check("small GET", &r);
+    eprintln!(
+        "  small GET: {:.0} req/s, p50 {:.0} us, p99 {:.0} us, {:.1} us CPU/request",
+        r.rps,
+        r.p50_us,
+        r.p99_us,
+        (c1 - c0) as f64 / ticks * 1e6 / r.requests.max(1) as f64
+    );
+    m.insert("small".into(), wrk_value(&r, c1 - c0, ticks));
+
+    let c0 = run.proc.cpu_ticks();
+    let r = wrk::run(&big, BIG_CONNS, d, &run.headers);
+    let c1 = run.proc.cpu_ticks();
+    check("1 MiB GET", &r);
+    eprintln!("  1 MiB GET: {:.0} MiB/s", r.bytes_per_sec / 1048576.0);
+    m.insert("big".into(), wrk_value(&r, c1 - c0, ticks));
+
+    let mut close_headers = run.headers.clone();
+    close_headers.push("Connection: close".into());
+    let c0 = run.proc.cpu_ticks();
+    let r = wrk::run(&small, CLOSE_CONNS, d, &close_headers);
+    let c1 = run.proc.cpu_ticks();
+    check("new connection per request", &r);
+    eprintln!("  new connection per request: {:.0} req/s", r.rps);
+    m.insert("close".into(), wrk_value(&r, c1 - c0, ticks));
+
+    let ws_url = run.url("/user/john/ws").replacen("http://", "ws://", 1);
+    let c0 = run.proc.cpu_ticks();
+    let echo = ws_echo(o, &ws_url, &run.ws_headers, d);
+    let c1 = run.proc.cpu_ticks();
+    let mut echo = echo.unwrap_or_else(|e| {
+        errors.push(format!("WebSocket echo: {e}"));
+        json!({})
+    });
+    if let Some(n) = echo["messages"].as_f64()
+        && n > 0.0
+    {
+        echo["proxy_cpu_us_per_message"] = json!((c1 - c0) as f64 / ticks * 1e6 / n);
+    }
+    if echo["errors"].as_u64().unwrap_or(0) > 0 {
+        errors.push(format!("WebSocket echo: {} errors", echo["errors"]));
+    }
+    eprintln!(
+        "  WebSocket echo: {:.0} msg/s, p50 {} us, p99 {} us",
+        echo["rate"].as_f64().unwrap_or(0.0),
+        echo["p50_us"],
+        echo["p99_us"]
+    );
+    m.insert("ws_echo".into(), echo);
+
+    match ws_hold(o, run, &ws_url) {
+        Ok(v) => {
+            if v["failed"].as_u64().unwrap_or(0) > 0 {
+                errors.push(format!("idle WebSockets: {} failed to open", v["failed"]));
+            }
+            eprintln!(
+                "  {} idle WebSockets: {:.1} kB each",
+                v["open"],
+                v["kb_per_connection"].as_f64().unwrap_or(0.0)
+            );
+            m.insert("idle_ws".into(), v);
+        }
+        Err(e) => {
+            errors.push(format!("idle WebSockets: {e}"));
+            m.insert("idle_ws".into(), json!({}));
+        }
+    }
+    m.insert("peak_rss_kb".into(), json!(run.proc.hwm_kb()));
+    m.insert("load_after".into(), json!(loadavg()));
+    if !run.proc.alive() {
+        errors.push("the proxy exited during the run".into());
+    }
+    for e in &errors {
+        eprintln!("  ERROR {e}");
+    }
+    m.insert("errors".into(), json!(errors));
+    Value::Object(m)
+}
+
+fn ws_args(o: &Opts, mode: &str, url: &str, conns: usize) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", LOAD_CORE])
+        .arg(&o.ws_client)
+        .arg(mode)
+        .arg(url)
+        .arg(conns.to_string());
+    cmd
+}
+
+fn ws_echo(o: &Opts, url: &str, headers: &[String], seconds: u64) -> Result<Value, String> {
+    let mut cmd = ws_args(o, "echo", url, WS_CONNS);
+    cmd.arg(seconds.to_string());
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// Opens `o.hold` idle WebSockets through the proxy and reads how much its resident memory grew.
+fn ws_hold(o: &Opts, run: &targets::Running, url: &str) -> Result<Value, String> {
+    std::thread::sleep(Duration::from_secs(1));
+    let before = run.proc.rss_kb();
+    let fds_before = run.proc.fds();
+    let mut cmd = ws_args(o, "hold", url, o.hold);
+    for h in &run.ws_headers {
+        cmd.arg("-H").arg(h);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines
+        .next()
+        .ok_or("the WebSocket client said nothing")?
+        .map_err(|e| e.to_string())?;
+    // "open N failed M"
+    let words: Vec<&str> = first.split_whitespace().collect();
+    let open: u64 = words.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let failed: u64 = words.get(3).and_then(|n| n.parse().ok()).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = run.proc.rss_kb();
+    let fds_after = run.proc.fds();
+    let _ = child.stdin.take().map(|mut s| s.write_all(b"go\n"));
+    let _ = child.wait();
+    if open == 0 {
+        return Err(format!("no WebSocket opened ({failed} failed)"));
+    }
+    Ok(json!({
+        "open": open,
+        "failed": failed,
+        "rss_before_kb": before,
+        "rss_after_kb": after,
+        "kb_per_connection": (after as f64 - before as f64) / open as f64,
+        "fds_per_connection": (fds_after as f64 - fds_before as f64) / open as f64,
+    }))
+}

@@ -1,6 +1,7 @@
 //! Forwarding to upstreams: HTTP with streaming bodies both ways, and WebSocket upgrades.
 
 pub mod headers;
+mod pipe;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -177,7 +178,7 @@ pub async fn forward(
             let mut client = Touching::new(TokioIo::new(client), route.clone());
             let mut upstream = Touching::new(TokioIo::new(upstream), route.clone());
             tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                r = pipe::copy_bidirectional(&mut client, &mut upstream) => {
                     if let Ok((up, down)) = r {
                         tracing::debug!(%peer, to_upstream = up, to_client = down, "websocket closed");
                     }

@@ -541,6 +541,9 @@ impl App {
     /// activity. Runs until the process ends.
     pub async fn run_background(self: Arc<Self>) {
         let mut events = self.store.subscribe();
+        // The embedded store announces nothing: only this instance changes it, and every change
+        // here refreshes the cache, so the cache is as fresh as the store is reachable.
+        let announces = events.is_some();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flushed: std::collections::HashMap<String, i64> = Default::default();
@@ -583,6 +586,10 @@ impl App {
                     }
                     Err(_) => continue,
                 }
+            } else if !announces && self.store.revision().await.is_ok() {
+                // Without this, every lookup would go to the store once the staleness window
+                // after start had passed.
+                self.cache.mark_synced();
             }
             // A change whose announcement never went out (the writer died between its write
             // and its announcement) is picked up here at the latest.

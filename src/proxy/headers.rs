@@ -61,15 +61,24 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (*name == "connection" || *name == "upgrade") {
-            continue;
+    // Most requests carry none of these: one pass over the names present is cheaper than a
+    // lookup per name.
+    if any_of(headers, HOP_BY_HOP) {
+        for name in HOP_BY_HOP {
+            if keep_upgrade && (*name == "connection" || *name == "upgrade") {
+                continue;
+            }
+            headers.remove(*name);
         }
-        headers.remove(*name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// Whether any header present has one of these (lowercase) names.
+fn any_of(headers: &HeaderMap, names: &[&str]) -> bool {
+    headers.keys().any(|k| names.contains(&k.as_str()))
 }
 
 /// What the upstream is told about the request and the caller.
@@ -91,8 +100,10 @@ pub struct Forwarding<'a> {
 pub fn prepare_request(headers: &mut HeaderMap, websocket: bool, f: &Forwarding<'_>) {
     remove_hop_by_hop(headers, websocket);
     crate::auth::cookies::strip_own(headers);
-    for name in IDENTITY_HEADERS {
-        headers.remove(*name);
+    if any_of(headers, IDENTITY_HEADERS) {
+        for name in IDENTITY_HEADERS {
+            headers.remove(*name);
+        }
     }
     if f.drop_authorization {
         headers.remove(header::AUTHORIZATION);

@@ -9,8 +9,8 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import {
-  CODE_SERVER_BIN, Proc, freePort, launchBrowser, need, person, request, shot, signIn,
-  startLatchkey, waitFor, watchSockets, workDir,
+  CODE_SERVER_BIN, freePort, launchBrowser, need, person, Proc, request, shot, signIn,
+  startLatchkey, stopAll, waitFor, watchSockets, withFreshPorts, workDir,
 } from './harness.mjs';
 
 const dir = workDir('code-server');
@@ -20,19 +20,23 @@ let browser;
 
 before(async () => {
   const bin = need(CODE_SERVER_BIN, 'scripts/test installs code-server into tests/e2e/code-server; its install log says why it failed.');
-  const port = await freePort();
+  browser = await launchBrowser();
+  lk = await startLatchkey(dir);
   const workspace = path.join(dir, 'workspace');
   fs.mkdirSync(workspace, { recursive: true });
   fs.writeFileSync(path.join(workspace, 'hello.py'), 'print("hello from john")\n');
   fs.writeFileSync(path.join(dir, 'config.yaml'), 'auth: none\n');
-  cs = new Proc('code-server', bin, [
-    '--auth', 'none', '--bind-addr', `127.0.0.1:${port}`, '--config', path.join(dir, 'config.yaml'),
-    '--disable-telemetry', '--disable-update-check', '--disable-workspace-trust',
-    '--user-data-dir', path.join(dir, 'user-data'), '--extensions-dir', path.join(dir, 'extensions'),
-    workspace,
-  ], { dir, env: { XDG_CONFIG_HOME: path.join(dir, 'xdg-config'), XDG_DATA_HOME: path.join(dir, 'xdg-data') } });
-  [lk, browser] = await Promise.all([startLatchkey(dir), launchBrowser()]);
-  await cs.ready(`code-server on port ${port}`, async () => (await request(`http://127.0.0.1:${port}/healthz`)).status === 200, { timeout: 60_000 });
+  const port = await withFreshPorts(async () => {
+    const p = await freePort();
+    cs = new Proc('code-server', bin, [
+      '--auth', 'none', '--bind-addr', `127.0.0.1:${p}`, '--config', path.join(dir, 'config.yaml'),
+      '--disable-telemetry', '--disable-update-check', '--disable-workspace-trust',
+      '--user-data-dir', path.join(dir, 'user-data'), '--extensions-dir', path.join(dir, 'extensions'),
+      workspace,
+    ], { dir, env: { XDG_CONFIG_HOME: path.join(dir, 'xdg-config'), XDG_DATA_HOME: path.join(dir, 'xdg-data') } });
+    await cs.ready(`code-server on port ${p}`, async () => (await request(`http://127.0.0.1:${p}/healthz`)).status === 200, { timeout: 60_000 });
+    return p;
+  });
   await lk.postRoute('/user/john/code', {
     user: 'john', server_name: 'code', target: `http://127.0.0.1:${port}`, strip_prefix: true, session: 'code-1',
   });
@@ -40,7 +44,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  await Promise.all([lk?.stop(), cs?.stop()]);
+  await stopAll();
 });
 
 /** WebSockets open through latchkey, from its metrics. */

@@ -72,6 +72,7 @@ export async function waitFor(what, check, { timeout = 30_000, interval = 100 } 
       if (v) return v;
       last = undefined;
     } catch (e) {
+      if (e.fatal) throw e;
       last = e;
     }
     if (Date.now() > deadline) {
@@ -132,6 +133,21 @@ export function websocketHandshake(url, headers = {}) {
 
 export const randomToken = () => crypto.randomBytes(24).toString('hex');
 
+/**
+ * Runs `start` (which picks free ports and starts a server) again, up to three times, when the
+ * server could not bind its port: another process of the parallel suite (a kernel, a browser)
+ * may take a port between freePort() and the bind.
+ */
+export async function withFreshPorts(start, attempts = 3) {
+  for (let i = 1; ; i += 1) {
+    try {
+      return await start();
+    } catch (e) {
+      if (i >= attempts || !/already in use|EADDRINUSE|no available port/i.test(e.message)) throw e;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Processes
 
@@ -152,6 +168,11 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
     killAll('SIGKILL');
     process.exit(130);
   });
+}
+
+/** Stops every process this test file started that is still running (for `after` hooks). */
+export async function stopAll() {
+  await Promise.all([...running].map((p) => p.stop(30_000)));
 }
 
 /** A child process in its own process group, its output in `<dir>/<name>.log`. */
@@ -204,7 +225,9 @@ export class Proc {
   async ready(what, check, opts) {
     try {
       return await waitFor(what, async () => {
-        if (!this.alive) throw new Error(`${this.name} exited (${this.exitCode})`);
+        if (!this.alive) {
+          throw Object.assign(new Error(`${this.name} exited (${this.exitCode}) while waiting for ${what}`), { fatal: true });
+        }
         return check();
       }, opts);
     } catch (e) {
@@ -254,10 +277,16 @@ export function users() {
 }
 
 /**
- * Starts `latchkey serve` with a generated config on free ports. `hubPrefix` moves latchkey's
- * pages and API; `extraToml` is appended to the `[login]`-free part of the file.
+ * Starts `latchkey serve` with a generated config on free ports and waits for its liveness
+ * checks. `hubPrefix` moves latchkey's pages and API; `login` sets the sign-in rate limit.
  */
-export async function startLatchkey(dir, { name = 'latchkey', hubPrefix = '/hub/', login = {}, extraServer = '' } = {}) {
+export function startLatchkey(dir, opts = {}) {
+  return withFreshPorts(() => startLatchkeyOnce(dir, opts));
+}
+
+async function startLatchkeyOnce(dir, {
+  name = 'latchkey', hubPrefix = '/hub/', login = {}, upstreamTimeout = 60, storeUrl = 'memory://',
+} = {}) {
   const pub = await freePort();
   const api = await freePort();
   const u = users();
@@ -265,15 +294,15 @@ export async function startLatchkey(dir, { name = 'latchkey', hubPrefix = '/hub/
     '[server]',
     `listen = "127.0.0.1:${pub}"`,
     `hub_prefix = "${hubPrefix}"`,
-    'upstream_timeout = 60',
-    extraServer,
+    `upstream_timeout = ${upstreamTimeout}`,
     '',
     '[api]',
     `listen = "127.0.0.1:${api}"`,
     `token = "${API_TOKEN}"`,
     '',
     '[store]',
-    'url = "memory://"',
+    `url = "${storeUrl}"`,
+    'timeout_ms = 500',
     '',
     '[login]',
     `max_failures = ${login.maxFailures ?? 1000}`,
@@ -411,7 +440,11 @@ export function jupyterEnv(dir) {
 }
 
 /** Starts JupyterLab with `base_url`, token auth and a notebook folder; waits until it serves. */
-export async function startJupyterLab(dir, { baseUrl, token, name = 'jupyterlab' }) {
+export function startJupyterLab(dir, opts) {
+  return withFreshPorts(() => startJupyterLabOnce(dir, opts));
+}
+
+async function startJupyterLabOnce(dir, { baseUrl, token, name = 'jupyterlab' }) {
   const jupyter = need(path.join(VENV, 'bin/jupyter'), NEED_VENV);
   const port = await freePort();
   const root = path.join(dir, 'notebooks');

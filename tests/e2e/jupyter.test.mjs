@@ -12,7 +12,7 @@ import { after, before, test } from 'node:test';
 
 import {
   launchBrowser, person, randomToken, request, sessionCookie, shot, signIn, startJupyterLab,
-  startLatchkey, waitFor, watchSockets, websocketHandshake, workDir,
+  startLatchkey, stopAll, waitFor, watchSockets, websocketHandshake, workDir,
 } from './harness.mjs';
 
 const dir = workDir('jupyter');
@@ -33,10 +33,10 @@ const route = (session) => ({
 });
 
 before(async () => {
-  [lk, lab, browser] = await Promise.all([
+  browser = await launchBrowser();
+  [lk, lab] = await Promise.all([
     startLatchkey(dir),
     startJupyterLab(dir, { baseUrl: '/user/john/', token: randomToken() }),
-    launchBrowser(),
   ]);
   await lk.postRoute('/user/john', route('john-session-1'));
   john = await person(browser, lk);
@@ -48,7 +48,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  await Promise.all([lk?.stop(), lab?.proc.stop()]);
+  await stopAll();
 });
 
 /** john creates an invite link in his sharing menu and copies it. */

@@ -11,8 +11,8 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import {
-  API_TOKEN, VENV, Proc, freePort, jupyterEnv, launchBrowser, need, person, randomToken, request,
-  sessionCookie, shot, signIn, startLatchkey, waitFor, workDir,
+  API_TOKEN, VENV, freePort, jupyterEnv, launchBrowser, need, person, Proc, randomToken, request,
+  sessionCookie, shot, signIn, startLatchkey, stopAll, waitFor, withFreshPorts, workDir,
 } from './harness.mjs';
 
 const dir = workDir('jupyterhub');
@@ -37,12 +37,14 @@ async function aliceReady() {
 
 before(async () => {
   const jupyterhub = need(path.join(VENV, 'bin/jupyterhub'), 'Run ./scripts/test, which creates the venv.');
-  [lk, browser] = await Promise.all([startLatchkey(dir, { hubPrefix: '/latchkey/' }), launchBrowser()]);
-  const hubPort = await freePort();
-  const home = path.join(dir, 'home');
-  fs.mkdirSync(home, { recursive: true });
-  const env = jupyterEnv(dir);
-  const config = `
+  browser = await launchBrowser();
+  lk = await startLatchkey(dir, { hubPrefix: '/latchkey/' });
+  await withFreshPorts(async () => {
+    const hubPort = await freePort();
+    const home = path.join(dir, 'home');
+    fs.mkdirSync(home, { recursive: true });
+    const env = jupyterEnv(dir);
+    const config = `
 c = get_config()  # noqa
 c.JupyterHub.bind_url = "${lk.base}/"
 c.JupyterHub.hub_bind_url = "http://127.0.0.1:${hubPort}"
@@ -67,19 +69,21 @@ c.SimpleLocalProcessSpawner.home_dir_template = "${home}/{username}"
 c.JupyterHub.services = [{"name": "e2e", "api_token": "${SERVICE_TOKEN}"}]
 c.JupyterHub.load_roles = [{"name": "e2e", "scopes": ["admin:users", "admin:servers", "list:users"], "services": ["e2e"]}]
 `;
-  fs.writeFileSync(path.join(dir, 'jupyterhub_config.py'), config);
-  hub = new Proc('jupyterhub', jupyterhub, ['-f', path.join(dir, 'jupyterhub_config.py')], { dir, env });
-  await hub.ready('JupyterHub to register its route with latchkey and answer through it', async () => {
-    const routes = await lk.routes();
-    if (!routes['/']) return false;
-    return (await request(lk.url('/hub/api/'))).status === 200;
-  }, { timeout: 90_000 });
+    fs.writeFileSync(path.join(dir, 'jupyterhub_config.py'), config);
+    hub = new Proc('jupyterhub', jupyterhub, ['-f', path.join(dir, 'jupyterhub_config.py')], { dir, env });
+    await hub.ready('JupyterHub to register its route with latchkey and answer through it', async () => {
+      const routes = await lk.routes();
+      if (!routes['/']) return false;
+      return (await request(lk.url('/hub/api/'))).status === 200;
+    }, { timeout: 90_000 });
+  });
 });
 
 after(async () => {
   await browser?.close();
+  // The hub first: it stops the user servers it spawned and deletes their routes.
   await hub?.stop(30_000);
-  await lk?.stop();
+  await stopAll();
 });
 
 test('JupyterHub registers its own route with latchkey and is reachable under /hub/', async () => {

@@ -8,11 +8,13 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import {
-  Proc, freePort, launchBrowser, person, request, shot, signIn, startLatchkey, users, workDir,
+  freePort, launchBrowser, person, Proc, request, shot, signIn, startLatchkey, stopAll, users,
+  workDir,
 } from './harness.mjs';
 
 const dir = workDir('pages');
@@ -30,7 +32,8 @@ before(async () => {
   fs.mkdirSync(site, { recursive: true });
   fs.writeFileSync(path.join(site, 'index.html'), '<!doctype html><title>john\'s notebook</title><h1>john\'s notebook</h1>');
   upstream = new Proc('http-server', 'python3', ['-m', 'http.server', String(port), '--bind', '127.0.0.1', '--directory', site], { dir });
-  [lk, browser] = await Promise.all([startLatchkey(dir), launchBrowser()]);
+  browser = await launchBrowser();
+  lk = await startLatchkey(dir);
   await upstream.ready('python3 -m http.server', async () => (await request(`http://127.0.0.1:${port}/`)).status === 200);
   await lk.postRoute('/user/john', { user: 'john', server_name: '', target: `http://127.0.0.1:${port}`, strip_prefix: true });
   // A server whose process is gone: its route points at a closed port.
@@ -44,7 +47,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  await Promise.all([lk?.stop(), upstream?.stop()]);
+  await stopAll();
 });
 
 /**
@@ -271,6 +274,43 @@ test('error pages: not shared, no such server or page, server not reachable, not
   [resp] = await Promise.all([page.waitForNavigation(), page.locator('#password').press('Enter')]);
   await errorPage(page, resp, 403, 'Form expired', /XSRF token is missing/, 'error-form-expired');
   await fresh.close();
+});
+
+test('error pages: a request path latchkey will not forward, a server that does not answer', async () => {
+  let resp = await johnPage.goto(lk.url('/user/john/a%2Fb'));
+  await errorPage(johnPage, resp, 400, 'Bad request', /.+/, 'error-bad-request');
+  // A server that accepts connections and never answers, behind a latchkey that waits 1 s.
+  const silent = net.createServer(() => {});
+  await new Promise((r) => silent.listen(0, '127.0.0.1', r));
+  const impatient = await startLatchkey(dir, { name: 'latchkey-impatient', upstreamTimeout: 1 });
+  try {
+    await impatient.postRoute('/silent', { target: `http://127.0.0.1:${silent.address().port}` });
+    const ctx = await person(browser, impatient);
+    const page = await ctx.newPage();
+    resp = await page.goto(impatient.url('/silent/'));
+    await errorPage(page, resp, 504, 'Server did not answer', /did not answer in time/, 'error-gateway-timeout');
+    await ctx.close();
+  } finally {
+    silent.close();
+    await impatient.stop();
+  }
+});
+
+test('when the store cannot be reached, signing in gets a page that says to try again', async () => {
+  const unreachable = `redis://127.0.0.1:${await freePort()}/0`;
+  const storeless = await startLatchkey(dir, { name: 'latchkey-storeless', storeUrl: unreachable });
+  try {
+    const ctx = await person(browser, storeless);
+    const page = await ctx.newPage();
+    await page.goto(storeless.hub('login'));
+    await page.locator('#username').fill('john');
+    await page.locator('#password').fill(users().john.password);
+    const [resp] = await Promise.all([page.waitForNavigation(), page.locator('#password').press('Enter')]);
+    await errorPage(page, resp, 503, 'Temporarily unavailable', /cannot reach its store/, 'error-store-unavailable');
+    await ctx.close();
+  } finally {
+    await storeless.stop();
+  }
 });
 
 test('too many failed sign-ins get a page that says when to try again', async () => {

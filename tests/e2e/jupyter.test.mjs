@@ -124,10 +124,13 @@ test('nina accepts john\'s invite and runs a cell in his JupyterLab through latc
     `an open kernel WebSocket that carried messages: ${JSON.stringify(kernels)}`);
   // The browser never saw Jupyter's token: no URL or response header carried it.
   for (const r of requests) assert.ok(!r.url().includes(lab.token), `token in ${r.url()}`);
-  const headers = await Promise.all(requests.slice(0, 40).map(async (r) => JSON.stringify(await (await r.response())?.allHeaders() ?? {})));
+  const headers = await Promise.all(requests.map(async (r) => JSON.stringify(await (await r.response())?.allHeaders() ?? {})));
   for (const h of headers) assert.ok(!h.includes(lab.token), 'token in a response header');
   const html = await ninaPage.content();
   assert.ok(!html.includes(lab.token), 'token in the page');
+  // JupyterLab's page config, which would carry the token, has it blanked (harness.JUPYTER_BEHIND_LATCHKEY).
+  const pageConfig = JSON.parse(await ninaPage.locator('#jupyter-config-data').textContent());
+  assert.equal(pageConfig.token, '');
 
   // john's sharing menu lists nina, how she came in, and that she is connected.
   await johnPage.goto(lk.hub('sharing/john/'));

@@ -507,6 +507,29 @@ export async function shot(page, dir, name) {
   return file;
 }
 
+/** Opens a notebook URL in JupyterLab and waits for its editor. */
+export async function openNotebookAt(page, url) {
+  await page.goto(url);
+  await page.locator('.jp-NotebookPanel .jp-Cell .cm-content').first().waitFor({ timeout: 60_000 });
+}
+
+/**
+ * Waits until the notebook's kernel is connected (over its WebSocket) and idle, types `code`
+ * into the last cell, runs it with Shift+Enter, and waits for `expected` in an output.
+ */
+export async function runCellIn(page, code, expected, dir) {
+  await page.locator('#jp-main-statusbar').getByText(/\| Idle/).waitFor({ timeout: 90_000 });
+  await page.locator('.jp-NotebookPanel .jp-Cell .cm-content').last().click();
+  await page.keyboard.type(code);
+  await page.keyboard.press('Shift+Enter');
+  try {
+    await page.locator('.jp-OutputArea-output', { hasText: expected }).first().waitFor({ timeout: 60_000 });
+  } catch (e) {
+    await shot(page, dir, `failed-run-cell-${Date.now()}`);
+    throw e;
+  }
+}
+
 /** Records the WebSockets a page opens whose URL contains `part`, with their close state. */
 export function watchSockets(page, part) {
   const sockets = [];

@@ -11,8 +11,9 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import {
-  launchBrowser, person, randomToken, request, sessionCookie, shot, signIn, startJupyterLab,
-  startLatchkey, stopAll, waitFor, watchSockets, websocketHandshake, workDir,
+  launchBrowser, openNotebookAt, person, randomToken, request, runCellIn, sessionCookie, shot,
+  signIn, startJupyterLab, startLatchkey, stopAll, waitFor, watchSockets, websocketHandshake,
+  workDir,
 } from './harness.mjs';
 
 const dir = workDir('jupyter');
@@ -82,31 +83,9 @@ async function ninaAccepts(link, role, shotName) {
   ]);
 }
 
-/** Opens the notebook in nina's JupyterLab (fresh workspace) and waits for the editor. */
-async function openNotebook(page) {
-  await page.goto(lk.url('/user/john/lab/tree/story.ipynb?reset'));
-  await page.locator('.jp-NotebookPanel .jp-Cell .cm-content').first().waitFor({ timeout: 60_000 });
-}
-
-/** Waits until the notebook's kernel is connected over its WebSocket and idle. */
-async function kernelIdle(page) {
-  await page.locator('#jp-main-statusbar').getByText(/\| Idle/).waitFor({ timeout: 90_000 });
-}
-
-/** Types a cell, runs it with Shift+Enter, and waits for its output. */
-async function runCell(page, code, expected) {
-  await kernelIdle(page);
-  const cell = page.locator('.jp-NotebookPanel .jp-Cell .cm-content').last();
-  await cell.click();
-  await page.keyboard.type(code);
-  await page.keyboard.press('Shift+Enter');
-  try {
-    await page.locator('.jp-OutputArea-output', { hasText: expected }).first().waitFor({ timeout: 60_000 });
-  } catch (e) {
-    await shot(page, dir, `failed-run-cell-${Date.now()}`);
-    throw e;
-  }
-}
+/** Opens the notebook in JupyterLab (fresh workspace) and waits for the editor. */
+const openNotebook = (page) => openNotebookAt(page, lk.url('/user/john/lab/tree/story.ipynb?reset'));
+const runCell = (page, code, expected) => runCellIn(page, code, expected, dir);
 
 test('nina accepts john\'s invite and runs a cell in his JupyterLab through latchkey', async () => {
   const link = await johnCreatesLink('use');

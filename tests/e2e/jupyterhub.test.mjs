@@ -11,8 +11,9 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import {
-  API_TOKEN, VENV, freePort, jupyterEnv, launchBrowser, need, person, Proc, randomToken, request,
-  sessionCookie, shot, signIn, startLatchkey, stopAll, waitFor, withFreshPorts, workDir,
+  API_TOKEN, VENV, freePort, jupyterEnv, launchBrowser, need, openNotebookAt, person, Proc,
+  randomToken, request, runCellIn, sessionCookie, shot, signIn, startLatchkey, stopAll, waitFor,
+  withFreshPorts, workDir, writeNotebook,
 } from './harness.mjs';
 
 const dir = workDir('jupyterhub');
@@ -42,7 +43,8 @@ before(async () => {
   await withFreshPorts(async () => {
     const hubPort = await freePort();
     const home = path.join(dir, 'home');
-    fs.mkdirSync(home, { recursive: true });
+    fs.mkdirSync(path.join(home, 'alice'), { recursive: true });
+    writeNotebook(path.join(home, 'alice', 'story.ipynb'));
     const env = jupyterEnv(dir);
     const config = `
 c = get_config()  # noqa
@@ -127,6 +129,10 @@ test('a user\'s server started by JupyterHub gets a route, is proxied, reports a
   await page.locator('.jp-Launcher').waitFor({ timeout: 90_000 });
   assert.match(page.url(), /\/user\/alice\/lab/);
   await shot(page, dir, 'jupyterlab-via-jupyterhub');
+  // Her kernel's WebSocket works through latchkey too.
+  await openNotebookAt(page, lk.url('/user/alice/lab/tree/story.ipynb?reset'));
+  await runCellIn(page, 'print(6*7)', '42', dir);
+  await shot(page, dir, 'jupyterlab-via-jupyterhub-cell');
 
   // alice shares her server with nina in latchkey's sharing menu (under /latchkey/).
   await page.goto(lk.hub('sharing/alice/'));

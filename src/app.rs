@@ -63,6 +63,8 @@ pub struct Caller {
     pub credential: Credential,
     /// The hashed sign-in session id, when signed in with the cookie.
     pub login: Option<TokenHash>,
+    /// When that sign-in session ends by itself.
+    pub login_expires: Option<crate::clock::Timestamp>,
 }
 
 impl App {
@@ -96,7 +98,7 @@ impl App {
             tracing::warn!(error = %e, "could not load routes at start; will retry");
         }
         if let Ok(rev) = app.store.revision().await {
-            app.cache.note_announced(rev);
+            app.cache.reset_announced(rev);
         }
         app
     }
@@ -250,6 +252,7 @@ impl App {
                 session: route.session.clone(),
                 user: caller.identity.name.clone(),
                 login: caller.login,
+                login_expires: caller.login_expires,
             });
         }
 
@@ -358,6 +361,7 @@ impl App {
                     identity,
                     credential: Credential::Token,
                     login: None,
+                    login_expires: None,
                 }));
             }
         }
@@ -375,6 +379,7 @@ impl App {
             identity,
             credential: Credential::Cookie,
             login: Some(hash),
+            login_expires: Some(rec.expires_at),
         }))
     }
 
@@ -421,6 +426,9 @@ impl App {
                     return false;
                 }
                 if session.as_deref() != Some(c.session.as_str()) {
+                    return true;
+                }
+                if c.login_expires.is_some_and(|e| e <= now) {
                     return true;
                 }
                 let Some(identity) = self.users.identity(&c.user) else {
@@ -486,11 +494,11 @@ impl App {
 
     /// Ends a sign-in session and closes the connections opened with it.
     pub async fn end_login(&self, login: &TokenHash) -> Result<()> {
-        self.store.delete_login(login).await?;
+        // Here at once, whatever the store says.
         self.cache.forget_login(login);
         self.connections
             .close_where(|c| c.login.as_ref() == Some(login));
-        Ok(())
+        self.store.delete_login(login).await
     }
 
     /// Acts on a change announced by any instance.
@@ -508,13 +516,21 @@ impl App {
                 self.connections.close_where(|c| c.login == Some(login));
             }
             StoreEvent::Resync => self.revalidate().await,
-            StoreEvent::Seen(revision) => self.cache.note_announced(revision),
+            StoreEvent::Seen(revision) => {
+                if self.cache.note_announced(revision) {
+                    tracing::warn!(revision, "change announcements were skipped; revalidating");
+                    self.revalidate().await;
+                }
+            }
         }
     }
 
     /// Forgets everything cached and checks every open connection again, for when
     /// announcements may have been lost.
     pub async fn revalidate(&self) {
+        if let Ok(rev) = self.store.revision().await {
+            self.cache.reset_announced(rev);
+        }
         if let Err(e) = self.cache.reload_routes(self.store.as_ref()).await {
             tracing::warn!(error = %e, "route reload failed");
         }

@@ -23,7 +23,10 @@ const CREDENTIAL_TTL: Timestamp = 30;
 #[derive(Default)]
 pub struct Cache {
     routes: RwLock<Arc<RouteTable>>,
-    grants: RwLock<HashMap<ServerRef, Arc<ServerGrants>>>,
+    /// Grants per server, with the ticket of the read that produced them.
+    grants: RwLock<HashMap<ServerRef, (Arc<ServerGrants>, u64)>>,
+    /// Tickets for grant reads, in the order they start.
+    reads: AtomicU64,
     logins: RwLock<HashMap<TokenHash, (LoginRecord, Timestamp)>>,
     tokens: RwLock<HashMap<TokenHash, (ApiTokenRecord, Timestamp)>>,
     /// The store revision seen by the last poll.
@@ -90,20 +93,36 @@ impl Cache {
     /// The grants of a server's current session: from memory, or loaded once from the store.
     pub async fn grants(&self, store: &dyn Store, server: &ServerRef) -> Result<Arc<ServerGrants>> {
         if self.is_fresh()
-            && let Some(g) = read(&self.grants).get(server)
+            && let Some((g, _)) = read(&self.grants).get(server)
         {
             return Ok(g.clone());
         }
         self.refresh_grants(store, server).await
     }
 
+    /// Reads a server's grants from the store. A read that started before another one never
+    /// overwrites it (a slow read from before a revoke must not bring the grant back), and
+    /// servers that are not running are not kept.
     pub async fn refresh_grants(
         &self,
         store: &dyn Store,
         server: &ServerRef,
     ) -> Result<Arc<ServerGrants>> {
+        let ticket = self.reads.fetch_add(1, Ordering::AcqRel) + 1;
         let g = Arc::new(store.grants(server).await?);
-        write(&self.grants).insert(server.clone(), g.clone());
+        let mut grants = write(&self.grants);
+        match grants.get(server) {
+            Some((_, newer)) if *newer > ticket => {}
+            _ if g.session.is_none() => {
+                grants.remove(server);
+            }
+            _ => {
+                if grants.len() > 100_000 {
+                    grants.clear();
+                }
+                grants.insert(server.clone(), (g.clone(), ticket));
+            }
+        }
         Ok(g)
     }
 
@@ -166,9 +185,17 @@ impl Cache {
         Ok(rec)
     }
 
-    /// Notes that the announcement of `revision` arrived.
-    pub fn note_announced(&self, revision: u64) {
-        self.announced.fetch_max(revision, Ordering::AcqRel);
+    /// Notes that the announcement of `revision` arrived. True when revisions were skipped:
+    /// announcements are sent in revision order, so a gap means one was lost.
+    pub fn note_announced(&self, revision: u64) -> bool {
+        let before = self.announced.fetch_max(revision, Ordering::AcqRel);
+        before != 0 && revision > before + 1
+    }
+
+    /// After a resubscription or revalidation: the store's revision is the new baseline.
+    pub fn reset_announced(&self, revision: u64) {
+        self.announced.store(revision, Ordering::Release);
+        self.revision.store(revision, Ordering::Release);
     }
 
     /// Called once a second with the store's revision. True when a revision above every
@@ -177,7 +204,13 @@ impl Cache {
     pub fn announcement_lost(&self, revision: u64) -> bool {
         let announced = self.announced.load(Ordering::Acquire);
         let previous = self.revision.swap(revision, Ordering::AcqRel);
-        if revision <= announced {
+        if revision < announced {
+            // The store went back (data lost, failover to a lagging replica): nothing cached
+            // can be trusted, and the baseline moves down with it.
+            self.announced.store(revision, Ordering::Release);
+            return true;
+        }
+        if revision == announced {
             return false;
         }
         if previous > announced {

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Timestamp;
 use crate::ids::{ServerRef, UserName};
 use crate::secret::TokenHash;
 
@@ -17,6 +18,8 @@ pub struct OpenConnection {
     pub user: UserName,
     /// The sign-in session it was opened with, so that logout closes it.
     pub login: Option<TokenHash>,
+    /// When that sign-in session ends by itself.
+    pub login_expires: Option<Timestamp>,
     pub websocket: bool,
     cancel: CancellationToken,
 }
@@ -51,6 +54,7 @@ impl Connections {
         session: String,
         user: UserName,
         login: Option<TokenHash>,
+        login_expires: Option<Timestamp>,
         websocket: bool,
     ) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -62,6 +66,7 @@ impl Connections {
                 session,
                 user,
                 login,
+                login_expires,
                 websocket,
                 cancel: cancel.clone(),
             },
@@ -120,11 +125,18 @@ pub struct Registrar {
     pub session: String,
     pub user: UserName,
     pub login: Option<TokenHash>,
+    pub login_expires: Option<Timestamp>,
 }
 
 impl Registrar {
     pub fn register(self, websocket: bool) -> Registration {
-        self.registry
-            .register(self.server, self.session, self.user, self.login, websocket)
+        self.registry.register(
+            self.server,
+            self.session,
+            self.user,
+            self.login,
+            self.login_expires,
+            websocket,
+        )
     }
 }

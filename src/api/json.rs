@@ -105,7 +105,7 @@ impl Page {
             .skip(self.offset)
             .take(self.limit)
             .collect();
-        let next_offset = self.offset + self.limit;
+        let next_offset = self.offset.saturating_add(self.limit);
         let next = (next_offset < total).then(|| {
             json!({
                 "offset": next_offset,

@@ -41,13 +41,6 @@ impl FailureLimiter {
         }
         entry.1 += 1;
     }
-
-    pub fn record_success(&self, client: IpAddr) {
-        self.counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&client);
-    }
 }
 
 #[cfg(test)]

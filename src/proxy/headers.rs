@@ -17,6 +17,16 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Forwarding headers latchkey does not set, dropped unless a trusted proxy sent them.
+const UNTRUSTED_FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-scheme",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+];
+
 /// Identity headers latchkey sets for the upstream. Clients may not send their own copies.
 pub const USER_HEADER: &str = "x-latchkey-user";
 pub const ROLE_HEADER: &str = "x-latchkey-role";
@@ -107,6 +117,13 @@ pub fn prepare_request(headers: &mut HeaderMap, websocket: bool, f: &Forwarding<
     }
     if f.drop_authorization {
         headers.remove(header::AUTHORIZATION);
+    }
+    // Other ways of saying where a request came from, which some servers believe (Tornado's
+    // xheaders reads X-Real-Ip and X-Scheme): only a trusted proxy may say them.
+    if !f.trust_forwarded && any_of(headers, UNTRUSTED_FORWARDING) {
+        for name in UNTRUSTED_FORWARDING {
+            headers.remove(*name);
+        }
     }
     let xff = match (
         f.trust_forwarded,
@@ -231,7 +248,11 @@ mod tests {
             HeaderValue::from_static("latchkey-session=s; _xsrf=j"),
         );
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
         prepare_request(&mut h, false, &forwarding(&[]));
+        assert!(!h.contains_key("x-real-ip"));
+        assert!(!h.contains_key("forwarded"));
         assert_eq!(h.get("x-latchkey-user").unwrap(), "nina");
         assert_eq!(h.get("x-latchkey-role").unwrap(), "use");
         assert!(!h.contains_key("x-forwarded-user"));

@@ -82,7 +82,7 @@ pub fn check_framing<B>(req: &Request<B>) -> Result<(), Error> {
 
 /// The upstream URI for a request path under a route.
 pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Error> {
-    let rest = if route.strip_prefix {
+    let rest = if route.strip_prefix && route.path != "/" {
         let r = path.get(route.path.len()..).unwrap_or("");
         if r.starts_with('/') { r } else { "/" }
     } else {

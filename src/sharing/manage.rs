@@ -12,26 +12,63 @@ use crate::sharing::access::{self, Standing};
 use crate::sharing::{EndReason, Grant, Grantee, InviteRecord, Role, Via};
 use crate::store::Accepted;
 
+/// What a manager may do to a server, decided against one server session.
+pub struct Managing {
+    pub standing: Standing,
+    /// The running session the decision was made against, if the server runs.
+    pub session: Option<String>,
+    /// The grants of that session.
+    pub grants: std::sync::Arc<crate::store::ServerGrants>,
+}
+
 /// A grant with what the sharing menu shows about it.
 pub struct GrantView {
     pub grant: Grant,
     pub connected: bool,
 }
 
+/// The longest a direct share may be limited to (a share without end gives no `expires_in`).
+const MAX_DIRECT_SHARE_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
 impl App {
     /// The caller's standing on a server they want to manage; refuses everyone else.
     pub async fn manager_standing(&self, caller: &Caller, server: &ServerRef) -> Result<Standing> {
-        if caller.identity.name == server.owner {
-            return Ok(Standing::Owner);
+        self.managing(caller, server).await.map(|m| m.standing)
+    }
+
+    /// Decides whether the caller may manage the server, against the grants of the server's
+    /// current session (never a cached older one): a change then applies to that session only.
+    pub async fn managing(&self, caller: &Caller, server: &ServerRef) -> Result<Managing> {
+        let session = self
+            .cache
+            .routes()
+            .server_route(server)
+            .map(|r| r.session.clone());
+        let mut grants = self.cache.grants(self.store.as_ref(), server).await?;
+        if grants.session != session {
+            grants = self
+                .cache
+                .refresh_grants(self.store.as_ref(), server)
+                .await?;
         }
-        let grants = self.cache.grants(self.store.as_ref(), server).await?;
-        match access::standing(
-            &server.owner,
-            &caller.identity,
-            &grants.grants,
-            crate::clock::now(),
-        ) {
-            Some(s) if s.may_manage_sharing() => Ok(s),
+        let standing = if caller.identity.name == server.owner {
+            Some(Standing::Owner)
+        } else if grants.session.is_some() && grants.session == session {
+            access::standing(
+                &server.owner,
+                &caller.identity,
+                &grants.grants,
+                crate::clock::now(),
+            )
+        } else {
+            None
+        };
+        match standing {
+            Some(standing) if standing.may_manage_sharing() => Ok(Managing {
+                standing,
+                session: grants.session.clone().filter(|_| session.is_some()),
+                grants,
+            }),
             _ => Err(Error::Forbidden(format!(
                 "Only the owner of {} (or someone it was shared with as admin) may manage its sharing.",
                 server.label()
@@ -144,8 +181,19 @@ impl App {
         id: Option<&str>,
     ) -> Result<u64> {
         match id {
-            Some(_) => {
-                self.manager_standing(caller, server).await?;
+            Some(id) => {
+                if self.manager_standing(caller, server).await? != Standing::Owner
+                    && self
+                        .store
+                        .list_invites(server)
+                        .await?
+                        .iter()
+                        .any(|i| i.id == id && i.role == Role::Admin)
+                {
+                    return Err(Error::Forbidden(
+                        "Only the owner may revoke a link that grants admin.".into(),
+                    ));
+                }
             }
             None => self.require_owner(caller, server, "revoke all links")?,
         }
@@ -212,8 +260,24 @@ impl App {
         expires_in: Option<u64>,
     ) -> Result<Grant> {
         self.check_enabled()?;
-        let standing = self.manager_standing(caller, server).await?;
+        let managing = self.managing(caller, server).await?;
+        let standing = managing.standing;
         Self::check_role_grantable(standing, role)?;
+        // An admin may add people, or raise someone to `use`; lowering, limiting or replacing
+        // an admin is the owner's alone.
+        if standing != Standing::Owner
+            && let Some(existing) = managing.grants.grants.iter().find(|g| g.grantee == grantee)
+            && (existing.role == Role::Admin || role < existing.role || expires_in.is_some())
+        {
+            return Err(Error::Forbidden(
+                "Only the owner may lower, limit or replace an admin's access.".into(),
+            ));
+        }
+        if expires_in.is_some_and(|s| s > MAX_DIRECT_SHARE_SECONDS) {
+            return Err(Error::bad_request(
+                "expires_in may be at most ten years; leave it out for a share without end.",
+            ));
+        }
         match &grantee {
             Grantee::User(u) if u == &server.owner => {
                 return Err(Error::bad_request("The owner already has full access."));
@@ -226,7 +290,9 @@ impl App {
             }
             _ => {}
         }
-        self.running_session(server)?;
+        let session = managing
+            .session
+            .ok_or_else(|| Error::ServerNotRunning(server.label()))?;
         let now: Timestamp = self.store.now().await?;
         let grant = Grant {
             grantee,
@@ -237,9 +303,11 @@ impl App {
                 by: caller.identity.name.clone(),
             },
         };
-        self.store.put_grant(server, &grant).await?;
-        tracing::info!(server = %server, grantee = %grant.grantee.key(), role = %role, "shared directly");
+        let stored = self.store.put_grant(server, &session, &grant).await;
+        // Whatever the store said, this instance looks again (the write may have landed).
         self.sharing_changed(server).await;
+        stored?;
+        tracing::info!(server = %server, grantee = %grant.grantee.key(), role = %role, "shared directly");
         Ok(grant)
     }
 
@@ -250,38 +318,43 @@ impl App {
         server: &ServerRef,
         grantee: &Grantee,
     ) -> Result<()> {
-        let standing = self.manager_standing(caller, server).await?;
-        if standing != Standing::Owner {
-            let grants = self.cache.grants(self.store.as_ref(), server).await?;
-            if grants
+        let managing = self.managing(caller, server).await?;
+        if managing.standing != Standing::Owner
+            && managing
+                .grants
                 .grants
                 .iter()
                 .any(|g| &g.grantee == grantee && g.role == Role::Admin)
-            {
-                return Err(Error::Forbidden(
-                    "Only the owner may revoke an admin's access.".into(),
-                ));
-            }
+        {
+            return Err(Error::Forbidden(
+                "Only the owner may revoke an admin's access.".into(),
+            ));
         }
+        // Without a running session there is nothing to revoke: every grant ended with it.
+        let Some(session) = managing.session else {
+            return Ok(());
+        };
         let removed = self
             .store
-            .revoke_grant(server, grantee, EndReason::Revoked)
-            .await?;
+            .revoke_grant(server, &session, grantee, EndReason::Revoked)
+            .await;
+        self.sharing_changed(server).await;
+        let removed = removed?;
         tracing::info!(server = %server, grantee = %grantee.key(), removed, "grant revoked");
         if removed {
             self.metrics.revoked(Revocation::Grantee);
         }
-        self.sharing_changed(server).await;
         Ok(())
     }
 
     /// Revokes every grant of the server's current session (O(1) in the store).
     pub async fn revoke_all_grantees(&self, caller: &Caller, server: &ServerRef) -> Result<()> {
         self.require_owner(caller, server, "revoke all users")?;
-        self.store.revoke_all_grants(server).await?;
+        let revoked = self.store.revoke_all_grants(server).await;
+        self.sharing_changed(server).await;
+        revoked?;
         tracing::info!(server = %server, "all grants revoked");
         self.metrics.revoked(Revocation::AllGrantees);
-        self.sharing_changed(server).await;
         Ok(())
     }
 
@@ -300,10 +373,23 @@ impl App {
 
     /// The sharee leaves a server shared with them.
     pub async fn leave(&self, user: &UserName, server: &ServerRef) -> Result<()> {
+        let session = self
+            .cache
+            .routes()
+            .server_route(server)
+            .map(|r| r.session.clone())
+            .unwrap_or_default();
         let removed = self
             .store
-            .revoke_grant(server, &Grantee::User(user.clone()), EndReason::Left)
-            .await?;
+            .revoke_grant(
+                server,
+                &session,
+                &Grantee::User(user.clone()),
+                EndReason::Left,
+            )
+            .await;
+        self.sharing_changed(server).await;
+        let removed = removed?;
         if !removed {
             return Err(Error::NotFound(format!(
                 "{} is not shared with you directly.",
@@ -311,7 +397,6 @@ impl App {
             )));
         }
         tracing::info!(server = %server, user = %user, "sharee left");
-        self.sharing_changed(server).await;
         Ok(())
     }
 }

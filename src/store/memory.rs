@@ -272,7 +272,10 @@ impl Store for MemoryStore {
     async fn list_invites(&self, server: &ServerRef) -> Result<Vec<InviteRecord>> {
         let now = clock::now();
         let mut inner = self.lock();
-        let state = inner.server(server);
+        // Reads never create state: any signed-in user may ask about any server name.
+        let Some(state) = inner.servers.get_mut(server) else {
+            return Ok(vec![]);
+        };
         state.invites.retain(|_, (_, i)| i.is_live(now));
         let mut out: Vec<InviteRecord> = state.invites.values().map(|(_, i)| i.clone()).collect();
         // Oldest first, as the Redis store lists them.
@@ -282,7 +285,9 @@ impl Store for MemoryStore {
 
     async fn revoke_invites(&self, server: &ServerRef, id: Option<&str>) -> Result<u64> {
         let mut inner = self.lock();
-        let state = inner.server(server);
+        let Some(state) = inner.servers.get_mut(server) else {
+            return Ok(0);
+        };
         let removed: Vec<TokenHash> = match id {
             Some(id) => state
                 .invites
@@ -345,18 +350,20 @@ impl Store for MemoryStore {
     }
 
     async fn grants(&self, server: &ServerRef) -> Result<ServerGrants> {
-        let mut inner = self.lock();
-        let state = inner.server(server);
+        let inner = self.lock();
+        let Some(state) = inner.servers.get(server) else {
+            return Ok(ServerGrants::default());
+        };
         Ok(ServerGrants {
             session: state.session.clone(),
             grants: state.grants.values().cloned().collect(),
         })
     }
 
-    async fn put_grant(&self, server: &ServerRef, grant: &Grant) -> Result<()> {
+    async fn put_grant(&self, server: &ServerRef, session: &str, grant: &Grant) -> Result<()> {
         let mut inner = self.lock();
         let state = inner.server(server);
-        if state.session.is_none() {
+        if state.session.as_deref() != Some(session) {
             return Err(Error::ServerNotRunning(server.label()));
         }
         if let Grantee::User(u) = &grant.grantee {
@@ -370,11 +377,17 @@ impl Store for MemoryStore {
     async fn revoke_grant(
         &self,
         server: &ServerRef,
+        session: &str,
         grantee: &Grantee,
         reason: EndReason,
     ) -> Result<bool> {
         let mut inner = self.lock();
-        let state = inner.server(server);
+        let Some(state) = inner.servers.get_mut(server) else {
+            return Ok(false);
+        };
+        if state.session.as_deref() != Some(session) {
+            return Ok(false);
+        }
         let removed = state.grants.remove(grantee).is_some();
         if let (true, Grantee::User(u)) = (removed, grantee) {
             state.ended.insert(u.clone(), reason);
@@ -385,7 +398,9 @@ impl Store for MemoryStore {
 
     async fn revoke_all_grants(&self, server: &ServerRef) -> Result<()> {
         let mut inner = self.lock();
-        inner.server(server).revoke_all(EndReason::Revoked);
+        if let Some(state) = inner.servers.get_mut(server) {
+            state.revoke_all(EndReason::Revoked);
+        }
         inner.bump();
         Ok(())
     }

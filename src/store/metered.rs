@@ -146,20 +146,21 @@ impl Store for MeteredStore {
         self.timed("grants", self.inner.grants(server)).await
     }
 
-    async fn put_grant(&self, server: &ServerRef, grant: &Grant) -> Result<()> {
-        self.timed("put_grant", self.inner.put_grant(server, grant))
+    async fn put_grant(&self, server: &ServerRef, session: &str, grant: &Grant) -> Result<()> {
+        self.timed("put_grant", self.inner.put_grant(server, session, grant))
             .await
     }
 
     async fn revoke_grant(
         &self,
         server: &ServerRef,
+        session: &str,
         grantee: &Grantee,
         reason: EndReason,
     ) -> Result<bool> {
         self.timed(
             "revoke_grant",
-            self.inner.revoke_grant(server, grantee, reason),
+            self.inner.revoke_grant(server, session, grantee, reason),
         )
         .await
     }

@@ -167,12 +167,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Accepted>;
 
     async fn grants(&self, server: &ServerRef) -> Result<ServerGrants>;
-    /// Creates or replaces a grant in the server's current session.
-    async fn put_grant(&self, server: &ServerRef, grant: &Grant) -> Result<()>;
-    /// Removes one grantee's grant; returns whether there was one.
+    /// Creates or replaces a grant, if `session` is still the server's current session (the one
+    /// the change was authorised against); else fails with `ServerNotRunning`.
+    async fn put_grant(&self, server: &ServerRef, session: &str, grant: &Grant) -> Result<()>;
+    /// Removes one grantee's grant of `session`; returns whether there was one (false too when
+    /// that session has ended: its grants are void already).
     async fn revoke_grant(
         &self,
         server: &ServerRef,
+        session: &str,
         grantee: &Grantee,
         reason: EndReason,
     ) -> Result<bool>;

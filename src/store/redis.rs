@@ -134,16 +134,31 @@ impl RedisStore {
     }
 
     /// Bumps the revision and announces what changed (`r`, `s <server>`, `l <login>`), so that
-    /// every instance acts on it at once.
+    /// every instance acts on it at once. The change itself is already stored: if announcing
+    /// fails, it is retried in the background until it lands, and the caller is not failed for
+    /// it (other instances also revalidate every 30 s).
     async fn announce(&self, what: &[String]) -> Result<()> {
-        let mut call = self.scripts.announce.key(REVISION);
-        for w in what {
-            call.arg(w);
-        }
-        call.invoke_async::<i64>(&mut self.conn())
+        if announce_once(&self.scripts.announce, &mut self.conn(), what)
             .await
-            .map(|_| ())
-            .map_err(unavailable)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let endpoint = self.endpoint.clone();
+        let what = what.to_vec();
+        tokio::spawn(async move {
+            let script = Script::new(ANNOUNCE);
+            let mut delay = Duration::from_millis(50);
+            for _ in 0..60 {
+                tokio::time::sleep(delay).await;
+                match announce_once(&script, &mut endpoint.conn(), &what).await {
+                    Ok(()) => return,
+                    Err(_) => delay = (delay * 2).min(Duration::from_secs(1)),
+                }
+            }
+            tracing::error!("a change could not be announced; instances revalidate within 30 s");
+        });
+        Ok(())
     }
 
     /// Starts (`Some`) or ends (`None`, only if it is still `matching`) a server's session in
@@ -701,7 +716,7 @@ impl Store for RedisStore {
         })
     }
 
-    async fn put_grant(&self, server: &ServerRef, grant: &Grant) -> Result<()> {
+    async fn put_grant(&self, server: &ServerRef, session: &str, grant: &Grant) -> Result<()> {
         let user = match &grant.grantee {
             Grantee::User(u) => u.as_str(),
             Grantee::Group(_) => "",
@@ -716,6 +731,7 @@ impl Store for RedisStore {
             .arg(grant.grantee.key())
             .arg(encode(grant))
             .arg(user)
+            .arg(session)
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -732,6 +748,7 @@ impl Store for RedisStore {
     async fn revoke_grant(
         &self,
         server: &ServerRef,
+        session: &str,
         grantee: &Grantee,
         reason: EndReason,
     ) -> Result<bool> {
@@ -749,6 +766,7 @@ impl Store for RedisStore {
             .arg(user)
             .arg(encode(&reason))
             .arg(ENDED_TTL)
+            .arg(session)
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -795,12 +813,10 @@ impl Store for RedisStore {
             match crate::sharing::access::best_grant(&grants.grants, user) {
                 Some(g) => out.push((server, g.clone())),
                 None => {
-                    // The grant ended (revoked, restarted): forget the index entry.
-                    let _: () = self
-                        .conn()
-                        .srem(&keys[0], &key)
-                        .await
-                        .map_err(unavailable)?;
+                    // The grant ended (revoked, restarted): forget the index entries.
+                    for k in &keys {
+                        let _: () = self.conn().srem(k, &key).await.map_err(unavailable)?;
+                    }
                 }
             }
         }
@@ -832,6 +848,25 @@ impl Store for RedisStore {
             None
         })
     }
+}
+
+/// KEYS: revision   ARGV: what changed, one announcement each
+const ANNOUNCE: &str = r#"
+local rev = redis.call('INCR', KEYS[1])
+for _, what in ipairs(ARGV) do redis.call('PUBLISH', 'lk:events', rev .. ' ' .. what) end
+return rev
+"#;
+
+async fn announce_once(
+    script: &Script,
+    conn: &mut Conn,
+    what: &[String],
+) -> redis::RedisResult<()> {
+    let mut call = script.key(REVISION);
+    for w in what {
+        call.arg(w);
+    }
+    call.invoke_async::<i64>(conn).await.map(|_| ())
 }
 
 fn parse_route_session(raw: &str) -> Option<(String, i64)> {
@@ -905,14 +940,7 @@ end
 return ended
 "#,
             ),
-            // KEYS: revision   ARGV: what changed, one announcement each
-            announce: Script::new(
-                r#"
-local rev = redis.call('INCR', KEYS[1])
-for _, what in ipairs(ARGV) do redis.call('PUBLISH', 'lk:events', rev .. ' ' .. what) end
-return rev
-"#,
-            ),
+            announce: Script::new(ANNOUNCE),
             // KEYS: meta   ARGV: session, id, entry, expires_at, prefix
             // Returns the link generation, or false when the session is not current.
             create_invite: Script::new(
@@ -971,6 +999,9 @@ local grant = cjson.encode({grantee = {kind = 'user', name = ARGV[8]}, role = ro
 redis.call('HSET', grants, ARGV[6], grant)
 redis.call('HINCRBY', counts, id .. ':n', 1)
 redis.call('HSET', counts, id .. ':t', now)
+-- The counters expire with the links they count.
+local pt = redis.call('PTTL', links)
+if pt > 0 then redis.call('PEXPIRE', counts, pt) end
 redis.call('HDEL', KEYS[2], ARGV[8])
 -- Shared with again: the last bulk end (restart, revoke all) no longer explains anything.
 local ea = redis.call('GET', KEYS[3])
@@ -992,11 +1023,11 @@ for _, v in ipairs(redis.call('HVALS', grants)) do table.insert(out, v) end
 return out
 "#,
             ),
-            // KEYS: meta, ended, ended_all   ARGV: prefix, grantee key, grant, user
+            // KEYS: meta, ended, ended_all   ARGV: prefix, grantee key, grant, user, session
             put_grant: Script::new(
                 r#"
 local m = redis.call('HMGET', KEYS[1], 'session', 'ggen')
-if not m[1] then return 0 end
+if m[1] ~= ARGV[5] then return 0 end
 local grants = ARGV[1] .. ':g:' .. m[1] .. ':' .. (m[2] or '0')
 redis.call('HSET', grants, ARGV[2], ARGV[3])
 if ARGV[4] ~= '' then
@@ -1011,11 +1042,11 @@ end
 return 1
 "#,
             ),
-            // KEYS: meta, ended   ARGV: prefix, grantee key, user, reason json, ttl
+            // KEYS: meta, ended   ARGV: prefix, grantee key, user, reason json, ttl, session
             revoke_grant: Script::new(
                 r#"
 local m = redis.call('HMGET', KEYS[1], 'session', 'ggen')
-if not m[1] then return 0 end
+if m[1] ~= ARGV[6] then return 0 end
 local grants = ARGV[1] .. ':g:' .. m[1] .. ':' .. (m[2] or '0')
 local removed = redis.call('HDEL', grants, ARGV[2])
 if removed == 1 and ARGV[3] ~= '' then

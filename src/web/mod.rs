@@ -179,7 +179,7 @@ async fn login_form(
         Some((s, u, m)) => (s, u, Some(m)),
         None => (StatusCode::OK, String::new(), None),
     };
-    Ok(page(
+    let mut resp = page(
         app,
         &xsrf,
         status,
@@ -191,7 +191,10 @@ async fn login_form(
             username,
             error: message,
         },
-    ))
+    );
+    // The login URL may carry an invite code in `next`.
+    mark_sensitive(resp.headers_mut());
+    Ok(resp)
 }
 
 async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
@@ -238,7 +241,8 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
             },
         ));
     };
-    app.limiter.record_success(ctx.client_ip);
+    // Failures are not forgiven by a success: an attacker with an account of their own must
+    // not reset the count between guesses at someone else's password.
     // A fresh id at every sign-in (no fixation); the old session, if any, ends.
     if let Some(old) = cookies::find(&headers, app.cookies.session_name())
         && secret::looks_like_token(&old)

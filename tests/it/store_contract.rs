@@ -64,6 +64,7 @@ contract!(
     api_tokens_are_stored_and_read,
     the_revision_increases_with_every_change,
     recorded_activity_shows_in_the_route_list,
+    grant_writes_for_an_ended_session_change_nothing,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -119,6 +120,16 @@ fn new_route(owner: &str, target: &str, explicit_session: Option<&str>) -> NewRo
         fresh_session: random_id(),
         now: clock::now(),
     }
+}
+
+/// The server's current session, as the app passes it to grant writes.
+async fn cur(store: &dyn Store, server: &ServerRef) -> String {
+    store
+        .grants(server)
+        .await
+        .unwrap()
+        .session
+        .unwrap_or_default()
 }
 
 /// Starts `owner`'s server on a fresh target and returns it with its session.
@@ -229,7 +240,11 @@ async fn reposting_the_identical_route_keeps_the_session(store: &dyn Store) {
     let s = server("john");
     let (code, _) = invite(store, &s, &first_route.session, Role::Use, &[]).await;
     store
-        .put_grant(&s, &direct(nina_grantee(), Role::View, clock::now()))
+        .put_grant(
+            &s,
+            &cur(store, &s).await,
+            &direct(nina_grantee(), Role::View, clock::now()),
+        )
         .await
         .unwrap();
 
@@ -268,6 +283,7 @@ async fn a_different_target_starts_a_new_session_and_voids_its_grants_and_invite
     store
         .put_grant(
             &s,
+            &cur(store, &s).await,
             &direct(Grantee::Group(group("team-a")), Role::View, clock::now()),
         )
         .await
@@ -314,7 +330,11 @@ async fn a_different_explicit_session_starts_a_new_session(store: &dyn Store) {
         .unwrap();
     assert_eq!(first.route.unwrap().session, "s-one");
     store
-        .put_grant(&s, &direct(nina_grantee(), Role::Use, clock::now()))
+        .put_grant(
+            &s,
+            &cur(store, &s).await,
+            &direct(nina_grantee(), Role::Use, clock::now()),
+        )
         .await
         .unwrap();
 
@@ -426,7 +446,11 @@ async fn deleting_a_route_ends_its_session(store: &dyn Store) {
     ));
     assert!(matches!(
         store
-            .put_grant(&s, &direct(nina_grantee(), Role::Use, clock::now()))
+            .put_grant(
+                &s,
+                &cur(store, &s).await,
+                &direct(nina_grantee(), Role::Use, clock::now())
+            )
             .await,
         Err(Error::ServerNotRunning(_))
     ));
@@ -557,7 +581,11 @@ async fn reaccepting_refreshes_the_grant_and_never_downgrades_its_role(store: &d
     // An old direct grant is refreshed by accepting: new time, new origin, higher role.
     let long_ago = store.now().await.unwrap() - 10_000;
     store
-        .put_grant(&s, &direct(nina_grantee(), Role::View, long_ago))
+        .put_grant(
+            &s,
+            &cur(store, &s).await,
+            &direct(nina_grantee(), Role::View, long_ago),
+        )
         .await
         .unwrap();
     let before = store.now().await.unwrap();
@@ -760,8 +788,14 @@ async fn grants_are_put_replaced_and_revoked(store: &dyn Store) {
         expires_at: Some(now + 600),
         ..direct(team.clone(), Role::View, now)
     };
-    store.put_grant(&s, &nina_use).await.unwrap();
-    store.put_grant(&s, &team_view).await.unwrap();
+    store
+        .put_grant(&s, &cur(store, &s).await, &nina_use)
+        .await
+        .unwrap();
+    store
+        .put_grant(&s, &cur(store, &s).await, &team_view)
+        .await
+        .unwrap();
     assert_eq!(
         sorted_grants(store, &s).await,
         (
@@ -772,7 +806,10 @@ async fn grants_are_put_replaced_and_revoked(store: &dyn Store) {
 
     // put_grant replaces, even with a lower role.
     let nina_view = direct(nina_grantee(), Role::View, now + 1);
-    store.put_grant(&s, &nina_view).await.unwrap();
+    store
+        .put_grant(&s, &cur(store, &s).await, &nina_view)
+        .await
+        .unwrap();
     assert_eq!(
         sorted_grants(store, &s).await.1,
         vec![nina_view.clone(), team_view.clone()]
@@ -780,13 +817,23 @@ async fn grants_are_put_replaced_and_revoked(store: &dyn Store) {
 
     assert!(
         store
-            .revoke_grant(&s, &nina_grantee(), EndReason::Revoked)
+            .revoke_grant(
+                &s,
+                &cur(store, &s).await,
+                &nina_grantee(),
+                EndReason::Revoked
+            )
             .await
             .unwrap()
     );
     assert!(
         !store
-            .revoke_grant(&s, &nina_grantee(), EndReason::Revoked)
+            .revoke_grant(
+                &s,
+                &cur(store, &s).await,
+                &nina_grantee(),
+                EndReason::Revoked
+            )
             .await
             .unwrap(),
         "there is no grant left to revoke"
@@ -799,7 +846,7 @@ async fn grants_are_put_replaced_and_revoked(store: &dyn Store) {
 
     assert!(
         store
-            .revoke_grant(&s, &team, EndReason::Revoked)
+            .revoke_grant(&s, &cur(store, &s).await, &team, EndReason::Revoked)
             .await
             .unwrap()
     );
@@ -820,12 +867,17 @@ async fn revoking_all_grants_keeps_the_session_and_records_revoked(store: &dyn S
     accept(store, &code, &nina()).await.unwrap();
     let now = store.now().await.unwrap();
     store
-        .put_grant(&s, &direct(Grantee::User(user("otto")), Role::Admin, now))
+        .put_grant(
+            &s,
+            &cur(store, &s).await,
+            &direct(Grantee::User(user("otto")), Role::Admin, now),
+        )
         .await
         .unwrap();
     store
         .put_grant(
             &s,
+            &cur(store, &s).await,
             &direct(Grantee::Group(group("team-b")), Role::View, now),
         )
         .await
@@ -856,7 +908,11 @@ async fn a_session_change_records_server_restarted(store: &dyn Store) {
     let (s, _) = start(store, "john").await;
     let now = store.now().await.unwrap();
     store
-        .put_grant(&s, &direct(nina_grantee(), Role::Use, now))
+        .put_grant(
+            &s,
+            &cur(store, &s).await,
+            &direct(nina_grantee(), Role::Use, now),
+        )
         .await
         .unwrap();
     let (s2, _) = start(store, "john").await;
@@ -874,7 +930,7 @@ async fn leaving_records_left(store: &dyn Store) {
     accept(store, &code, &nina()).await.unwrap();
     assert!(
         store
-            .revoke_grant(&s, &nina_grantee(), EndReason::Left)
+            .revoke_grant(&s, &cur(store, &s).await, &nina_grantee(), EndReason::Left)
             .await
             .unwrap()
     );
@@ -890,14 +946,22 @@ async fn a_regranted_user_has_no_end_reason(store: &dyn Store) {
     let now = store.now().await.unwrap();
     for who in ["nina", "otto"] {
         store
-            .put_grant(&s, &direct(Grantee::User(user(who)), Role::Use, now))
+            .put_grant(
+                &s,
+                &cur(store, &s).await,
+                &direct(Grantee::User(user(who)), Role::Use, now),
+            )
             .await
             .unwrap();
     }
     let (_, session) = start(store, "john").await;
     // nina is shared with again directly, otto through an invite of the new session.
     store
-        .put_grant(&s, &direct(nina_grantee(), Role::Use, now))
+        .put_grant(
+            &s,
+            &cur(store, &s).await,
+            &direct(nina_grantee(), Role::Use, now),
+        )
         .await
         .unwrap();
     let (code, _) = invite(store, &s, &session, Role::View, &[]).await;
@@ -917,7 +981,11 @@ async fn a_regranted_user_has_no_end_reason(store: &dyn Store) {
         Some(EndReason::Revoked)
     );
     store
-        .put_grant(&s, &direct(nina_grantee(), Role::View, now))
+        .put_grant(
+            &s,
+            &cur(store, &s).await,
+            &direct(nina_grantee(), Role::View, now),
+        )
         .await
         .unwrap();
     assert_eq!(store.end_reason(&s, &user("nina")).await.unwrap(), None);
@@ -933,8 +1001,14 @@ async fn shared_with_finds_user_and_group_grants(store: &dyn Store) {
     let now = store.now().await.unwrap();
     let nina_direct = direct(nina_grantee(), Role::Use, now);
     let team_b = direct(Grantee::Group(group("team-b")), Role::View, now);
-    store.put_grant(&johns, &nina_direct).await.unwrap();
-    store.put_grant(&ottos, &team_b).await.unwrap();
+    store
+        .put_grant(&johns, &cur(store, &johns).await, &nina_direct)
+        .await
+        .unwrap();
+    store
+        .put_grant(&ottos, &cur(store, &ottos).await, &team_b)
+        .await
+        .unwrap();
 
     assert_eq!(
         store.shared_with(&nina()).await.unwrap(),
@@ -959,7 +1033,10 @@ async fn shared_with_finds_user_and_group_grants(store: &dyn Store) {
 
     // Direct and group grants on one server: the best role is reported.
     let team_b_admin = direct(Grantee::Group(group("team-b")), Role::Admin, now);
-    store.put_grant(&johns, &team_b_admin).await.unwrap();
+    store
+        .put_grant(&johns, &cur(store, &johns).await, &team_b_admin)
+        .await
+        .unwrap();
     assert_eq!(
         store.shared_with(&nina()).await.unwrap(),
         vec![
@@ -969,11 +1046,21 @@ async fn shared_with_finds_user_and_group_grants(store: &dyn Store) {
     );
 
     store
-        .revoke_grant(&johns, &Grantee::Group(group("team-b")), EndReason::Revoked)
+        .revoke_grant(
+            &johns,
+            &cur(store, &johns).await,
+            &Grantee::Group(group("team-b")),
+            EndReason::Revoked,
+        )
         .await
         .unwrap();
     store
-        .revoke_grant(&johns, &nina_grantee(), EndReason::Revoked)
+        .revoke_grant(
+            &johns,
+            &cur(store, &johns).await,
+            &nina_grantee(),
+            EndReason::Revoked,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1100,12 +1187,21 @@ async fn the_revision_increases_with_every_change(store: &dyn Store) {
     step("accept_invite").await;
     let now = store.now().await.unwrap();
     store
-        .put_grant(&s, &direct(Grantee::User(user("otto")), Role::View, now))
+        .put_grant(
+            &s,
+            &cur(store, &s).await,
+            &direct(Grantee::User(user("otto")), Role::View, now),
+        )
         .await
         .unwrap();
     step("put_grant").await;
     store
-        .revoke_grant(&s, &nina_grantee(), EndReason::Revoked)
+        .revoke_grant(
+            &s,
+            &cur(store, &s).await,
+            &nina_grantee(),
+            EndReason::Revoked,
+        )
         .await
         .unwrap();
     step("revoke_grant").await;
@@ -1171,7 +1267,7 @@ async fn every_acknowledged_write_survives_a_redis_restart() {
     let accepted = accept(&store, &code, &nina()).await.unwrap();
     let now = store.now().await.unwrap();
     let otto_grant = direct(Grantee::User(user("otto")), Role::Admin, now);
-    store.put_grant(&s, &otto_grant).await.unwrap();
+    store.put_grant(&s, &session, &otto_grant).await.unwrap();
     let login_id = Secret::generate().hash();
     let login = LoginRecord {
         user: user("nina"),
@@ -1231,4 +1327,36 @@ async fn every_acknowledged_write_survives_a_redis_restart() {
         Role::Admin,
         "otto keeps admin"
     );
+}
+
+async fn grant_writes_for_an_ended_session_change_nothing(store: &dyn Store) {
+    let (s, old) = start(store, "john").await;
+    store
+        .put_grant(&s, &old, &direct(nina_grantee(), Role::Admin, clock::now()))
+        .await
+        .unwrap();
+    // The server restarts while a change authorised against the old session is in flight.
+    let (_, new) = start(store, "john").await;
+    assert_ne!(old, new);
+    let late = direct(Grantee::User(user("otto")), Role::Use, clock::now());
+    assert!(matches!(
+        store.put_grant(&s, &old, &late).await,
+        Err(Error::ServerNotRunning(_))
+    ));
+    store
+        .put_grant(&s, &new, &direct(nina_grantee(), Role::View, clock::now()))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .revoke_grant(&s, &old, &nina_grantee(), EndReason::Revoked)
+            .await
+            .unwrap(),
+        "a revoke for the old session does not touch the new one"
+    );
+    let (session, grants) = sorted_grants(store, &s).await;
+    assert_eq!(session.as_deref(), Some(new.as_str()));
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].grantee, nina_grantee());
+    assert_eq!(grants[0].role, Role::View);
 }

@@ -172,7 +172,7 @@ impl Cache {
             && let Some((rec, at)) = read(&self.tokens).get(token)
             && now - at < CREDENTIAL_TTL
         {
-            return Ok(Some(rec.clone()));
+            return Ok(rec.is_live(clock::now()).then(|| rec.clone()));
         }
         let rec = store.get_api_token(token).await?;
         if let Some(r) = &rec {

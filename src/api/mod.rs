@@ -69,22 +69,40 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
             struct NewToken {
                 #[serde(default)]
                 note: Option<String>,
+                /// Seconds the token is valid; 30 days when not given, at most a year.
+                #[serde(default)]
+                expires_in: Option<u64>,
             }
+            const DEFAULT_TOKEN_LIFETIME: u64 = 30 * 86400;
+            const MAX_TOKEN_LIFETIME: u64 = 365 * 86400;
             let req: NewToken = parse_json_or_default(&body)?;
+            let lifetime = req.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+            if lifetime == 0 || lifetime > MAX_TOKEN_LIFETIME {
+                return Err(Error::bad_request(format!(
+                    "expires_in must be between 1 and {MAX_TOKEN_LIFETIME} seconds."
+                )));
+            }
             let token = Secret::generate();
+            let now = clock::now();
+            let expires_at = now + lifetime as i64;
             app.store
                 .put_api_token(
                     &token.hash(),
                     &ApiTokenRecord {
                         user: name.clone(),
-                        created_at: clock::now(),
+                        created_at: now,
                         note: req.note.unwrap_or_default(),
+                        expires_at: Some(expires_at),
                     },
                 )
                 .await?;
             Ok(json_response(
                 StatusCode::CREATED,
-                &json!({"token": token.expose(), "user": name.as_str()}),
+                &json!({
+                    "token": token.expose(),
+                    "user": name.as_str(),
+                    "expires_at": clock::iso(expires_at),
+                }),
             ))
         }
         (Method::GET, ["users", name, "shared"]) => {

@@ -227,7 +227,13 @@ impl Store for MemoryStore {
     }
 
     async fn get_api_token(&self, token: &TokenHash) -> Result<Option<ApiTokenRecord>> {
-        Ok(self.lock().tokens.get(token).cloned())
+        let now = clock::now();
+        Ok(self
+            .lock()
+            .tokens
+            .get(token)
+            .filter(|r| r.is_live(now))
+            .cloned())
     }
 
     async fn create_invite(

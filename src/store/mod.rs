@@ -69,6 +69,15 @@ pub struct ApiTokenRecord {
     pub user: UserName,
     pub created_at: Timestamp,
     pub note: String,
+    /// After this the token is refused (and the store may forget it).
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+}
+
+impl ApiTokenRecord {
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.expires_at.is_none_or(|e| now < e)
+    }
 }
 
 /// The grants of a server's current session.

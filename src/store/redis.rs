@@ -493,10 +493,22 @@ impl Store for RedisStore {
     }
 
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {
-        self.conn()
-            .set::<_, _, ()>(format!("lk:token:{}", token.to_hex()), encode(record))
-            .await
-            .map_err(unavailable)
+        let key = format!("lk:token:{}", token.to_hex());
+        match record.expires_at {
+            Some(at) => redis::cmd("SET")
+                .arg(key)
+                .arg(encode(record))
+                .arg("EXAT")
+                .arg(at.max(1))
+                .query_async::<()>(&mut self.conn())
+                .await
+                .map_err(unavailable),
+            None => self
+                .conn()
+                .set::<_, _, ()>(key, encode(record))
+                .await
+                .map_err(unavailable),
+        }
     }
 
     async fn get_api_token(&self, token: &TokenHash) -> Result<Option<ApiTokenRecord>> {
@@ -505,7 +517,9 @@ impl Store for RedisStore {
             .get(format!("lk:token:{}", token.to_hex()))
             .await
             .map_err(unavailable)?;
-        raw.map(|r| decode(&r, "api token")).transpose()
+        let record: Option<ApiTokenRecord> = raw.map(|r| decode(&r, "api token")).transpose()?;
+        let now = clock::now();
+        Ok(record.filter(|r| r.is_live(now)))
     }
 
     async fn create_invite(

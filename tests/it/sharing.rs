@@ -386,6 +386,24 @@ async fn api_tokens_work_for_scripts_and_never_reach_the_upstream(backend: Backe
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(!upstream.last().headers.contains_key("authorization"));
+    // Tokens expire: 30 days unless asked otherwise, never beyond a year.
+    let r = john
+        .api(
+            Method::POST,
+            "/hub/api/users/john/tokens",
+            Some(json!({"expires_in": 60})),
+        )
+        .await;
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
+    let r = john
+        .api(
+            Method::POST,
+            "/hub/api/users/john/tokens",
+            Some(json!({"expires_in": 999999999})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Tokens only for oneself.
     let r = john
         .api(Method::POST, "/hub/api/users/nina/tokens", None)

@@ -1145,6 +1145,7 @@ async fn api_tokens_are_stored_and_read(store: &dyn Store) {
         user: user("john"),
         created_at: clock::now(),
         note: "jupyterhub sync".into(),
+        expires_at: Some(clock::now() + 3600),
     };
     assert_eq!(store.get_api_token(&token.hash()).await.unwrap(), None);
     store.put_api_token(&token.hash(), &record).await.unwrap();
@@ -1159,6 +1160,15 @@ async fn api_tokens_are_stored_and_read(store: &dyn Store) {
             .unwrap(),
         None
     );
+
+    // An expired token is refused like an unknown one.
+    let old = Secret::generate();
+    let expired = ApiTokenRecord {
+        expires_at: Some(store.now().await.unwrap() - 1),
+        ..record.clone()
+    };
+    store.put_api_token(&old.hash(), &expired).await.unwrap();
+    assert_eq!(store.get_api_token(&old.hash()).await.unwrap(), None);
 
     let renamed = ApiTokenRecord {
         note: "renamed".into(),
@@ -1280,6 +1290,7 @@ async fn every_acknowledged_write_survives_a_redis_restart() {
         user: user("john"),
         created_at: now,
         note: "sync".into(),
+        expires_at: None,
     };
     store.put_api_token(&token, &token_record).await.unwrap();
     let routes = store.list_routes().await.unwrap();

@@ -160,6 +160,25 @@ fn tree(root: u32) -> Vec<u32> {
     out
 }
 
+/// Clock ticks one core spent running processes so far (user, nice, system, steal), from
+/// /proc/stat. Interrupt and softirq time is left out: on loopback much of it is the proxy's own
+/// networking, accounted to no process.
+pub fn core_busy_ticks(core: &str) -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let prefix = format!("cpu{core} ");
+    stat.lines()
+        .find(|l| l.starts_with(&prefix))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .enumerate()
+                .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 7))
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`, 100 on Linux).
 pub fn clock_ticks() -> f64 {
     Command::new("getconf")

@@ -71,6 +71,20 @@ const ROWS: &[(&str, &str, &str, f64, usize)] = &[
     ("startup_ms", "startup time", "ms", 1.0, 1),
     ("idle_rss_kb", "idle RSS", "MiB", 1.0 / 1024.0, 1),
     ("peak_rss_kb", "peak RSS (VmHWM)", "MiB", 1.0 / 1024.0, 1),
+    (
+        "small.others_on_proxy_core",
+        "other processes' use of the proxy core, small GET",
+        "%",
+        100.0,
+        0,
+    ),
+    (
+        "ws_echo.others_on_proxy_core",
+        "other processes' use of the proxy core, WebSocket echo",
+        "%",
+        100.0,
+        0,
+    ),
 ];
 
 fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
@@ -123,7 +137,10 @@ pub fn document(
     if let Some(nginx) = &nginx {
         for (name, r) in &results {
             let mut row = Map::new();
-            for (path, ..) in ROWS {
+            for (path, _, unit, ..) in ROWS {
+                if *unit == "%" {
+                    continue;
+                }
                 if let (Some(a), Some(b)) = (num(r, path), num(nginx, path))
                     && b != 0.0
                 {

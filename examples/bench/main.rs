@@ -32,6 +32,8 @@ pub struct Opts {
     pub note: String,
     /// Record a `perf` profile of each proxy during the small GET run, into this directory.
     pub perf: Option<PathBuf>,
+    /// Seconds of mixed load on a fresh latchkey, sampling its memory (0: no soak).
+    pub soak: u64,
 }
 
 const SMALL_CONNS: usize = 64;
@@ -55,6 +57,7 @@ fn parse_opts() -> Opts {
         sharing: true,
         note: String::new(),
         perf: None,
+        soak: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,6 +75,7 @@ fn parse_opts() -> Opts {
             "--no-sharing" => o.sharing = false,
             "--note" => o.note = value(),
             "--perf" => o.perf = Some(value().into()),
+            "--soak" => o.soak = value().parse().expect("--soak SECONDS"),
             other => panic!("unknown option {other}; see bench/README.md"),
         }
     }
@@ -149,6 +153,16 @@ async fn run(o: Opts) {
         std::thread::sleep(Duration::from_secs(2));
     }
 
+    let soak = if o.soak > 0 {
+        eprintln!("== latchkey soak, {} s", o.soak);
+        let running = targets::start("latchkey", &env).await;
+        let v = soak(&running, &o);
+        drop(running);
+        v
+    } else {
+        Value::Null
+    };
+
     let sharing = if o.sharing {
         eprintln!("== latchkey sharing path (Redis)");
         sharing::run(&env, o.duration.min(10)).await
@@ -158,7 +172,7 @@ async fn run(o: Opts) {
     let load_after = loadavg();
     eprintln!("load average after: {load_after}");
 
-    let doc = report::document(&o, results, sharing, &load_before, &load_after);
+    let doc = report::document(&o, results, sharing, soak, &load_before, &load_after);
     report::write(&o, &doc);
 }
 
@@ -415,4 +429,52 @@ fn ws_hold(o: &Opts, run: &targets::Running, url: &str) -> Result<Value, String>
         "kb_per_connection": (after as f64 - before as f64) / open as f64,
         "fds_per_connection": (fds_after as f64 - fds_before as f64) / open as f64,
     }))
+}
+
+/// Mixed load for `o.soak` seconds in slices of 10: 8 s of small GETs (64 connections), then 2 s
+/// of WebSocket echo on 100 new WebSockets (opened and closed each slice). Memory and open files
+/// are sampled after every slice.
+fn soak(run: &targets::Running, o: &Opts) -> Value {
+    let small = run.url("/user/john/small");
+    let ws_url = run.url("/user/john/ws").replacen("http://", "ws://", 1);
+    let started = std::time::Instant::now();
+    let mut samples = vec![];
+    let mut requests = 0u64;
+    let mut errors = 0u64;
+    while started.elapsed().as_secs() < o.soak {
+        let r = wrk::run(&small, SMALL_CONNS, 8, &run.headers);
+        requests += r.requests;
+        errors += r.non_2xx;
+        match ws_echo(o, &ws_url, &run.ws_headers, 2) {
+            Ok(v) => errors += v["errors"].as_u64().unwrap_or(0),
+            Err(_) => errors += 1,
+        }
+        let s = json!({
+            "s": started.elapsed().as_secs(),
+            "rss_kb": run.proc.rss_kb(),
+            "fds": run.proc.fds(),
+        });
+        eprintln!("  {s}");
+        samples.push(s);
+    }
+    let rss = |i: usize| samples[i]["rss_kb"].as_f64().unwrap_or(0.0);
+    let n = samples.len();
+    let max = samples
+        .iter()
+        .filter_map(|s| s["rss_kb"].as_f64())
+        .fold(0.0, f64::max);
+    // From the end of the first minute (caches and pools warm) to the end.
+    let from = n.min(6).saturating_sub(1);
+    json!({
+        "seconds": started.elapsed().as_secs_f64(),
+        "requests": requests,
+        "errors": errors,
+        "rss_after_first_minute_kb": rss(from),
+        "rss_last_kb": rss(n - 1),
+        "rss_max_kb": max,
+        "rss_growth_after_first_minute_kb": rss(n - 1) - rss(from),
+        "fds_first": samples[0]["fds"],
+        "fds_last": samples[n - 1]["fds"],
+        "samples": samples,
+    })
 }

@@ -125,6 +125,7 @@ pub fn document(
     o: &Opts,
     results: Map<String, Value>,
     sharing: Value,
+    soak: Value,
     load_before: &str,
     load_after: &str,
 ) -> Value {
@@ -189,6 +190,7 @@ pub fn document(
         "ratio_to_nginx": ratios,
         "goals": goals,
         "sharing": sharing,
+        "soak": soak,
     })
 }
 
@@ -358,6 +360,20 @@ pub fn markdown(doc: &Value) -> String {
             sh["startup_ms"].as_f64().unwrap_or(f64::NAN),
             sh["idle_rss_kb"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             sh["sign_in_ms"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    let soak = &doc["soak"];
+    if soak.is_object() {
+        s.push_str(&format!(
+            "\nSoak (latchkey, {:.0} s of small GETs and WebSocket churn, {} requests, {} errors): RSS {:.1} MiB after the first minute, {:.1} MiB at the end (max {:.1} MiB); open files {} at the first sample, {} at the end.\n",
+            soak["seconds"].as_f64().unwrap_or(0.0),
+            soak["requests"],
+            soak["errors"],
+            soak["rss_after_first_minute_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+            soak["rss_last_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+            soak["rss_max_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+            soak["fds_first"],
+            soak["fds_last"],
         ));
     }
     let mut errors = vec![];

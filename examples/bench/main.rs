@@ -70,7 +70,13 @@ fn parse_opts() -> Opts {
             "--work" => o.work = value().into(),
             "--out" => o.out = value().into(),
             "--duration" => o.duration = value().parse().expect("--duration SECONDS"),
-            "--targets" => o.targets = value().split(',').map(String::from).collect(),
+            "--targets" => {
+                o.targets = value()
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
             "--hold" => o.hold = value().parse().expect("--hold CONNECTIONS"),
             "--no-sharing" => o.sharing = false,
             "--note" => o.note = value(),

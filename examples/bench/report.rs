@@ -343,8 +343,9 @@ pub fn markdown(doc: &Value) -> String {
         s.push_str(&format!(
             "\nSharing path (latchkey on Redis):\n\n\
              - invite accepts: {} per second ({} concurrent sharees, p50 {:.1} ms, p99 {:.1} ms)\n\
-             - revoke all users to WebSocket closed, {} sockets over {} instances: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
-               (same instance p99 {:.1} ms, other instances p99 {:.1} ms; {} not closed within 10 s)\n\
+             - revoke all users to WebSocket closed, {} sockets over {} instances, after the revoke call returned: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
+               (same instance p99 {:.1} ms, other instances p99 {:.1} ms; {} closed before it returned; {} not closed within 10 s); \
+               after the call was sent: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; the calls took {} ms\n\
              - startup {:.1} ms, idle RSS {:.1} MiB, sign-in {:.1} ms (argon2id)\n",
             fmt_num(a["rate"].as_f64().unwrap_or(0.0), 0),
             a["concurrency"],
@@ -356,7 +357,20 @@ pub fn markdown(doc: &Value) -> String {
             r["max_ms"].as_f64().unwrap_or(f64::NAN),
             r["same_instance_p99_ms"].as_f64().unwrap_or(f64::NAN),
             r["other_instances_p99_ms"].as_f64().unwrap_or(f64::NAN),
+            r["closed_before_the_call_returned"],
             r["not_closed_within_10s"],
+            r["from_call_sent_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            r["from_call_sent_p99_ms"].as_f64().unwrap_or(f64::NAN),
+            r["from_call_sent_max_ms"].as_f64().unwrap_or(f64::NAN),
+            r["revoke_call_ms"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .map(|x| format!("{x:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
             sh["startup_ms"].as_f64().unwrap_or(f64::NAN),
             sh["idle_rss_kb"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             sh["sign_in_ms"].as_f64().unwrap_or(f64::NAN),
@@ -381,6 +395,14 @@ pub fn markdown(doc: &Value) -> String {
         for e in r["errors"].as_array().cloned().unwrap_or_default() {
             errors.push(format!("- {name}: {}", e.as_str().unwrap_or("")));
         }
+    }
+    let premature = doc["sharing"]["revoke"]["closed_before_the_call_was_sent"]
+        .as_u64()
+        .unwrap_or(0);
+    if premature > 0 {
+        errors.push(format!(
+            "- revoke: {premature} sockets closed before the revoke call was sent"
+        ));
     }
     if !errors.is_empty() {
         s.push_str("\nErrors during the run (figures next to them are suspect):\n\n");

@@ -98,6 +98,8 @@ pub async fn run(env: &Env, seconds: u64) -> Value {
     let mut same = vec![];
     let mut other = vec![];
     let mut early = 0;
+    let mut premature = 0;
+    let mut from_start = vec![];
     let mut unclosed = 0;
     let mut revoke_call_ms = vec![];
     for round in 0..ROUNDS {
@@ -112,12 +114,15 @@ pub async fn run(env: &Env, seconds: u64) -> Value {
         same.extend(r.same);
         other.extend(r.other);
         early += r.early;
+        premature += r.premature;
+        from_start.extend(r.from_start);
         unclosed += r.unclosed;
         revoke_call_ms.push(r.call_ms);
     }
     let mut all: Vec<f64> = same.iter().chain(other.iter()).copied().collect();
     all.sort_by(f64::total_cmp);
     same.sort_by(f64::total_cmp);
+    from_start.sort_by(f64::total_cmp);
     other.sort_by(f64::total_cmp);
     json!({
         "store": "redis-server (appendonly yes, appendfsync everysec), on the load core",
@@ -132,6 +137,10 @@ pub async fn run(env: &Env, seconds: u64) -> Value {
             "sockets": all.len() + unclosed,
             "not_closed_within_10s": unclosed,
             "closed_before_the_call_returned": early,
+            "closed_before_the_call_was_sent": premature,
+            "from_call_sent_p50_ms": percentile(&from_start, 0.5),
+            "from_call_sent_p99_ms": percentile(&from_start, 0.99),
+            "from_call_sent_max_ms": from_start.last().copied().unwrap_or(f64::NAN),
             "revoke_call_ms": revoke_call_ms,
             "p50_ms": percentile(&all, 0.5),
             "p99_ms": percentile(&all, 0.99),
@@ -200,7 +209,11 @@ struct Round {
     call_ms: f64,
     same: Vec<f64>,
     other: Vec<f64>,
+    /// From the moment the revoke call was sent, every socket.
+    from_start: Vec<f64>,
     early: usize,
+    /// Closed before the revoke call was even sent: the measurement is broken.
+    premature: usize,
     unclosed: usize,
 }
 
@@ -265,7 +278,9 @@ async fn revoke_round(
         call_ms: (returned - called).as_secs_f64() * 1e3,
         same: vec![],
         other: vec![],
+        from_start: vec![],
         early: 0,
+        premature: 0,
         unclosed: 0,
     };
     let limit = returned + Duration::from_secs(10);
@@ -273,9 +288,14 @@ async fn revoke_round(
         let (same, closed) = w.await.expect("a watcher");
         match closed {
             Some(t) if t <= limit => {
+                if t < called {
+                    r.premature += 1;
+                }
                 if t < returned {
                     r.early += 1;
                 }
+                r.from_start
+                    .push(t.saturating_duration_since(called).as_secs_f64() * 1e3);
                 let ms = t.saturating_duration_since(returned).as_secs_f64() * 1e3;
                 if same {
                     r.same.push(ms);

@@ -163,7 +163,7 @@ impl App {
     ) -> Result<Response<Body>> {
         let path = req.uri().path();
         proxy::check_path(path)?;
-        proxy::check_framing(&req)?;
+        proxy::check_uri_length(&req)?;
         if let Some(name) = req
             .headers()
             .keys()

@@ -65,15 +65,11 @@ pub fn check_path(path: &str) -> Result<(), Error> {
 /// Longest request target accepted (path and query), in bytes.
 const MAX_URI: usize = 8 * 1024;
 
-/// Refuses requests whose length an upstream could read differently from latchkey (both
-/// Content-Length and Transfer-Encoding: the classic smuggling vector) and overlong URIs.
-pub fn check_framing<B>(req: &Request<B>) -> Result<(), Error> {
-    let h = req.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(Error::bad_request(
-            "A request may not have both Content-Length and Transfer-Encoding.",
-        ));
-    }
+/// Refuses overlong request targets (414). Conflicting framing needs no check here: hyper
+/// refuses duplicate Content-Lengths and, when Transfer-Encoding is present, drops
+/// Content-Length and decodes the chunks itself (RFC 9112 section 6.3), so the body latchkey
+/// forwards is re-framed for the upstream.
+pub fn check_uri_length<B>(req: &Request<B>) -> Result<(), Error> {
     if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI {
         return Err(Error::UriTooLong);
     }

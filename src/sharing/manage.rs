@@ -66,7 +66,9 @@ impl App {
         match standing {
             Some(standing) if standing.may_manage_sharing() => Ok(Managing {
                 standing,
-                session: grants.session.clone().filter(|_| session.is_some()),
+                // The running route's session: a grantee's standing was decided against it,
+                // and the store refuses writes once it is no longer current.
+                session,
                 grants,
             }),
             _ => Err(Error::Forbidden(format!(

@@ -8,9 +8,7 @@ use crate::both_stores;
 use crate::helpers::*;
 
 async fn malformed_and_unknown_codes_get_the_same_page_and_grant_nothing(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(backend).await;
     let nina = lk.signed_in("nina").await;
     for code in [
         "",
@@ -43,9 +41,7 @@ async fn malformed_and_unknown_codes_get_the_same_page_and_grant_nothing(backend
 both_stores!(malformed_and_unknown_codes_get_the_same_page_and_grant_nothing);
 
 async fn state_changes_without_the_xsrf_token_are_refused(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let nina = lk.signed_in("nina").await;
     // API with the cookie but no X-XSRFToken.
@@ -103,9 +99,7 @@ async fn state_changes_without_the_xsrf_token_are_refused(backend: Backend) {
 both_stores!(state_changes_without_the_xsrf_token_are_refused);
 
 async fn cross_site_requests_to_a_shared_server_are_refused(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let r = john
         .client
@@ -153,9 +147,7 @@ async fn cross_site_requests_to_a_shared_server_are_refused(backend: Backend) {
 both_stores!(cross_site_requests_to_a_shared_server_are_refused);
 
 async fn bad_api_bodies_and_parameters_get_400_and_change_nothing(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     for body in [
         json!({"expires_in": 3600, "role": "use", "scopes": ["x"]}),
@@ -234,9 +226,7 @@ async fn bad_api_bodies_and_parameters_get_400_and_change_nothing(backend: Backe
 both_stores!(bad_api_bodies_and_parameters_get_400_and_change_nothing);
 
 async fn ambiguous_paths_and_smuggled_identity_headers_are_refused(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let cookie = john.cookie_header("/user/john/");
     for path in [
@@ -360,9 +350,7 @@ async fn failed_sign_ins_are_rate_limited_per_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_site_cannot_sign_a_user_out() {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(Backend::Memory).await;
-    lk.register_john(&upstream).await;
+    let (_upstream, lk) = johns_server(Backend::Memory).await;
     let john = lk.signed_in("john").await;
     let r = john
         .client
@@ -381,9 +369,7 @@ async fn another_site_cannot_sign_a_user_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_framing_and_oversized_heads_are_refused_before_the_upstream() {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(Backend::Memory).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(Backend::Memory).await;
     let john = lk.signed_in("john").await;
     let cookie = john.cookie_header("/user/john/");
     let head = |extra: &str| {

@@ -480,6 +480,14 @@ impl Drop for Latchkey {
     }
 }
 
+/// A counting upstream, and latchkey on `backend` with john's default server routed to it.
+pub async fn johns_server(backend: Backend) -> (Upstream, Latchkey) {
+    let upstream = Upstream::spawn().await;
+    let lk = Latchkey::spawn(backend).await;
+    lk.register_john(&upstream).await;
+    (upstream, lk)
+}
+
 /// A client with a cookie jar that follows no redirects, like a browser driven step by step.
 pub struct Browser {
     pub base: String,

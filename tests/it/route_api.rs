@@ -80,9 +80,7 @@ async fn routes_are_stored_echoed_and_removed_as_chp_does(backend: Backend) {
 both_stores!(routes_are_stored_echoed_and_removed_as_chp_does);
 
 async fn last_activity_follows_traffic_and_inactive_since_filters(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (_upstream, lk) = johns_server(backend).await;
     let api = lk.route_api();
     let get = |q: &'static str| {
         let api = api.clone();
@@ -128,9 +126,7 @@ async fn last_activity_follows_traffic_and_inactive_since_filters(backend: Backe
 both_stores!(last_activity_follows_traffic_and_inactive_since_filters);
 
 async fn the_route_api_refuses_bad_tokens_and_bad_routes_and_changes_nothing(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(backend).await;
     let api = lk.route_api();
     for auth in [
         None,

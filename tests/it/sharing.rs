@@ -12,9 +12,7 @@ use crate::both_stores;
 use crate::helpers::*;
 
 async fn an_expired_link_is_refused_like_an_unknown_one(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let nina = lk.signed_in("nina").await;
     let (code, _) = john.invite("john/", json!({"expires_in": 1})).await;
@@ -50,9 +48,7 @@ async fn an_expired_link_is_refused_like_an_unknown_one(backend: Backend) {
 both_stores!(an_expired_link_is_refused_like_an_unknown_one);
 
 async fn revoking_one_link_or_all_links_stops_them_but_keeps_grants(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let nina = lk.signed_in("nina").await;
     let otto = lk.signed_in("otto").await;
@@ -96,9 +92,7 @@ async fn revoking_one_link_or_all_links_stops_them_but_keeps_grants(backend: Bac
 both_stores!(revoking_one_link_or_all_links_stops_them_but_keeps_grants);
 
 async fn revoking_all_users_refuses_everyone_and_closes_their_streams(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let nina = lk.signed_in("nina").await;
     let otto = lk.signed_in("otto").await;
@@ -138,9 +132,7 @@ async fn revoking_all_users_refuses_everyone_and_closes_their_streams(backend: B
 both_stores!(revoking_all_users_refuses_everyone_and_closes_their_streams);
 
 async fn a_view_grant_may_read_but_not_write_or_open_websockets(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let nina = lk.signed_in("nina").await;
     let (code, _) = john.invite("john/", json!({"role": "view"})).await;
@@ -184,9 +176,7 @@ async fn a_view_grant_may_read_but_not_write_or_open_websockets(backend: Backend
 both_stores!(a_view_grant_may_read_but_not_write_or_open_websockets);
 
 async fn a_sharee_can_leave_and_sees_what_is_shared_with_them(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let nina = lk.signed_in("nina").await;
     let (code, _) = john.invite("john/", json!({})).await;
@@ -230,9 +220,7 @@ async fn a_sharee_can_leave_and_sees_what_is_shared_with_them(backend: Backend) 
 both_stores!(a_sharee_can_leave_and_sees_what_is_shared_with_them);
 
 async fn direct_shares_with_users_and_groups_follow_membership(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let nina = lk.signed_in("nina").await;
     let otto = lk.signed_in("otto").await;
@@ -342,9 +330,7 @@ async fn the_openeo_endpoint_shares_and_unshares_a_named_server(backend: Backend
 both_stores!(the_openeo_endpoint_shares_and_unshares_a_named_server);
 
 async fn api_tokens_work_for_scripts_and_never_reach_the_upstream(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let r = john
         .api(
@@ -427,9 +413,7 @@ async fn api_tokens_work_for_scripts_and_never_reach_the_upstream(backend: Backe
 both_stores!(api_tokens_work_for_scripts_and_never_reach_the_upstream);
 
 async fn unauthenticated_and_unauthorised_requests_never_reach_the_upstream(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(backend).await;
     let anon = lk.browser();
     let r = anon.get("/user/john/tree?x=1").await;
     assert_eq!(r.status(), StatusCode::FOUND);
@@ -550,9 +534,7 @@ async fn an_upstream_that_refuses_or_is_silent_gets_a_clear_page(backend: Backen
 both_stores!(an_upstream_that_refuses_or_is_silent_gets_a_clear_page);
 
 async fn the_sharing_menu_works_without_javascript(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let nina = lk.signed_in("nina").await;
     let home = john.get("/hub/home").await.text().await.unwrap();
@@ -620,9 +602,7 @@ async fn the_sharing_menu_works_without_javascript(backend: Backend) {
 both_stores!(the_sharing_menu_works_without_javascript);
 
 async fn an_admin_grantee_may_invite_and_revoke_but_not_beyond_use(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let nina = lk.signed_in("nina").await;
     let otto = lk.signed_in("otto").await;

@@ -13,9 +13,7 @@ use crate::both_stores;
 use crate::helpers::*;
 
 async fn john_shares_with_nina_who_accepts_and_is_revoked_at_once(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let nina = lk.signed_in("nina").await;
 
@@ -138,9 +136,7 @@ async fn john_shares_with_nina_who_accepts_and_is_revoked_at_once(backend: Backe
 both_stores!(john_shares_with_nina_who_accepts_and_is_revoked_at_once);
 
 async fn a_server_restart_voids_every_grant_and_link(backend: Backend) {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(backend).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
     let nina = lk.signed_in("nina").await;
     let (code, _) = john.invite("john/", json!({})).await;

@@ -19,9 +19,7 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_reach_http1_upstreams() {
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(Backend::Memory).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(Backend::Memory).await;
     let john = lk.signed_in("john").await;
     let cookie = john.cookie_header("/user/john/");
     let h2 = reqwest::Client::builder()
@@ -49,9 +47,7 @@ async fn http2_clients_reach_http1_upstreams() {
 async fn large_uploads_and_downloads_stream_with_flat_memory() {
     const MIB: usize = 1024 * 1024;
     const TOTAL_MIB: usize = 256;
-    let upstream = Upstream::spawn().await;
-    let lk = Latchkey::spawn(Backend::Memory).await;
-    lk.register_john(&upstream).await;
+    let (upstream, lk) = johns_server(Backend::Memory).await;
     let john = lk.signed_in("john").await;
     let before = rss_kib();
 

@@ -7,7 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, Request, Response, header};
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, header};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
@@ -36,6 +37,8 @@ pub struct App {
     pub cache: Cache,
     pub connections: Arc<Connections>,
     pub client: UpstreamClient,
+    /// Idle keep-alive connections of latchkey's own HTTP/1.1 path.
+    pub pool: crate::h1::Pool,
     pub limiter: FailureLimiter,
     pub cookies: CookiePolicy,
     /// Where latchkey's pages and API live for clients.
@@ -54,6 +57,36 @@ pub struct Ctx {
     pub client_ip: IpAddr,
     pub peer: SocketAddr,
     pub tls: bool,
+}
+
+/// What is known about a request from its start: for the access line, the metrics and error
+/// rendering.
+pub struct Begun {
+    pub ctx: Ctx,
+    started: Instant,
+    method: Method,
+    path: String,
+    internal: Option<String>,
+    class: crate::metrics::Class,
+}
+
+/// What the proxy path makes of a request.
+pub enum Proxied {
+    /// Answered by latchkey itself (the redirect from `/`).
+    Answer(Response<Body>),
+    /// Allowed: the headers are rewritten, forward it.
+    Forward(Prepared),
+}
+
+/// An allowed request, ready to forward.
+pub struct Prepared {
+    pub route: Arc<Route>,
+    /// Where it goes upstream.
+    pub uri: http::Uri,
+    pub websocket: bool,
+    /// Present for guarded routes: WebSockets and streamed responses are registered so that
+    /// revocation can close them.
+    pub registrar: Option<Registrar>,
 }
 
 /// Someone who proved who they are.
@@ -82,6 +115,7 @@ impl App {
             hub: paths::HubPrefix::new(&config.hub_prefix),
             limiter: FailureLimiter::new(config.max_failures, config.failure_window),
             client: proxy::client(&config.upstream_ca),
+            pool: Default::default(),
             config,
             store,
             connections: Arc::default(),
@@ -110,25 +144,59 @@ impl App {
         peer: SocketAddr,
         tls: bool,
     ) -> Response<Body> {
-        let started = Instant::now();
-        let ctx = Ctx {
-            request_id: secret::random_id(),
-            client_ip: self.client_ip(peer, req.headers()),
-            peer,
-            tls,
-        };
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let begun = self.begin(req.method(), req.uri(), req.headers(), peer, tls);
+        let json = http_util::wants_json(
+            req.headers(),
+            begun.internal.as_deref().unwrap_or(&begun.path),
+        );
+        let result = self.dispatch(req, begun.internal.clone(), &begun.ctx).await;
+        let resp = self.answer(&begun, result, || json);
+        self.log_access(&begun, resp.status());
+        resp
+    }
+
+    /// What every request starts with: its id, the client's address, its class.
+    pub fn begin(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Begun {
+        let path = uri.path().to_owned();
         let internal = self.hub.internal(&path);
-        let class = crate::metrics::Class::of_public(&path, internal.as_deref());
-        let json = http_util::wants_json(req.headers(), internal.as_deref().unwrap_or(&path));
-        let mut resp = match self.dispatch(req, internal, &ctx).await {
+        Begun {
+            started: Instant::now(),
+            ctx: Ctx {
+                request_id: secret::random_id(),
+                client_ip: self.client_ip(peer, headers),
+                peer,
+                tls,
+            },
+            method: method.clone(),
+            class: crate::metrics::Class::of_public(&path, internal.as_deref()),
+            internal,
+            path,
+        }
+    }
+
+    /// The response for a handler's result: errors rendered as an HTML page or JSON (as
+    /// `json` says), and the request id on every answer.
+    pub fn answer(
+        &self,
+        begun: &Begun,
+        result: Result<Response<Body>>,
+        json: impl FnOnce() -> bool,
+    ) -> Response<Body> {
+        let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
                 if e.status().is_server_error() {
-                    tracing::warn!(request_id = %ctx.request_id, error = %e, "request failed");
+                    tracing::warn!(request_id = %begun.ctx.request_id, error = %e, "request failed");
                 }
-                let mut resp = e.render_with_prefix(&ctx.request_id, json, self.hub.as_str());
+                let mut resp =
+                    e.render_with_prefix(&begun.ctx.request_id, json(), self.hub.as_str());
                 // After a malformed request, the rest of the connection cannot be trusted.
                 if e.status() == http::StatusCode::BAD_REQUEST {
                     resp.headers_mut()
@@ -137,22 +205,41 @@ impl App {
                 resp
             }
         };
-        if let Ok(v) = http::HeaderValue::from_str(&ctx.request_id) {
+        if let Ok(v) = http::HeaderValue::from_str(&begun.ctx.request_id) {
             resp.headers_mut().entry("x-request-id").or_insert(v);
         }
-        // The access line: never the query string, which may carry codes or upstream tokens.
+        resp
+    }
+
+    /// The access line and the request metrics, once the status is known.
+    pub fn log_access(&self, begun: &Begun, status: http::StatusCode) {
+        // Never the query string, which may carry codes or upstream tokens.
         tracing::info!(
             target: "latchkey::access",
-            request_id = %ctx.request_id,
-            client = %ctx.client_ip,
-            %method,
-            path = %path,
-            status = resp.status().as_u16(),
-            ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id = %begun.ctx.request_id,
+            client = %begun.ctx.client_ip,
+            method = %begun.method,
+            path = %begun.path,
+            status = status.as_u16(),
+            ms = begun.started.elapsed().as_secs_f64() * 1000.0,
         );
         self.metrics
-            .request(class, resp.status(), started.elapsed());
-        resp
+            .request(begun.class, status, begun.started.elapsed());
+    }
+
+    /// Checks that hold for every request on the public listener, whoever answers it.
+    fn check_request(parts_uri: &http::Uri, headers: &HeaderMap) -> Result<()> {
+        proxy::check_path(parts_uri.path())?;
+        proxy::check_uri_length(parts_uri)?;
+        if let Some(name) = headers
+            .keys()
+            .find(|n| proxy::headers::aliases_identity_header(n))
+        {
+            return Err(Error::bad_request(format!(
+                "The header {name} is not allowed: it could be read as an identity header."
+            )));
+        }
+        Ok(())
     }
 
     async fn dispatch(
@@ -161,18 +248,8 @@ impl App {
         internal: Option<String>,
         ctx: &Ctx,
     ) -> Result<Response<Body>> {
+        Self::check_request(req.uri(), req.headers())?;
         let path = req.uri().path();
-        proxy::check_path(path)?;
-        proxy::check_uri_length(&req)?;
-        if let Some(name) = req
-            .headers()
-            .keys()
-            .find(|n| proxy::headers::aliases_identity_header(n))
-        {
-            return Err(Error::bad_request(format!(
-                "The header {name} is not allowed: it could be read as an identity header."
-            )));
-        }
         if let Some(resp) = crate::health::answer(self, path).await {
             return Ok(resp);
         }
@@ -190,31 +267,68 @@ impl App {
             }
             return crate::web::handle(self, req, ctx).await;
         }
-        self.proxy(req, ctx).await
+        let (mut parts, body) = req.into_parts();
+        match self.prepare_proxy(&mut parts, ctx).await? {
+            Proxied::Answer(resp) => Ok(resp),
+            Proxied::Forward(p) => {
+                let req = Request::from_parts(parts, body);
+                proxy::forward(
+                    req,
+                    p.uri,
+                    p.websocket,
+                    proxy::Forward {
+                        client: &self.client,
+                        route: p.route,
+                        timeout: self.config.upstream_timeout,
+                        registrar: p.registrar,
+                        tracker: &self.tracker,
+                        peer: ctx.peer,
+                    },
+                )
+                .await
+            }
+        }
     }
 
-    /// The proxy path: find the route, decide, forward.
-    async fn proxy(self: &Arc<Self>, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    /// Whether latchkey's own HTTP/1.1 path may answer a request for this path: a proxied
+    /// route to a plain `http://` upstream, not a page, the API or a health check. Decided
+    /// without side effects, before anything is counted or logged.
+    pub fn proxies_plainly(&self, path: &str) -> bool {
+        self.hub.internal(path).is_none()
+            && !crate::health::is_health_path(path)
+            && proxy::check_path(path).is_ok()
+            && self
+                .cache
+                .routes()
+                .lookup(path)
+                .is_some_and(|r| r.target.scheme == http::uri::Scheme::HTTP)
+    }
+
+    /// The proxy path up to forwarding: find the route, identify the caller, decide, and
+    /// rewrite the request headers for the upstream.
+    pub async fn prepare_proxy(&self, parts: &mut Parts, ctx: &Ctx) -> Result<Proxied> {
         let table = self.cache.routes();
-        let Some(route) = table.lookup(req.uri().path()).cloned() else {
-            if req.uri().path() == "/" {
-                return Ok(http_util::redirect(&self.hub.external(paths::HOME)));
+        let Some(route) = table.lookup(parts.uri.path()).cloned() else {
+            if parts.uri.path() == "/" {
+                return Ok(Proxied::Answer(http_util::redirect(
+                    &self.hub.external(paths::HOME),
+                )));
             }
             return Err(Error::NotFound(
                 "No server is running at this address.".into(),
             ));
         };
-        let websocket = is_websocket(req.headers());
-        let caller = self.identify(req.headers()).await?;
+        let websocket = is_websocket(&parts.headers);
+        let caller = self.identify(&parts.headers).await?;
 
         let mut registrar = None;
         let mut role = None;
         if let Some(server) = &route.server {
-            let kind = RequestKind::new(req.method(), websocket);
+            let kind = RequestKind::new(&parts.method, websocket);
             let standing = self.decide(&route, server, caller.as_ref(), kind).await;
             let standing = match standing? {
                 Decision::Allow(s) => s,
-                Decision::NeedsLogin => return Err(self.needs_login(&req)),
+                Decision::NeedsLogin => return Err(self.needs_login(parts)),
                 Decision::NotShared => {
                     let user = caller.as_ref().map(|c| &c.identity.name);
                     let reason = match user {
@@ -236,9 +350,9 @@ impl App {
             // latchkey makes them.
             if websocket || !kind.safe_method {
                 crate::auth::csrf::check_same_origin(
-                    req.headers(),
-                    self.own_origin(req.headers(), ctx.tls).as_deref(),
-                    req.uri().authority().map(|a| a.as_str()),
+                    &parts.headers,
+                    self.own_origin(&parts.headers, ctx.tls).as_deref(),
+                    parts.uri.authority().map(|a| a.as_str()),
                 )?;
             }
             let caller = caller.as_ref().expect("allowed requests have a caller");
@@ -256,25 +370,24 @@ impl App {
             });
         }
 
-        let uri = proxy::upstream_uri(&route, req.uri().path(), req.uri().query())?;
-        let host = req
-            .headers()
+        let uri = proxy::upstream_uri(&route, parts.uri.path(), parts.uri.query())?;
+        let host = parts
+            .headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()));
-        let mut req = req;
-        let user = caller.as_ref().map(|c| c.identity.name.to_string());
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        let user = caller.as_ref().map(|c| c.identity.name.as_str());
         let guarded = route.server.is_some();
         proxy::headers::prepare_request(
-            req.headers_mut(),
+            &mut parts.headers,
             websocket,
             &Forwarding {
                 client_ip: ctx.client_ip,
                 trust_forwarded: self.config.trusted_proxies.contains(&ctx.peer.ip()),
                 proto: if ctx.tls { "https" } else { "http" },
                 host: host.as_deref(),
-                user: if guarded { user.as_deref() } else { None },
+                user: if guarded { user } else { None },
                 role,
                 request_id: &ctx.request_id,
                 drop_authorization: caller
@@ -283,20 +396,12 @@ impl App {
                 upstream_headers: &route.upstream_headers,
             },
         );
-        proxy::forward(
-            req,
+        Ok(Proxied::Forward(Prepared {
+            route,
             uri,
             websocket,
-            proxy::Forward {
-                client: &self.client,
-                route: route.clone(),
-                timeout: self.config.upstream_timeout,
-                registrar,
-                tracker: &self.tracker,
-                peer: ctx.peer,
-            },
-        )
-        .await
+            registrar,
+        }))
     }
 
     /// The access decision for a guarded route. The owner needs no store; grantees are decided
@@ -332,12 +437,12 @@ impl App {
         ))
     }
 
-    fn needs_login(&self, req: &Request<Incoming>) -> Error {
-        if http_util::wants_json(req.headers(), req.uri().path()) {
+    fn needs_login(&self, parts: &Parts) -> Error {
+        if http_util::wants_json(&parts.headers, parts.uri.path()) {
             return Error::Unauthorized;
         }
-        let next = req
-            .uri()
+        let next = parts
+            .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
@@ -615,6 +720,9 @@ impl App {
             }
             // Grants that expired since the last tick.
             self.recheck_connections(None).await;
+            if n.is_multiple_of(10) {
+                self.pool.prune();
+            }
             if n.is_multiple_of(5) {
                 let table = self.cache.routes();
                 let changed: Vec<(String, i64)> = table

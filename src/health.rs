@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::http_util::{Body, json_response};
 use crate::paths;
 
+/// Whether a path is one of the health checks, which latchkey answers itself.
 pub fn is_health_path(path: &str) -> bool {
     matches!(path, paths::HEALTHZ | paths::CHP_HEALTHZ | paths::READYZ)
 }

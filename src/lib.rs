@@ -13,6 +13,7 @@ pub mod config;
 pub mod connections;
 pub mod demo;
 pub mod error;
+pub mod h1;
 pub mod health;
 pub mod http_util;
 pub mod ids;

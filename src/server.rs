@@ -213,7 +213,9 @@ async fn accept_loop(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
+            let service = service(app.clone(), peer, tls.is_some(), kind);
             match tls {
                 Some(acceptor) => {
                     // The handshake runs here, in the connection's task, so a slow client never
@@ -234,17 +236,31 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    let conn = builder.serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        service(app, peer, true, kind),
-                    );
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    if matches!(kind, Kind::Public) && !h2 {
+                        let Some(rest) = crate::h1::serve(&app, stream, peer, true, stop).await
+                        else {
+                            return;
+                        };
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(rest), service);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    } else {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                }
+                None if matches!(kind, Kind::Public) => {
+                    let Some(rest) = crate::h1::serve(&app, stream, peer, false, stop).await else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(rest), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        service(app, peer, false, kind),
-                    );
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 }
             }

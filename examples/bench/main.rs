@@ -27,6 +27,8 @@ pub struct Opts {
     pub out: PathBuf,
     pub duration: u64,
     pub targets: Vec<String>,
+    /// Which measurements to make: small, big, close, ws, hold (all by default).
+    pub figures: Vec<String>,
     pub hold: usize,
     pub sharing: bool,
     pub note: String,
@@ -53,6 +55,9 @@ fn parse_opts() -> Opts {
         targets: ["nginx", "haproxy", "chp", "latchkey"]
             .map(String::from)
             .to_vec(),
+        figures: ["small", "big", "close", "ws", "hold"]
+            .map(String::from)
+            .to_vec(),
         hold: 9000,
         sharing: true,
         note: String::new(),
@@ -77,6 +82,7 @@ fn parse_opts() -> Opts {
                     .map(String::from)
                     .collect()
             }
+            "--figures" => o.figures = value().split(',').map(String::from).collect(),
             "--hold" => o.hold = value().parse().expect("--hold CONNECTIONS"),
             "--no-sharing" => o.sharing = false,
             "--note" => o.note = value(),
@@ -185,38 +191,58 @@ async fn run(o: Opts) {
 /// CPU used during one measurement: by the proxy, and by anything else on the proxy's core
 /// (other work on a shared machine, which the figures then suffer from).
 struct Meter {
-    proxy: u64,
+    proxy: (u64, u64),
     core: u64,
     at: std::time::Instant,
+}
+
+/// What a [`Meter`] read.
+#[derive(Clone, Copy)]
+struct Used {
+    /// The proxy's user plus system CPU time, in clock ticks.
+    ticks: u64,
+    /// Of which in the kernel.
+    system: u64,
+    /// The share of the proxy core used by other processes.
+    others: f64,
 }
 
 impl Meter {
     fn start(run: &targets::Running) -> Meter {
         Meter {
-            proxy: run.proc.cpu_ticks(),
+            proxy: run.proc.cpu_ticks_split(),
             core: procs::core_busy_ticks(procs::PROXY_CORE),
             at: std::time::Instant::now(),
         }
     }
 
-    /// (proxy ticks, share of the proxy core used by other processes)
-    fn stop(self, run: &targets::Running, ticks: f64) -> (u64, f64) {
-        let proxy = run.proc.cpu_ticks() - self.proxy;
+    fn stop(self, run: &targets::Running, ticks: f64) -> Used {
+        let (user, system) = run.proc.cpu_ticks_split();
+        let (user, system) = (user - self.proxy.0, system - self.proxy.1);
         let core = procs::core_busy_ticks(procs::PROXY_CORE) - self.core;
-        let others = core.saturating_sub(proxy) as f64 / ticks / self.at.elapsed().as_secs_f64();
-        (proxy, others)
+        let others =
+            core.saturating_sub(user + system) as f64 / ticks / self.at.elapsed().as_secs_f64();
+        Used {
+            ticks: user + system,
+            system,
+            others,
+        }
     }
 }
 
-fn wrk_value(r: &wrk::WrkResult, (cpu_ticks, others): (u64, f64), ticks: f64) -> Value {
-    let cpu_us = cpu_ticks as f64 / ticks * 1e6;
+fn wrk_value(r: &wrk::WrkResult, used: Used, ticks: f64) -> Value {
+    let cpu_us = used.ticks as f64 / ticks * 1e6;
+    let per_request = |us: f64| {
+        if r.requests > 0 {
+            us / r.requests as f64
+        } else {
+            f64::NAN
+        }
+    };
     let mut v = serde_json::to_value(r).expect("serialisable");
-    v["others_on_proxy_core"] = json!(others);
-    v["proxy_cpu_us_per_request"] = json!(if r.requests > 0 {
-        cpu_us / r.requests as f64
-    } else {
-        f64::NAN
-    });
+    v["others_on_proxy_core"] = json!(used.others);
+    v["proxy_cpu_us_per_request"] = json!(per_request(cpu_us));
+    v["proxy_system_cpu_us_per_request"] = json!(per_request(used.system as f64 / ticks * 1e6));
     v["proxy_cpu_share"] = json!(cpu_us / 1e6 / r.seconds.max(1e-9));
     v
 }
@@ -247,117 +273,127 @@ fn measure(run: &mut targets::Running, o: &Opts, ticks: f64) -> Value {
         }
     };
 
-    wrk::run(&small, SMALL_CONNS, 2, &run.headers); // warm-up
-    let perf = o.perf.as_ref().map(|dir| {
-        std::fs::create_dir_all(dir).expect("the perf directory");
-        let pids: Vec<String> = run.proc.tree().iter().map(u32::to_string).collect();
-        Command::new("taskset")
-            .args([
-                "-c",
-                LOAD_CORE,
-                "perf",
-                "record",
-                "-q",
-                "-F",
-                "999",
-                "--call-graph",
-                "dwarf,8192",
-                "-p",
-            ])
-            .arg(pids.join(","))
-            .arg("-o")
-            .arg(dir.join(format!("{}.perf.data", run.name)))
-            .arg("--")
-            .args(["sleep", &d.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("perf runs")
-    });
-    let meter = Meter::start(run);
-    let r = wrk::run(&small, SMALL_CONNS, d, &run.headers);
-    let used = meter.stop(run, ticks);
-    if let Some(mut p) = perf {
-        let _ = p.wait();
-    }
-    check("small GET", &r);
-    eprintln!(
-        "  small GET: {:.0} req/s, p50 {:.0} us, p99 {:.0} us, {:.1} us CPU/request (others used {:.0}% of the proxy core)",
-        r.rps,
-        r.p50_us,
-        r.p99_us,
-        used.0 as f64 / ticks * 1e6 / r.requests.max(1) as f64,
-        used.1 * 100.0
-    );
-    m.insert("small".into(), wrk_value(&r, used, ticks));
-
-    let meter = Meter::start(run);
-    let r = wrk::run(&big, BIG_CONNS, d, &run.headers);
-    let used = meter.stop(run, ticks);
-    check("1 MiB GET", &r);
-    eprintln!(
-        "  1 MiB GET: {:.0} MiB/s (others {:.0}%)",
-        r.bytes_per_sec / 1048576.0,
-        used.1 * 100.0
-    );
-    m.insert("big".into(), wrk_value(&r, used, ticks));
-
-    let mut close_headers = run.headers.clone();
-    close_headers.push("Connection: close".into());
-    let meter = Meter::start(run);
-    let r = wrk::run(&small, CLOSE_CONNS, d, &close_headers);
-    let used = meter.stop(run, ticks);
-    check("new connection per request", &r);
-    eprintln!(
-        "  new connection per request: {:.0} req/s (others {:.0}%)",
-        r.rps,
-        used.1 * 100.0
-    );
-    m.insert("close".into(), wrk_value(&r, used, ticks));
-
-    let ws_url = run.url("/user/john/ws").replacen("http://", "ws://", 1);
-    // Warm-up, as for wrk: the first WebSockets after start cost more on every proxy.
-    let _ = ws_echo(o, &ws_url, &run.ws_headers, 2);
-    let meter = Meter::start(run);
-    let echo = ws_echo(o, &ws_url, &run.ws_headers, d);
-    let (c, others) = meter.stop(run, ticks);
-    let mut echo = echo.unwrap_or_else(|e| {
-        errors.push(format!("WebSocket echo: {e}"));
-        json!({})
-    });
-    if let Some(n) = echo["messages"].as_f64()
-        && n > 0.0
-    {
-        echo["proxy_cpu_us_per_message"] = json!(c as f64 / ticks * 1e6 / n);
-        echo["others_on_proxy_core"] = json!(others);
-    }
-    if echo["errors"].as_u64().unwrap_or(0) > 0 {
-        errors.push(format!("WebSocket echo: {} errors", echo["errors"]));
-    }
-    eprintln!(
-        "  WebSocket echo: {:.0} msg/s, p50 {} us, p99 {} us (others {:.0}%)",
-        echo["rate"].as_f64().unwrap_or(0.0),
-        echo["p50_us"],
-        echo["p99_us"],
-        others * 100.0
-    );
-    m.insert("ws_echo".into(), echo);
-
-    match ws_hold(o, run, &ws_url) {
-        Ok(v) => {
-            if v["failed"].as_u64().unwrap_or(0) > 0 {
-                errors.push(format!("idle WebSockets: {} failed to open", v["failed"]));
-            }
-            eprintln!(
-                "  {} idle WebSockets: {:.1} kB each",
-                v["open"],
-                v["kb_per_connection"].as_f64().unwrap_or(0.0)
-            );
-            m.insert("idle_ws".into(), v);
+    let want = |figure: &str| o.figures.iter().any(|f| f == figure);
+    if want("small") {
+        wrk::run(&small, SMALL_CONNS, 2, &run.headers); // warm-up
+        let perf = o.perf.as_ref().map(|dir| {
+            std::fs::create_dir_all(dir).expect("the perf directory");
+            let pids: Vec<String> = run.proc.tree().iter().map(u32::to_string).collect();
+            Command::new("taskset")
+                .args([
+                    "-c",
+                    LOAD_CORE,
+                    "perf",
+                    "record",
+                    "-q",
+                    "-F",
+                    "999",
+                    "--call-graph",
+                    "dwarf,8192",
+                    "-p",
+                ])
+                .arg(pids.join(","))
+                .arg("-o")
+                .arg(dir.join(format!("{}.perf.data", run.name)))
+                .arg("--")
+                .args(["sleep", &d.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("perf runs")
+        });
+        let meter = Meter::start(run);
+        let r = wrk::run(&small, SMALL_CONNS, d, &run.headers);
+        let used = meter.stop(run, ticks);
+        if let Some(mut p) = perf {
+            let _ = p.wait();
         }
-        Err(e) => {
-            errors.push(format!("idle WebSockets: {e}"));
-            m.insert("idle_ws".into(), json!({}));
+        check("small GET", &r);
+        eprintln!(
+            "  small GET: {:.0} req/s, p50 {:.0} us, p99 {:.0} us, {:.1} us CPU/request, {:.1} of it system (others used {:.0}% of the proxy core)",
+            r.rps,
+            r.p50_us,
+            r.p99_us,
+            used.ticks as f64 / ticks * 1e6 / r.requests.max(1) as f64,
+            used.system as f64 / ticks * 1e6 / r.requests.max(1) as f64,
+            used.others * 100.0
+        );
+        m.insert("small".into(), wrk_value(&r, used, ticks));
+    }
+    if want("big") {
+        let meter = Meter::start(run);
+        let r = wrk::run(&big, BIG_CONNS, d, &run.headers);
+        let used = meter.stop(run, ticks);
+        check("1 MiB GET", &r);
+        eprintln!(
+            "  1 MiB GET: {:.0} MiB/s (others {:.0}%)",
+            r.bytes_per_sec / 1048576.0,
+            used.others * 100.0
+        );
+        m.insert("big".into(), wrk_value(&r, used, ticks));
+    }
+    if want("close") {
+        let mut close_headers = run.headers.clone();
+        close_headers.push("Connection: close".into());
+        let meter = Meter::start(run);
+        let r = wrk::run(&small, CLOSE_CONNS, d, &close_headers);
+        let used = meter.stop(run, ticks);
+        check("new connection per request", &r);
+        eprintln!(
+            "  new connection per request: {:.0} req/s (others {:.0}%)",
+            r.rps,
+            used.others * 100.0
+        );
+        m.insert("close".into(), wrk_value(&r, used, ticks));
+    }
+    let ws_url = run.url("/user/john/ws").replacen("http://", "ws://", 1);
+    if want("ws") {
+        // Warm-up, as for wrk: the first WebSockets after start cost more on every proxy.
+        let _ = ws_echo(o, &ws_url, &run.ws_headers, 2);
+        let meter = Meter::start(run);
+        let echo = ws_echo(o, &ws_url, &run.ws_headers, d);
+        let Used {
+            ticks: c, others, ..
+        } = meter.stop(run, ticks);
+        let mut echo = echo.unwrap_or_else(|e| {
+            errors.push(format!("WebSocket echo: {e}"));
+            json!({})
+        });
+        if let Some(n) = echo["messages"].as_f64()
+            && n > 0.0
+        {
+            echo["proxy_cpu_us_per_message"] = json!(c as f64 / ticks * 1e6 / n);
+            echo["others_on_proxy_core"] = json!(others);
+        }
+        if echo["errors"].as_u64().unwrap_or(0) > 0 {
+            errors.push(format!("WebSocket echo: {} errors", echo["errors"]));
+        }
+        eprintln!(
+            "  WebSocket echo: {:.0} msg/s, p50 {} us, p99 {} us (others {:.0}%)",
+            echo["rate"].as_f64().unwrap_or(0.0),
+            echo["p50_us"],
+            echo["p99_us"],
+            others * 100.0
+        );
+        m.insert("ws_echo".into(), echo);
+    }
+    if want("hold") {
+        match ws_hold(o, run, &ws_url) {
+            Ok(v) => {
+                if v["failed"].as_u64().unwrap_or(0) > 0 {
+                    errors.push(format!("idle WebSockets: {} failed to open", v["failed"]));
+                }
+                eprintln!(
+                    "  {} idle WebSockets: {:.1} kB each",
+                    v["open"],
+                    v["kb_per_connection"].as_f64().unwrap_or(0.0)
+                );
+                m.insert("idle_ws".into(), v);
+            }
+            Err(e) => {
+                errors.push(format!("idle WebSockets: {e}"));
+                m.insert("idle_ws".into(), json!({}));
+            }
         }
     }
     m.insert("peak_rss_kb".into(), json!(run.proc.hwm_kb()));

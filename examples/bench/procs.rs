@@ -58,9 +58,12 @@ impl Proc {
         tree(self.pid())
     }
 
-    /// User plus system CPU time of the whole tree, in clock ticks.
-    pub fn cpu_ticks(&self) -> u64 {
-        self.tree().iter().filter_map(|p| stat_ticks(*p)).sum()
+    /// User and system CPU time of the whole tree, in clock ticks.
+    pub fn cpu_ticks_split(&self) -> (u64, u64) {
+        self.tree()
+            .iter()
+            .filter_map(|p| stat_ticks(*p))
+            .fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps))
     }
 
     /// Resident memory of the whole tree, in kB.
@@ -122,10 +125,10 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
-/// utime + stime (fields 14 and 15 of /proc/PID/stat).
-fn stat_ticks(pid: u32) -> Option<u64> {
+/// (utime, stime): fields 14 and 15 of /proc/PID/stat.
+fn stat_ticks(pid: u32) -> Option<(u64, u64)> {
     let f = stat_fields(pid)?;
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
 fn status_kb(pid: u32, key: &str) -> Option<u64> {

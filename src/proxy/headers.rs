@@ -86,6 +86,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Whether a header name (in any case) is one of the hop-by-hop headers.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// Whether any header present has one of these (lowercase) names.
 fn any_of(headers: &HeaderMap, names: &[&str]) -> bool {
     headers.keys().any(|k| names.contains(&k.as_str()))
@@ -167,23 +174,26 @@ pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
         .iter()
         .cloned()
         .collect();
-    if cookies.iter().any(sets_own_cookie) {
+    if cookies.iter().any(|c| sets_own_cookie(c.as_bytes())) {
         headers.remove(header::SET_COOKIE);
-        for c in cookies.into_iter().filter(|c| !sets_own_cookie(c)) {
+        for c in cookies
+            .into_iter()
+            .filter(|c| !sets_own_cookie(c.as_bytes()))
+        {
             headers.append(header::SET_COOKIE, c);
         }
     }
 }
 
-fn sets_own_cookie(v: &HeaderValue) -> bool {
-    let name = v
-        .to_str()
-        .unwrap_or("")
-        .split('=')
+/// Whether a `Set-Cookie` value sets latchkey's own session cookie.
+pub fn sets_own_cookie(value: &[u8]) -> bool {
+    let name = value
+        .split(|b| *b == b'=')
         .next()
-        .unwrap_or("")
-        .trim();
-    name == crate::paths::SESSION_COOKIE || name == crate::paths::SESSION_COOKIE_TLS
+        .unwrap_or(b"")
+        .trim_ascii();
+    name == crate::paths::SESSION_COOKIE.as_bytes()
+        || name == crate::paths::SESSION_COOKIE_TLS.as_bytes()
 }
 
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {

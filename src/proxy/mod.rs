@@ -69,8 +69,8 @@ const MAX_URI: usize = 8 * 1024;
 /// refuses duplicate Content-Lengths and, when Transfer-Encoding is present, drops
 /// Content-Length and decodes the chunks itself (RFC 9112 section 6.3), so the body latchkey
 /// forwards is re-framed for the upstream.
-pub fn check_uri_length<B>(req: &Request<B>) -> Result<(), Error> {
-    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI {
+pub fn check_uri_length(uri: &Uri) -> Result<(), Error> {
+    if uri.path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI {
         return Err(Error::UriTooLong);
     }
     Ok(())

@@ -1,0 +1,330 @@
+//! The client side of the HTTP/1.1 path: read a request head, decide whether it is ours, run
+//! the access check, forward, and go on with the next request on the connection.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::Rewind;
+use super::upstream::{self, Exchange, Failure, Upstream};
+use crate::app::{App, Proxied};
+use crate::http_util::{self, Body};
+
+/// Most header fields a request may have here; more go to hyper (which allows as many).
+const MAX_HEADERS: usize = 64;
+/// Longest request head read here; longer ones go to hyper, which refuses them.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long a client may take to send a request head, counted from when latchkey starts
+/// waiting for it (so also how long an idle keep-alive connection stays open).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves a client connection until it closes, or hands it back (with every byte read from it
+/// so far in front) for hyper to serve the rest.
+pub async fn serve<IO>(
+    app: &Arc<App>,
+    mut io: IO,
+    peer: SocketAddr,
+    tls: bool,
+    mut stop: watch::Receiver<bool>,
+) -> Option<Rewind<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut upstream: Option<Upstream> = None;
+    let handoff = loop {
+        match read_head(&mut io, &mut buf, &mut stop).await {
+            Head::Complete(head) => {
+                let request = buf.split_to(head.len).freeze();
+                let Some((parts, body_len)) = ours(app, &head, &request) else {
+                    let mut all = BytesMut::from(&request[..]);
+                    all.extend_from_slice(&buf);
+                    break Some(all.freeze());
+                };
+                let keep = answer(
+                    app,
+                    &mut io,
+                    &mut buf,
+                    &mut upstream,
+                    parts,
+                    body_len,
+                    head.close,
+                    peer,
+                    tls,
+                )
+                .await;
+                if !keep || *stop.borrow() {
+                    break None;
+                }
+            }
+            Head::NotOurs => break Some(buf.split().freeze()),
+            Head::Closed => break None,
+        }
+    };
+    if let Some(up) = upstream {
+        app.pool.checkin(up);
+    }
+    handoff.map(|pre| Rewind::new(pre, io))
+}
+
+/// Where the parts of a request head are, in the buffer it was read into.
+struct HeadIndex {
+    len: usize,
+    method: Method,
+    target: Range<usize>,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    content_length: u64,
+    /// The client asked to close the connection after this request.
+    close: bool,
+}
+
+enum Head {
+    Complete(HeadIndex),
+    /// Not a request this path answers, or not one it can read: hyper takes over.
+    NotOurs,
+    /// The client closed, went quiet, or latchkey is shutting down.
+    Closed,
+}
+
+async fn read_head<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    stop: &mut watch::Receiver<bool>,
+) -> Head {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    loop {
+        if !buf.is_empty() {
+            match index(buf) {
+                Ok(Some(head)) => return Head::Complete(head),
+                Ok(None) if buf.len() < MAX_HEAD => {}
+                _ => return Head::NotOurs,
+            }
+        } else if *stop.borrow() {
+            return Head::Closed;
+        }
+        buf.reserve(4096);
+        let idle = buf.is_empty();
+        let read = tokio::select! {
+            r = io.read_buf(buf) => r,
+            _ = tokio::time::sleep_until(deadline) => return Head::Closed,
+            _ = stop.changed(), if idle => return Head::Closed,
+        };
+        match read {
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Parses a request head in place. `Ok(None)`: not complete yet; `Err`: not one for this path.
+fn index(buf: &[u8]) -> Result<Option<HeadIndex>, ()> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    if req.version != Some(1) {
+        return Err(());
+    }
+    let method = Method::from_bytes(req.method.ok_or(())?.as_bytes()).map_err(|_| ())?;
+    if method == Method::CONNECT {
+        return Err(());
+    }
+    let target = req.path.ok_or(())?;
+    if !target.starts_with('/') {
+        return Err(());
+    }
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + s.len()
+    };
+    let mut head = HeadIndex {
+        len,
+        method,
+        target: at(target.as_bytes()),
+        headers: Vec::with_capacity(req.headers.len()),
+        content_length: 0,
+        close: false,
+    };
+    let mut seen_length = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.contains(&b'_')
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Err(());
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if seen_length {
+                return Err(());
+            }
+            seen_length = true;
+            head.content_length = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok())
+                .ok_or(())?;
+        }
+        if name.eq_ignore_ascii_case(b"connection")
+            && h.value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            head.close = true;
+        }
+        head.headers.push((at(name), at(h.value)));
+    }
+    Ok(Some(head))
+}
+
+/// The request as `http` parts, when this path answers it.
+fn ours(app: &App, head: &HeadIndex, request: &Bytes) -> Option<(Parts, u64)> {
+    let uri = Uri::from_maybe_shared(request.slice(head.target.clone())).ok()?;
+    if crate::proxy::check_uri_length(&uri).is_err() || !app.proxies_plainly(uri.path()) {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(head.headers.len() + 8);
+    for (name, value) in &head.headers {
+        let name = HeaderName::from_bytes(&request[name.clone()]).ok()?;
+        let value = HeaderValue::from_maybe_shared(request.slice(value.clone())).ok()?;
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = head.method.clone();
+    parts.uri = uri;
+    parts.headers = headers;
+    Some((parts, head.content_length))
+}
+
+/// Answers one request; false when the connection must close.
+#[allow(clippy::too_many_arguments)]
+async fn answer<IO>(
+    app: &Arc<App>,
+    io: &mut IO,
+    buf: &mut BytesMut,
+    upstream: &mut Option<Upstream>,
+    mut parts: Parts,
+    body_len: u64,
+    close: bool,
+    peer: SocketAddr,
+    tls: bool,
+) -> bool
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let begun = app.begin(&parts.method, &parts.uri, &parts.headers, peer, tls);
+    let head_request = parts.method == Method::HEAD;
+    let mut body_read = true;
+    let result = match app.prepare_proxy(&mut parts, &begun.ctx).await {
+        Ok(Proxied::Forward(prepared)) => {
+            let exchange = Exchange {
+                parts: &parts,
+                body_len,
+                head_request,
+                client_close: close,
+                request_id: &begun.ctx.request_id,
+                timeout: app.config.upstream_timeout,
+            };
+            let mut logged = false;
+            let forwarded =
+                upstream::exchange(&app.pool, upstream, io, buf, exchange, prepared, |status| {
+                    app.log_access(&begun, status);
+                    logged = true;
+                })
+                .await;
+            match forwarded {
+                Ok(keep) => return keep,
+                Err(Failure::Abort) => {
+                    if !logged {
+                        // The client went away before an answer: as hyper would log it.
+                        app.log_access(&begun, http::StatusCode::BAD_REQUEST);
+                    }
+                    return false;
+                }
+                Err(Failure::Answer(e)) => {
+                    // Part of the body may have gone upstream already: never read the rest
+                    // as a request.
+                    if body_len > 0 {
+                        body_read = false;
+                    }
+                    Err(e)
+                }
+            }
+        }
+        Ok(Proxied::Answer(resp)) => Ok(resp),
+        Err(e) => Err(e),
+    };
+    let path = parts.uri.path();
+    let resp = app.answer(&begun, result, || {
+        http_util::wants_json(&parts.headers, path)
+    });
+    app.log_access(&begun, resp.status());
+    // An unread request body would be read as the next request: skip it, or close.
+    let close = if body_read && body_len <= buf.len() as u64 {
+        buf.advance(body_len as usize);
+        close
+    } else {
+        true
+    };
+    write_answer(io, resp, head_request, close).await
+}
+
+/// Writes a response latchkey made itself (an error page, a redirect); false when the
+/// connection must close.
+async fn write_answer<IO>(
+    io: &mut IO,
+    resp: Response<Body>,
+    head_request: bool,
+    close: bool,
+) -> bool
+where
+    IO: AsyncWrite + Unpin,
+{
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let close = close
+        || parts
+            .headers
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let mut out = Vec::with_capacity(512 + body.len());
+    upstream::status_line(&mut out, parts.status);
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        upstream::header_line(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    upstream::header_line(
+        &mut out,
+        b"content-length",
+        body.len().to_string().as_bytes(),
+    );
+    if close {
+        upstream::header_line(&mut out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_request {
+        out.extend_from_slice(&body);
+    }
+    io.write_all(&out).await.is_ok() && io.flush().await.is_ok() && !close
+}

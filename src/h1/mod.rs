@@ -1,0 +1,85 @@
+//! latchkey's own HTTP/1.1 path for the requests that make up nearly all of its traffic: a
+//! client's request to a shared server behind a plain `http://` upstream.
+//!
+//! One task per client connection reads the request head, runs the same access check as every
+//! other request (`App::prepare_proxy`), writes the rewritten head and the body to an upstream
+//! connection it keeps for as long as the client stays, and copies the answer back, framing
+//! included. No channel, task or pool sits between the client and the upstream, and the
+//! request head is parsed once, in place.
+//!
+//! Anything else is handed, with the bytes read so far, to hyper for the rest of the
+//! connection: latchkey's pages and API, health checks, WebSocket upgrades, HTTP/2, HTTP/1.0,
+//! chunked or `Expect` uploads, `https://` upstreams and anything malformed (which hyper and
+//! `App::handle` then refuse with the usual error). The decision is made before anything is
+//! counted or logged, so no request is handled twice.
+
+mod chunked;
+mod conn;
+mod upstream;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub use conn::serve;
+pub use upstream::Pool;
+
+/// A connection whose first bytes were already read: they are read again first.
+pub struct Rewind<IO> {
+    pre: Bytes,
+    io: IO,
+}
+
+impl<IO> Rewind<IO> {
+    pub fn new(pre: Bytes, io: IO) -> Rewind<IO> {
+        Rewind { pre, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,603 @@
+//! The upstream side of the HTTP/1.1 path: keep-alive connections to `http://` upstreams, and
+//! one exchange on them (the request out, the answer back to the client as it arrives).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use http::request::Parts;
+use http::uri::Authority;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::chunked::Chunked;
+use crate::app::Prepared;
+use crate::clock;
+use crate::error::Error;
+use crate::proxy::headers;
+
+/// Idle connections kept per upstream address.
+const MAX_IDLE: usize = 256;
+/// How long an idle connection is kept (upstreams close theirs after a while too).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most header fields an upstream's answer may have.
+const MAX_HEADERS: usize = 128;
+/// Longest answer head accepted from an upstream.
+const MAX_HEAD: usize = 64 * 1024;
+/// Bytes read from an upstream at a time while copying a body.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A connection to an upstream, with what has been read from it and not used yet.
+pub struct Upstream {
+    authority: Authority,
+    stream: TcpStream,
+    buf: BytesMut,
+    /// It carried an exchange before: it may have been closed by the upstream meanwhile.
+    reused: bool,
+    since: Instant,
+}
+
+impl Upstream {
+    async fn connect(authority: &Authority) -> std::io::Result<Upstream> {
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        stream.set_nodelay(true)?;
+        Ok(Upstream {
+            authority: authority.clone(),
+            stream,
+            buf: BytesMut::with_capacity(8192),
+            reused: false,
+            since: Instant::now(),
+        })
+    }
+
+    /// Still usable: not idle for too long, and the upstream has neither closed it nor sent
+    /// anything unasked (no system call when the socket is quiet).
+    fn usable(&self) -> bool {
+        if self.since.elapsed() > IDLE_TIMEOUT || !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Idle upstream connections of every client connection, by upstream address.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<Authority, Vec<Upstream>>>,
+}
+
+impl Pool {
+    fn checkout(&self, authority: &Authority) -> Option<Upstream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(authority)?;
+        while let Some(up) = list.pop() {
+            if up.usable() {
+                return Some(up);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection for the next client connection.
+    pub fn checkin(&self, mut up: Upstream) {
+        if !up.usable() {
+            return;
+        }
+        up.since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(up.authority.clone()).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(up);
+        }
+    }
+
+    /// Drops connections idle for too long or closed by their upstream.
+    pub fn prune(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for list in idle.values_mut() {
+            list.retain(Upstream::usable);
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+}
+
+/// One request to forward.
+pub struct Exchange<'a> {
+    /// The method, and the headers as rewritten for the upstream.
+    pub parts: &'a Parts,
+    /// Request body bytes still to come from the client (`Content-Length`).
+    pub body_len: u64,
+    pub head_request: bool,
+    /// The client asked to close the connection after this answer.
+    pub client_close: bool,
+    pub request_id: &'a str,
+    /// How long the upstream may take to start its answer once the request is sent.
+    pub timeout: Duration,
+}
+
+/// Why an exchange ended without an answer from the upstream.
+pub enum Failure {
+    /// Nothing has been sent to the client: answer with this error.
+    Answer(Error),
+    /// The client connection cannot be used any more.
+    Abort,
+}
+
+/// How the upstream's answer body is framed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes: sent on to the client in chunks.
+    Close,
+}
+
+/// Forwards one request and copies the answer to the client. `on_head` runs once the answer's
+/// head has been written. Ok(false) when the client connection must close.
+pub async fn exchange<IO>(
+    pool: &Pool,
+    sticky: &mut Option<Upstream>,
+    client: &mut IO,
+    client_buf: &mut BytesMut,
+    x: Exchange<'_>,
+    prepared: Prepared,
+    on_head: impl FnOnce(StatusCode),
+) -> Result<bool, Failure>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let route = prepared.route;
+    let authority = &route.target.authority;
+    let mut out = Vec::with_capacity(1024);
+    request_head(&mut out, &x.parts.method, &prepared.uri, &x.parts.headers);
+    let buffered = x.body_len.min(client_buf.len() as u64) as usize;
+    out.extend_from_slice(&client_buf[..buffered]);
+    client_buf.advance(buffered);
+    let mut body_left = x.body_len - buffered as u64;
+    // The whole request is in `out`: on a reused connection the upstream closed meanwhile, it
+    // can be sent again on a new one.
+    let replayable = body_left == 0;
+
+    route.touch(clock::now_millis());
+    let mut up = match sticky.take() {
+        Some(up) if &up.authority == authority && up.usable() => Some(up),
+        Some(other) => {
+            pool.checkin(other);
+            None
+        }
+        None => None,
+    };
+    let mut head = None;
+    for _attempt in 0..2 {
+        let mut conn = match up.take().or_else(|| pool.checkout(authority)) {
+            Some(c) => c,
+            None => match Upstream::connect(authority).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(route = %route.path, error = %e, "upstream request failed");
+                    return Err(Failure::Answer(Error::UpstreamUnavailable));
+                }
+            },
+        };
+        let retry_allowed = conn.reused && replayable;
+        if let Err(e) = conn.stream.write_all(&out).await {
+            if retry_allowed {
+                continue;
+            }
+            tracing::warn!(route = %route.path, error = %e, "upstream request failed");
+            return Err(Failure::Answer(Error::UpstreamUnavailable));
+        }
+        while body_left > 0 {
+            if client_buf.is_empty() {
+                client_buf.reserve(READ_CHUNK.min(body_left as usize));
+                match client.read_buf(client_buf).await {
+                    Ok(0) | Err(_) => return Err(Failure::Abort),
+                    Ok(_) => {}
+                }
+            }
+            let n = body_left.min(client_buf.len() as u64) as usize;
+            if let Err(e) = conn.stream.write_all(&client_buf[..n]).await {
+                tracing::warn!(route = %route.path, error = %e, "upstream request failed");
+                return Err(Failure::Answer(Error::UpstreamUnavailable));
+            }
+            client_buf.advance(n);
+            body_left -= n as u64;
+        }
+        match tokio::time::timeout(x.timeout, read_head(&mut conn)).await {
+            Err(_) => {
+                tracing::warn!(route = %route.path, "upstream timed out");
+                return Err(Failure::Answer(Error::UpstreamTimeout));
+            }
+            Ok(Err(HeadError::Closed)) if retry_allowed => continue,
+            Ok(Err(e)) => {
+                tracing::warn!(route = %route.path, error = ?e, "upstream request failed");
+                return Err(Failure::Answer(Error::UpstreamUnavailable));
+            }
+            Ok(Ok(h)) => {
+                head = Some((conn, h));
+                break;
+            }
+        }
+    }
+    let Some((mut conn, answer)) = head else {
+        tracing::warn!(route = %route.path, "upstream closed the connection twice");
+        return Err(Failure::Answer(Error::UpstreamUnavailable));
+    };
+    route.touch(clock::now_millis());
+
+    let framing = if x.head_request
+        || answer.status.is_informational()
+        || answer.status == StatusCode::NO_CONTENT
+        || answer.status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Empty
+    } else if answer.chunked {
+        Framing::Chunked
+    } else if let Some(n) = answer.content_length {
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
+    let mut reusable = answer.keep_alive && framing != Framing::Close;
+
+    out.clear();
+    status_line(&mut out, answer.status);
+    out.extend_from_slice(&answer.fields);
+    if matches!(framing, Framing::Chunked | Framing::Close) {
+        header_line(&mut out, b"transfer-encoding", b"chunked");
+    }
+    if !answer.has_request_id {
+        header_line(&mut out, b"x-request-id", x.request_id.as_bytes());
+    }
+    if x.client_close {
+        header_line(&mut out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    // Answers without a length stream until they end: they are closed when access ends.
+    let registration = match framing {
+        Framing::Chunked | Framing::Close => prepared.registrar.map(|r| r.register(false)),
+        _ => None,
+    };
+    let cancel = registration.as_ref().map(|r| r.cancel.clone());
+    let cancelled = async {
+        match &cancel {
+            Some(c) => c.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(cancelled);
+
+    let mut head_sent = Some(on_head);
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut chunks = Chunked::new();
+    let mut done = framing == Framing::Empty || framing == Framing::Length(0);
+    loop {
+        // Move what has arrived from the upstream into `out`, framed for the client.
+        if !conn.buf.is_empty() && !done {
+            match framing {
+                Framing::Length(_) => {
+                    let n = left.min(conn.buf.len() as u64) as usize;
+                    out.extend_from_slice(&conn.buf[..n]);
+                    conn.buf.advance(n);
+                    left -= n as u64;
+                    done = left == 0;
+                }
+                Framing::Chunked => {
+                    let Ok(n) = chunks.feed(&conn.buf) else {
+                        tracing::warn!(route = %route.path, "upstream sent a broken chunked body");
+                        return Ok(false);
+                    };
+                    out.extend_from_slice(&conn.buf[..n]);
+                    conn.buf.advance(n);
+                    done = chunks.is_done();
+                }
+                Framing::Close => {
+                    out.extend_from_slice(format!("{:x}\r\n", conn.buf.len()).as_bytes());
+                    out.extend_from_slice(&conn.buf);
+                    out.extend_from_slice(b"\r\n");
+                    conn.buf.clear();
+                }
+                Framing::Empty => {}
+            }
+        }
+        if !out.is_empty() {
+            if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
+                return Ok(false);
+            }
+            out.clear();
+            if let Some(f) = head_sent.take() {
+                f(answer.status);
+            }
+        }
+        if done {
+            break;
+        }
+        conn.buf.reserve(READ_CHUNK);
+        let read = tokio::select! {
+            r = conn.stream.read_buf(&mut conn.buf) => r,
+            _ = &mut cancelled => {
+                tracing::info!(route = %route.path, "response closed: access ended");
+                return Ok(false);
+            }
+        };
+        match read {
+            Ok(0) if framing == Framing::Close => {
+                out.extend_from_slice(b"0\r\n\r\n");
+                done = true;
+                reusable = false;
+            }
+            Ok(0) | Err(_) => {
+                // The upstream broke off the body: the client cannot be told but by a close.
+                return Ok(false);
+            }
+            Ok(_) => {}
+        }
+        if done && !out.is_empty() {
+            if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
+                return Ok(false);
+            }
+            break;
+        }
+    }
+    drop(registration);
+    if reusable && conn.buf.is_empty() {
+        conn.reused = true;
+        conn.since = Instant::now();
+        *sticky = Some(conn);
+    }
+    Ok(!x.client_close)
+}
+
+/// The request head for the upstream: origin-form target, HTTP/1.1, the rewritten headers.
+fn request_head(
+    out: &mut Vec<u8>,
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        header_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// An upstream's answer head, its header fields already filtered for the client.
+struct AnswerHead {
+    status: StatusCode,
+    /// The header lines to send on, each ending in CRLF.
+    fields: Vec<u8>,
+    content_length: Option<u64>,
+    chunked: bool,
+    /// The upstream may be asked again on this connection.
+    keep_alive: bool,
+    has_request_id: bool,
+}
+
+#[derive(Debug)]
+enum HeadError {
+    /// Closed before a byte of the answer arrived.
+    Closed,
+    Io(#[allow(dead_code)] std::io::Error),
+    Malformed,
+}
+
+/// Reads the head of the upstream's answer, skipping interim (1xx) answers.
+async fn read_head(conn: &mut Upstream) -> Result<AnswerHead, HeadError> {
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_head(&conn.buf)? {
+                Some((len, head)) => {
+                    conn.buf.advance(len);
+                    if head.status.is_informational() {
+                        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                            return Err(HeadError::Malformed);
+                        }
+                        continue;
+                    }
+                    return Ok(head);
+                }
+                None if conn.buf.len() >= MAX_HEAD => return Err(HeadError::Malformed),
+                None => {}
+            }
+        }
+        conn.buf.reserve(8192);
+        let was_empty = conn.buf.is_empty();
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) if was_empty => return Err(HeadError::Closed),
+            Ok(0) => return Err(HeadError::Malformed),
+            Err(e) if was_empty && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(HeadError::Closed);
+            }
+            Err(e) => return Err(HeadError::Io(e)),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn parse_head(buf: &[u8]) -> Result<Option<(usize, AnswerHead)>, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(HeadError::Malformed)?;
+    let mut head = AnswerHead {
+        status,
+        fields: Vec::with_capacity(len),
+        content_length: None,
+        chunked: false,
+        keep_alive: resp.version == Some(1),
+        has_request_id: false,
+    };
+    // Header names the upstream's `Connection` header lists: hop-by-hop, not sent on.
+    let mut named: Vec<&[u8]> = vec![];
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',').map(|t| t.trim_ascii()) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    head.keep_alive = false;
+                }
+                named.push(token);
+            }
+        }
+    }
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Chunked when it is the last coding; any other is read until the upstream closes.
+            let last = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            head.chunked = last.eq_ignore_ascii_case(b"chunked");
+            if !head.chunked {
+                head.keep_alive = false;
+            }
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or(HeadError::Malformed)?;
+            if head.content_length.is_some_and(|m| m != n) {
+                return Err(HeadError::Malformed);
+            }
+            if head.content_length.is_some() {
+                continue;
+            }
+            head.content_length = Some(n);
+        }
+        if headers::is_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"set-cookie") && headers::sets_own_cookie(h.value) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-request-id") {
+            head.has_request_id = true;
+        }
+        header_line(&mut head.fields, name, h.value);
+    }
+    if head.chunked && head.content_length.is_some() {
+        // Transfer-Encoding wins (RFC 9112 section 6.3); the length is not sent on.
+        head.content_length = None;
+        head.keep_alive = false;
+        let fields = std::mem::take(&mut head.fields);
+        head.fields = strip_field(&fields, b"content-length");
+    }
+    Ok(Some((len, head)))
+}
+
+/// Header lines without those of one name.
+fn strip_field(fields: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(fields.len());
+    for line in fields.split_inclusive(|b| *b == b'\n') {
+        let field = line.split(|b| *b == b':').next().unwrap_or(b"");
+        if !field.eq_ignore_ascii_case(name) {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> AnswerHead {
+        match parse_head(raw.as_bytes()) {
+            Ok(Some((n, h))) => {
+                assert_eq!(n, raw.len());
+                h
+            }
+            _ => panic!("not parsed: {raw:?}"),
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_own_cookies_stay_behind() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n\
+             X-Secret: 1\r\nSet-Cookie: latchkey-session=stolen\r\nSet-Cookie: theirs=1\r\n\
+             Content-Length: 2\r\nX-Kept: yes\r\n\r\n",
+        );
+        let fields = String::from_utf8(h.fields).unwrap();
+        assert_eq!(
+            fields,
+            "Set-Cookie: theirs=1\r\nContent-Length: 2\r\nX-Kept: yes\r\n"
+        );
+        assert_eq!(h.content_length, Some(2));
+        assert!(h.keep_alive);
+        assert!(!h.has_request_id);
+    }
+
+    #[test]
+    fn framing_is_read_as_rfc_9112_says() {
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n");
+        assert!(h.chunked);
+        assert_eq!(h.content_length, None);
+        assert!(
+            !String::from_utf8(h.fields)
+                .unwrap()
+                .contains("Content-Length")
+        );
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert!(!h.chunked && !h.keep_alive);
+        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
+        assert!(!h.keep_alive);
+        let h = head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n");
+        assert!(!h.keep_alive);
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Err(HeadError::Malformed)
+        ));
+        assert!(matches!(
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
+            Err(HeadError::Malformed)
+        ));
+    }
+}

@@ -81,12 +81,26 @@ pub enum Proxied {
 /// An allowed request, ready to forward.
 pub struct Prepared {
     pub route: Arc<Route>,
-    /// Where it goes upstream.
-    pub uri: http::Uri,
     pub websocket: bool,
-    /// Present for guarded routes: WebSockets and streamed responses are registered so that
-    /// revocation can close them.
-    pub registrar: Option<Registrar>,
+    /// Who is calling (None on an unguarded route).
+    caller: Option<Caller>,
+}
+
+impl Prepared {
+    /// For guarded routes: how to register a WebSocket or a streamed answer, so that
+    /// revocation can close it. Built only when one is opened.
+    pub fn registrar(&self, app: &App) -> Option<Registrar> {
+        let server = self.route.server.as_ref()?;
+        let caller = self.caller.as_ref()?;
+        Some(Registrar {
+            registry: app.connections.clone(),
+            server: server.clone(),
+            session: self.route.session.clone(),
+            user: caller.identity.name.clone(),
+            login: caller.login,
+            login_expires: caller.login_expires,
+        })
+    }
 }
 
 /// Someone who proved who they are.
@@ -271,16 +285,18 @@ impl App {
         match self.prepare_proxy(&mut parts, ctx).await? {
             Proxied::Answer(resp) => Ok(resp),
             Proxied::Forward(p) => {
+                let uri = proxy::upstream_uri(&p.route, parts.uri.path(), parts.uri.query())?;
+                let registrar = p.registrar(self);
                 let req = Request::from_parts(parts, body);
                 proxy::forward(
                     req,
-                    p.uri,
+                    uri,
                     p.websocket,
                     proxy::Forward {
                         client: &self.client,
                         route: p.route,
                         timeout: self.config.upstream_timeout,
-                        registrar: p.registrar,
+                        registrar,
                         tracker: &self.tracker,
                         peer: ctx.peer,
                     },
@@ -321,7 +337,6 @@ impl App {
         let websocket = is_websocket(&parts.headers);
         let caller = self.identify(&parts.headers).await?;
 
-        let mut registrar = None;
         let mut role = None;
         if let Some(server) = &route.server {
             let kind = RequestKind::new(&parts.method, websocket);
@@ -355,28 +370,19 @@ impl App {
                     parts.uri.authority().map(|a| a.as_str()),
                 )?;
             }
-            let caller = caller.as_ref().expect("allowed requests have a caller");
             role = Some(match standing {
                 Standing::Owner => "owner",
                 Standing::Grantee(r) => r.as_str(),
             });
-            registrar = Some(Registrar {
-                registry: self.connections.clone(),
-                server: server.clone(),
-                session: route.session.clone(),
-                user: caller.identity.name.clone(),
-                login: caller.login,
-                login_expires: caller.login_expires,
-            });
         }
 
-        let uri = proxy::upstream_uri(&route, parts.uri.path(), parts.uri.query())?;
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        let host = match parts.headers.get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
+        };
         let user = caller.as_ref().map(|c| c.identity.name.as_str());
         let guarded = route.server.is_some();
         proxy::headers::prepare_request(
@@ -386,7 +392,7 @@ impl App {
                 client_ip: ctx.client_ip,
                 trust_forwarded: self.config.trusted_proxies.contains(&ctx.peer.ip()),
                 proto: if ctx.tls { "https" } else { "http" },
-                host: host.as_deref(),
+                host: host.as_ref(),
                 user: if guarded { user } else { None },
                 role,
                 request_id: &ctx.request_id,
@@ -396,11 +402,11 @@ impl App {
                 upstream_headers: &route.upstream_headers,
             },
         );
+        let caller = if guarded { caller } else { None };
         Ok(Proxied::Forward(Prepared {
             route,
-            uri,
             websocket,
-            registrar,
+            caller,
         }))
     }
 

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::Rewind;
-use super::upstream::{self, Exchange, Failure, Upstream};
+use super::upstream::{self, Exchange, Failure, Scratch, Upstream};
 use crate::app::{App, Proxied};
 use crate::http_util::{self, Body};
 
@@ -30,7 +30,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// so far in front) for hyper to serve the rest.
 pub async fn serve<IO>(
     app: &Arc<App>,
-    mut io: IO,
+    io: IO,
     peer: SocketAddr,
     tls: bool,
     mut stop: watch::Receiver<bool>,
@@ -38,41 +38,57 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut upstream: Option<Upstream> = None;
+    let mut c = Client {
+        app,
+        io,
+        peer,
+        tls,
+        buf: BytesMut::with_capacity(4096),
+        upstream: None,
+        scratch: Scratch::default(),
+        fields: Vec::new(),
+        spare: None,
+    };
     let handoff = loop {
-        match read_head(&mut io, &mut buf, &mut stop).await {
+        match c.read_head(&mut stop).await {
             Head::Complete(head) => {
-                let request = buf.split_to(head.len).freeze();
-                let Some((parts, body_len)) = ours(app, &head, &request) else {
+                let request = c.buf.split_to(head.len).freeze();
+                let Some(parts) = c.ours(&head, &request) else {
                     let mut all = BytesMut::from(&request[..]);
-                    all.extend_from_slice(&buf);
+                    all.extend_from_slice(&c.buf);
                     break Some(all.freeze());
                 };
-                let keep = answer(
-                    app,
-                    &mut io,
-                    &mut buf,
-                    &mut upstream,
-                    parts,
-                    body_len,
-                    head.close,
-                    peer,
-                    tls,
-                )
-                .await;
+                drop(request);
+                let keep = c.answer(parts, head.content_length, head.close).await;
                 if !keep || *stop.borrow() {
                     break None;
                 }
             }
-            Head::NotOurs => break Some(buf.split().freeze()),
+            Head::NotOurs => break Some(c.buf.split().freeze()),
             Head::Closed => break None,
         }
     };
-    if let Some(up) = upstream {
+    if let Some(up) = c.upstream.take() {
         app.pool.checkin(up);
     }
-    handoff.map(|pre| Rewind::new(pre, io))
+    handoff.map(|pre| Rewind::new(pre, c.io))
+}
+
+/// A client connection and what it keeps from one request to the next.
+struct Client<'a, IO> {
+    app: &'a Arc<App>,
+    io: IO,
+    peer: SocketAddr,
+    tls: bool,
+    /// Bytes read from the client and not used yet.
+    buf: BytesMut,
+    /// The upstream connection of the last request, kept for the next one.
+    upstream: Option<Upstream>,
+    scratch: Scratch,
+    /// Where the header fields of the request head are in `buf`.
+    fields: Vec<(Range<usize>, Range<usize>)>,
+    /// The header map of the last request, cleared, for the next.
+    spare: Option<HeaderMap>,
 }
 
 /// Where the parts of a request head are, in the buffer it was read into.
@@ -80,7 +96,6 @@ struct HeadIndex {
     len: usize,
     method: Method,
     target: Range<usize>,
-    headers: Vec<(Range<usize>, Range<usize>)>,
     content_length: u64,
     /// The client asked to close the connection after this request.
     close: bool,
@@ -94,38 +109,149 @@ enum Head {
     Closed,
 }
 
-async fn read_head<IO: AsyncRead + Unpin>(
-    io: &mut IO,
-    buf: &mut BytesMut,
-    stop: &mut watch::Receiver<bool>,
-) -> Head {
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
-    loop {
-        if !buf.is_empty() {
-            match index(buf) {
-                Ok(Some(head)) => return Head::Complete(head),
-                Ok(None) if buf.len() < MAX_HEAD => {}
-                _ => return Head::NotOurs,
+impl<IO> Client<'_, IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn read_head(&mut self, stop: &mut watch::Receiver<bool>) -> Head {
+        let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+        let buf = &mut self.buf;
+        let io = &mut self.io;
+        loop {
+            if !buf.is_empty() {
+                match index(buf, &mut self.fields) {
+                    Ok(Some(head)) => return Head::Complete(head),
+                    Ok(None) if buf.len() < MAX_HEAD => {}
+                    _ => return Head::NotOurs,
+                }
+            } else if *stop.borrow() {
+                return Head::Closed;
             }
-        } else if *stop.borrow() {
-            return Head::Closed;
+            buf.reserve(4096);
+            let idle = buf.is_empty();
+            let read = tokio::select! {
+                r = io.read_buf(buf) => r,
+                _ = tokio::time::sleep_until(deadline) => return Head::Closed,
+                _ = stop.changed(), if idle => return Head::Closed,
+            };
+            match read {
+                Ok(0) | Err(_) => return Head::Closed,
+                Ok(_) => {}
+            }
         }
-        buf.reserve(4096);
-        let idle = buf.is_empty();
-        let read = tokio::select! {
-            r = io.read_buf(buf) => r,
-            _ = tokio::time::sleep_until(deadline) => return Head::Closed,
-            _ = stop.changed(), if idle => return Head::Closed,
+    }
+
+    /// The request as `http` parts, when this path answers it.
+    fn ours(&mut self, head: &HeadIndex, request: &Bytes) -> Option<Parts> {
+        let uri = Uri::from_maybe_shared(request.slice(head.target.clone())).ok()?;
+        if crate::proxy::check_uri_length(&uri).is_err() || !self.app.proxies_plainly(uri.path()) {
+            return None;
+        }
+        let mut headers = self
+            .spare
+            .take()
+            .unwrap_or_else(|| HeaderMap::with_capacity(self.fields.len() + 8));
+        for (name, value) in &self.fields {
+            let name = HeaderName::from_bytes(&request[name.clone()]).ok()?;
+            let value = HeaderValue::from_maybe_shared(request.slice(value.clone())).ok()?;
+            headers.append(name, value);
+        }
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = head.method.clone();
+        parts.uri = uri;
+        parts.headers = headers;
+        Some(parts)
+    }
+
+    /// Answers one request; false when the connection must close.
+    async fn answer(&mut self, mut parts: Parts, body_len: u64, close: bool) -> bool {
+        let keep = self.answer_with(&mut parts, body_len, close).await;
+        let mut headers = parts.headers;
+        headers.clear();
+        self.spare = Some(headers);
+        keep
+    }
+
+    async fn answer_with(&mut self, parts: &mut Parts, body_len: u64, close: bool) -> bool {
+        let app = self.app;
+        let begun = app.begin(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            self.peer,
+            self.tls,
+        );
+        let head_request = parts.method == Method::HEAD;
+        let mut body_read = true;
+        let result = match app.prepare_proxy(parts, &begun.ctx).await {
+            Ok(Proxied::Forward(prepared)) => {
+                let exchange = Exchange {
+                    parts,
+                    body_len,
+                    head_request,
+                    client_close: close,
+                    request_id: &begun.ctx.request_id,
+                    timeout: app.config.upstream_timeout,
+                };
+                let mut logged = false;
+                let forwarded = upstream::exchange(
+                    app,
+                    &mut self.upstream,
+                    &mut self.scratch,
+                    &mut self.io,
+                    &mut self.buf,
+                    exchange,
+                    prepared,
+                    |status| {
+                        app.log_access(&begun, status);
+                        logged = true;
+                    },
+                )
+                .await;
+                match forwarded {
+                    Ok(keep) => return keep,
+                    Err(Failure::Abort) => {
+                        if !logged {
+                            // The client went away before an answer: as hyper would log it.
+                            app.log_access(&begun, http::StatusCode::BAD_REQUEST);
+                        }
+                        return false;
+                    }
+                    Err(Failure::Answer(e)) => {
+                        // Part of the body may have gone upstream already: never read the rest
+                        // as a request.
+                        if body_len > 0 {
+                            body_read = false;
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            Ok(Proxied::Answer(resp)) => Ok(resp),
+            Err(e) => Err(e),
         };
-        match read {
-            Ok(0) | Err(_) => return Head::Closed,
-            Ok(_) => {}
-        }
+        let path = parts.uri.path();
+        let resp = app.answer(&begun, result, || {
+            http_util::wants_json(&parts.headers, path)
+        });
+        app.log_access(&begun, resp.status());
+        // An unread request body would be read as the next request: skip it, or close.
+        let close = if body_read && body_len <= self.buf.len() as u64 {
+            self.buf.advance(body_len as usize);
+            close
+        } else {
+            true
+        };
+        write_answer(&mut self.io, resp, head_request, close).await
     }
 }
 
 /// Parses a request head in place. `Ok(None)`: not complete yet; `Err`: not one for this path.
-fn index(buf: &[u8]) -> Result<Option<HeadIndex>, ()> {
+/// Where each header field is goes to `at_fields`.
+fn index(
+    buf: &[u8],
+    at_fields: &mut Vec<(Range<usize>, Range<usize>)>,
+) -> Result<Option<HeadIndex>, ()> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     let len = match req.parse(buf) {
@@ -152,11 +278,11 @@ fn index(buf: &[u8]) -> Result<Option<HeadIndex>, ()> {
         len,
         method,
         target: at(target.as_bytes()),
-        headers: Vec::with_capacity(req.headers.len()),
         content_length: 0,
         close: false,
     };
     let mut seen_length = false;
+    at_fields.clear();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.contains(&b'_')
@@ -184,101 +310,9 @@ fn index(buf: &[u8]) -> Result<Option<HeadIndex>, ()> {
         {
             head.close = true;
         }
-        head.headers.push((at(name), at(h.value)));
+        at_fields.push((at(name), at(h.value)));
     }
     Ok(Some(head))
-}
-
-/// The request as `http` parts, when this path answers it.
-fn ours(app: &App, head: &HeadIndex, request: &Bytes) -> Option<(Parts, u64)> {
-    let uri = Uri::from_maybe_shared(request.slice(head.target.clone())).ok()?;
-    if crate::proxy::check_uri_length(&uri).is_err() || !app.proxies_plainly(uri.path()) {
-        return None;
-    }
-    let mut headers = HeaderMap::with_capacity(head.headers.len() + 8);
-    for (name, value) in &head.headers {
-        let name = HeaderName::from_bytes(&request[name.clone()]).ok()?;
-        let value = HeaderValue::from_maybe_shared(request.slice(value.clone())).ok()?;
-        headers.append(name, value);
-    }
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = head.method.clone();
-    parts.uri = uri;
-    parts.headers = headers;
-    Some((parts, head.content_length))
-}
-
-/// Answers one request; false when the connection must close.
-#[allow(clippy::too_many_arguments)]
-async fn answer<IO>(
-    app: &Arc<App>,
-    io: &mut IO,
-    buf: &mut BytesMut,
-    upstream: &mut Option<Upstream>,
-    mut parts: Parts,
-    body_len: u64,
-    close: bool,
-    peer: SocketAddr,
-    tls: bool,
-) -> bool
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let begun = app.begin(&parts.method, &parts.uri, &parts.headers, peer, tls);
-    let head_request = parts.method == Method::HEAD;
-    let mut body_read = true;
-    let result = match app.prepare_proxy(&mut parts, &begun.ctx).await {
-        Ok(Proxied::Forward(prepared)) => {
-            let exchange = Exchange {
-                parts: &parts,
-                body_len,
-                head_request,
-                client_close: close,
-                request_id: &begun.ctx.request_id,
-                timeout: app.config.upstream_timeout,
-            };
-            let mut logged = false;
-            let forwarded =
-                upstream::exchange(&app.pool, upstream, io, buf, exchange, prepared, |status| {
-                    app.log_access(&begun, status);
-                    logged = true;
-                })
-                .await;
-            match forwarded {
-                Ok(keep) => return keep,
-                Err(Failure::Abort) => {
-                    if !logged {
-                        // The client went away before an answer: as hyper would log it.
-                        app.log_access(&begun, http::StatusCode::BAD_REQUEST);
-                    }
-                    return false;
-                }
-                Err(Failure::Answer(e)) => {
-                    // Part of the body may have gone upstream already: never read the rest
-                    // as a request.
-                    if body_len > 0 {
-                        body_read = false;
-                    }
-                    Err(e)
-                }
-            }
-        }
-        Ok(Proxied::Answer(resp)) => Ok(resp),
-        Err(e) => Err(e),
-    };
-    let path = parts.uri.path();
-    let resp = app.answer(&begun, result, || {
-        http_util::wants_json(&parts.headers, path)
-    });
-    app.log_access(&begun, resp.status());
-    // An unread request body would be read as the next request: skip it, or close.
-    let close = if body_read && body_len <= buf.len() as u64 {
-        buf.advance(body_len as usize);
-        close
-    } else {
-        true
-    };
-    write_answer(io, resp, head_request, close).await
 }
 
 /// Writes a response latchkey made itself (an error page, a redirect); false when the

@@ -13,10 +13,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::Chunked;
-use crate::app::Prepared;
+use crate::app::{App, Prepared};
 use crate::clock;
 use crate::error::Error;
 use crate::proxy::headers;
+use crate::routes::Route;
 
 /// Idle connections kept per upstream address.
 const MAX_IDLE: usize = 256;
@@ -144,11 +145,22 @@ enum Framing {
     Close,
 }
 
+/// Buffers a client connection keeps from one exchange to the next.
+#[derive(Default)]
+pub struct Scratch {
+    /// What is about to be written, to the upstream or to the client.
+    out: Vec<u8>,
+    /// The header lines of the upstream's answer, as sent on.
+    fields: Vec<u8>,
+}
+
 /// Forwards one request and copies the answer to the client. `on_head` runs once the answer's
 /// head has been written. Ok(false) when the client connection must close.
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange<IO>(
-    pool: &Pool,
+    app: &App,
     sticky: &mut Option<Upstream>,
+    scratch: &mut Scratch,
     client: &mut IO,
     client_buf: &mut BytesMut,
     x: Exchange<'_>,
@@ -158,10 +170,12 @@ pub async fn exchange<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let route = prepared.route;
+    let pool = &app.pool;
+    let route = prepared.route.clone();
     let authority = &route.target.authority;
-    let mut out = Vec::with_capacity(1024);
-    request_head(&mut out, &x.parts.method, &prepared.uri, &x.parts.headers);
+    let Scratch { out, fields } = scratch;
+    out.clear();
+    request_head(out, &route, x.parts);
     let buffered = x.body_len.min(client_buf.len() as u64) as usize;
     out.extend_from_slice(&client_buf[..buffered]);
     client_buf.advance(buffered);
@@ -192,7 +206,7 @@ where
             },
         };
         let retry_allowed = conn.reused && replayable;
-        if let Err(e) = conn.stream.write_all(&out).await {
+        if let Err(e) = conn.stream.write_all(out).await {
             if retry_allowed {
                 continue;
             }
@@ -215,7 +229,7 @@ where
             client_buf.advance(n);
             body_left -= n as u64;
         }
-        match tokio::time::timeout(x.timeout, read_head(&mut conn)).await {
+        match tokio::time::timeout(x.timeout, read_head(&mut conn, fields)).await {
             Err(_) => {
                 tracing::warn!(route = %route.path, "upstream timed out");
                 return Err(Failure::Answer(Error::UpstreamTimeout));
@@ -253,22 +267,22 @@ where
     let mut reusable = answer.keep_alive && framing != Framing::Close;
 
     out.clear();
-    status_line(&mut out, answer.status);
-    out.extend_from_slice(&answer.fields);
+    status_line(out, answer.status);
+    out.extend_from_slice(fields);
     if matches!(framing, Framing::Chunked | Framing::Close) {
-        header_line(&mut out, b"transfer-encoding", b"chunked");
+        header_line(out, b"transfer-encoding", b"chunked");
     }
     if !answer.has_request_id {
-        header_line(&mut out, b"x-request-id", x.request_id.as_bytes());
+        header_line(out, b"x-request-id", x.request_id.as_bytes());
     }
     if x.client_close {
-        header_line(&mut out, b"connection", b"close");
+        header_line(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
 
     // Answers without a length stream until they end: they are closed when access ends.
     let registration = match framing {
-        Framing::Chunked | Framing::Close => prepared.registrar.map(|r| r.register(false)),
+        Framing::Chunked | Framing::Close => prepared.registrar(app).map(|r| r.register(false)),
         _ => None,
     };
     let cancel = registration.as_ref().map(|r| r.cancel.clone());
@@ -317,7 +331,7 @@ where
             }
         }
         if !out.is_empty() {
-            if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
+            if client.write_all(out).await.is_err() || client.flush().await.is_err() {
                 return Ok(false);
             }
             out.clear();
@@ -349,7 +363,7 @@ where
             Ok(_) => {}
         }
         if done && !out.is_empty() {
-            if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
+            if client.write_all(out).await.is_err() || client.flush().await.is_err() {
                 return Ok(false);
             }
             break;
@@ -365,17 +379,18 @@ where
 }
 
 /// The request head for the upstream: origin-form target, HTTP/1.1, the rewritten headers.
-fn request_head(
-    out: &mut Vec<u8>,
-    method: &http::Method,
-    uri: &http::Uri,
-    headers: &http::HeaderMap,
-) {
-    out.extend_from_slice(method.as_str().as_bytes());
+fn request_head(out: &mut Vec<u8>, route: &Route, parts: &Parts) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    let (base, rest) = crate::proxy::upstream_path(route, parts.uri.path());
+    out.extend_from_slice(base.as_bytes());
+    out.extend_from_slice(rest.as_bytes());
+    if let Some(q) = parts.uri.query() {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    for (name, value) in &parts.headers {
         header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
@@ -399,8 +414,6 @@ pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// An upstream's answer head, its header fields already filtered for the client.
 struct AnswerHead {
     status: StatusCode,
-    /// The header lines to send on, each ending in CRLF.
-    fields: Vec<u8>,
     content_length: Option<u64>,
     chunked: bool,
     /// The upstream may be asked again on this connection.
@@ -416,11 +429,12 @@ enum HeadError {
     Malformed,
 }
 
-/// Reads the head of the upstream's answer, skipping interim (1xx) answers.
-async fn read_head(conn: &mut Upstream) -> Result<AnswerHead, HeadError> {
+/// Reads the head of the upstream's answer, skipping interim (1xx) answers. The header lines
+/// to send on go to `fields`.
+async fn read_head(conn: &mut Upstream, fields: &mut Vec<u8>) -> Result<AnswerHead, HeadError> {
     loop {
         if !conn.buf.is_empty() {
-            match parse_head(&conn.buf)? {
+            match parse_head(&conn.buf, fields)? {
                 Some((len, head)) => {
                     conn.buf.advance(len);
                     if head.status.is_informational() {
@@ -449,9 +463,9 @@ async fn read_head(conn: &mut Upstream) -> Result<AnswerHead, HeadError> {
     }
 }
 
-fn parse_head(buf: &[u8]) -> Result<Option<(usize, AnswerHead)>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
+fn parse_head(buf: &[u8], fields: &mut Vec<u8>) -> Result<Option<(usize, AnswerHead)>, HeadError> {
+    let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut parsed);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -461,9 +475,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, AnswerHead)>, HeadError> {
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(HeadError::Malformed)?;
+    fields.clear();
     let mut head = AnswerHead {
         status,
-        fields: Vec::with_capacity(len),
         content_length: None,
         chunked: false,
         keep_alive: resp.version == Some(1),
@@ -520,14 +534,13 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, AnswerHead)>, HeadError> {
         if name.eq_ignore_ascii_case(b"x-request-id") {
             head.has_request_id = true;
         }
-        header_line(&mut head.fields, name, h.value);
+        header_line(fields, name, h.value);
     }
     if head.chunked && head.content_length.is_some() {
         // Transfer-Encoding wins (RFC 9112 section 6.3); the length is not sent on.
         head.content_length = None;
         head.keep_alive = false;
-        let fields = std::mem::take(&mut head.fields);
-        head.fields = strip_field(&fields, b"content-length");
+        *fields = strip_field(fields, b"content-length");
     }
     Ok(Some((len, head)))
 }
@@ -548,11 +561,12 @@ fn strip_field(fields: &[u8], name: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn head(raw: &str) -> AnswerHead {
-        match parse_head(raw.as_bytes()) {
+    fn head(raw: &str) -> (AnswerHead, String) {
+        let mut fields = vec![];
+        match parse_head(raw.as_bytes(), &mut fields) {
             Ok(Some((n, h))) => {
                 assert_eq!(n, raw.len());
-                h
+                (h, String::from_utf8(fields).unwrap())
             }
             _ => panic!("not parsed: {raw:?}"),
         }
@@ -560,12 +574,11 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_own_cookies_stay_behind() {
-        let h = head(
+        let (h, fields) = head(
             "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n\
              X-Secret: 1\r\nSet-Cookie: latchkey-session=stolen\r\nSet-Cookie: theirs=1\r\n\
              Content-Length: 2\r\nX-Kept: yes\r\n\r\n",
         );
-        let fields = String::from_utf8(h.fields).unwrap();
         assert_eq!(
             fields,
             "Set-Cookie: theirs=1\r\nContent-Length: 2\r\nX-Kept: yes\r\n"
@@ -577,26 +590,29 @@ mod tests {
 
     #[test]
     fn framing_is_read_as_rfc_9112_says() {
-        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n");
+        let (h, fields) =
+            head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n");
         assert!(h.chunked);
         assert_eq!(h.content_length, None);
-        assert!(
-            !String::from_utf8(h.fields)
-                .unwrap()
-                .contains("Content-Length")
-        );
-        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert!(!fields.contains("Content-Length"));
+        let (h, _) = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
         assert!(!h.chunked && !h.keep_alive);
-        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
+        let (h, _) = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
         assert!(!h.keep_alive);
-        let h = head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n");
+        let (h, _) = head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n");
         assert!(!h.keep_alive);
         assert!(matches!(
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            parse_head(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                &mut vec![]
+            ),
             Err(HeadError::Malformed)
         ));
         assert!(matches!(
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
+            parse_head(
+                b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                &mut vec![]
+            ),
             Err(HeadError::Malformed)
         ));
     }

@@ -104,9 +104,10 @@ pub struct Forwarding<'a> {
     /// Whether the peer is a trusted proxy whose X-Forwarded-For chain is kept.
     pub trust_forwarded: bool,
     pub proto: &'static str,
-    pub host: Option<&'a str>,
+    /// The `Host` the client asked for.
+    pub host: Option<&'a HeaderValue>,
     pub user: Option<&'a str>,
-    pub role: Option<&'a str>,
+    pub role: Option<&'static str>,
     pub request_id: &'a str,
     /// Remove `Authorization`: it carried a latchkey API token.
     pub drop_authorization: bool,
@@ -134,30 +135,33 @@ pub fn prepare_request(headers: &mut HeaderMap, websocket: bool, f: &Forwarding<
     }
     let xff = match (
         f.trust_forwarded,
-        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
     ) {
         (true, Some(chain)) => format!("{chain}, {}", f.client_ip),
         _ => f.client_ip.to_string(),
     };
-    set(headers, "x-forwarded-for", &xff);
-    if !(f.trust_forwarded && headers.contains_key("x-forwarded-proto")) {
-        set(headers, "x-forwarded-proto", f.proto);
+    set(headers, X_FORWARDED_FOR, &xff);
+    if !(f.trust_forwarded && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
     }
     if let Some(host) = f.host {
         if !headers.contains_key(header::HOST) {
-            set(headers, "host", host);
+            headers.insert(header::HOST, host.clone());
         }
-        if !(f.trust_forwarded && headers.contains_key("x-forwarded-host")) {
-            set(headers, "x-forwarded-host", host);
+        if !(f.trust_forwarded && headers.contains_key(&X_FORWARDED_HOST)) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
         }
     }
     if let Some(user) = f.user {
-        set(headers, USER_HEADER, user);
+        set(headers, HeaderName::from_static(USER_HEADER), user);
     }
     if let Some(role) = f.role {
-        set(headers, ROLE_HEADER, role);
+        headers.insert(
+            HeaderName::from_static(ROLE_HEADER),
+            HeaderValue::from_static(role),
+        );
     }
-    set(headers, "x-request-id", f.request_id);
+    set(headers, X_REQUEST_ID, f.request_id);
     for (name, value) in f.upstream_headers {
         headers.insert(name.clone(), value.clone());
     }
@@ -196,7 +200,12 @@ pub fn sets_own_cookie(value: &[u8]) -> bool {
         || name == crate::paths::SESSION_COOKIE_TLS.as_bytes()
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
     }
@@ -206,12 +215,14 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 mod tests {
     use super::*;
 
+    static HOST: HeaderValue = HeaderValue::from_static("share.example");
+
     fn forwarding<'a>(upstream: &'a [(HeaderName, HeaderValue)]) -> Forwarding<'a> {
         Forwarding {
             client_ip: "10.1.2.3".parse().unwrap(),
             trust_forwarded: false,
             proto: "http",
-            host: Some("share.example"),
+            host: Some(&HOST),
             user: Some("nina"),
             role: Some("use"),
             request_id: "rid",

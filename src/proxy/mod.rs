@@ -76,15 +76,22 @@ pub fn check_uri_length(uri: &Uri) -> Result<(), Error> {
     Ok(())
 }
 
-/// The upstream URI for a request path under a route.
-pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Error> {
+/// The upstream path for a request path under a route, in two pieces: the target's base
+/// path, then the rest of the request path.
+pub fn upstream_path<'a>(route: &'a Route, path: &'a str) -> (&'a str, &'a str) {
     let rest = if route.strip_prefix && route.path != "/" {
         let r = path.get(route.path.len()..).unwrap_or("");
         if r.starts_with('/') { r } else { "/" }
     } else {
         path
     };
-    let mut pq = format!("{}{}", route.target.base_path, rest);
+    (&route.target.base_path, rest)
+}
+
+/// The upstream URI for a request path under a route.
+pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Error> {
+    let (base, rest) = upstream_path(route, path);
+    let mut pq = format!("{base}{rest}");
     if let Some(q) = query {
         pq.push('?');
         pq.push_str(q);

@@ -84,6 +84,12 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
+    let code = run(cli);
+    crate::logging::flush();
+    code
+}
+
+fn run(cli: Cli) -> ExitCode {
     let remote = cli.remote;
     match cli.command {
         Command::Sharing(cmd) => runtime().block_on(crate::remote::sharing(remote, cmd)),
@@ -166,6 +172,7 @@ fn init_logging(format: &str) {
     // Colour codes only for a person at a terminal, not in log files and collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(crate::logging::Buffered::stdout())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if format == "json" {
         builder.json().flatten_event(true).init();

@@ -17,6 +17,7 @@ pub mod h1;
 pub mod health;
 pub mod http_util;
 pub mod ids;
+pub mod logging;
 pub mod metrics;
 pub mod paths;
 pub mod proxy;

@@ -76,24 +76,34 @@ pub fn find(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Removes latchkey's session cookies from the Cookie headers, keeping every other cookie
 /// (the upstream's own, such as Jupyter's `_xsrf`) byte for byte.
 pub fn strip_own(headers: &mut HeaderMap) {
-    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    if values.is_empty() {
-        return;
-    }
     let is_ours = |pair: &str| {
-        let name = pair.trim().split('=').next().unwrap_or("").trim();
+        let name = pair.split('=').next().unwrap_or("").trim();
         name == SESSION_COOKIE || name == SESSION_COOKIE_TLS
     };
-    let kept: Vec<String> = values
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter(|pair| !pair.trim().is_empty() && !is_ours(pair))
-        .map(|pair| pair.trim().to_owned())
-        .collect();
+    let mut ours = false;
+    let mut kept = String::new();
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';').map(str::trim) {
+            if pair.is_empty() {
+                continue;
+            }
+            if is_ours(pair) {
+                ours = true;
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
+        }
+    }
+    if !ours {
+        return;
+    }
     headers.remove(header::COOKIE);
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(v) = HeaderValue::from_str(&kept)
     {
         headers.insert(header::COOKIE, v);
     }

@@ -9,7 +9,7 @@ use bytes::{Buf, BytesMut};
 use http::StatusCode;
 use http::request::Parts;
 use http::uri::Authority;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::chunked::Chunked;
@@ -59,6 +59,35 @@ impl Upstream {
             reused: false,
             since: Instant::now(),
         })
+    }
+
+    /// Whether the upstream has answered (or closed) while the request body was still being
+    /// sent: what it sent goes to `buf`. False when the readiness was left over.
+    fn answered_early(&mut self) -> bool {
+        match self.stream.try_read_buf(&mut self.buf) {
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            Ok(_) => true,
+        }
+    }
+
+    /// Writes some of `data`, unless the upstream answers first (None).
+    async fn send_unless_answered(&mut self, data: &[u8]) -> std::io::Result<Option<usize>> {
+        loop {
+            let ready = self
+                .stream
+                .ready(Interest::READABLE | Interest::WRITABLE)
+                .await?;
+            if ready.is_readable() && self.answered_early() {
+                return Ok(None);
+            }
+            if ready.is_writable() {
+                match self.stream.try_write(data) {
+                    Ok(n) => return Ok(Some(n)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
     }
 
     /// Still usable: not idle for too long, and the upstream has neither closed it nor sent
@@ -194,6 +223,7 @@ where
         None => None,
     };
     let mut head = None;
+    let mut cut_short = false;
     for _attempt in 0..2 {
         let mut conn = match up.take().or_else(|| pool.checkout(authority)) {
             Some(c) => c,
@@ -213,21 +243,42 @@ where
             tracing::warn!(route = %route.path, error = %e, "upstream request failed");
             return Err(Failure::Answer(Error::UpstreamUnavailable));
         }
+        // The upstream may answer before it has the whole body (a 413, a 401): sending stops
+        // then, the answer goes to the client, and the client connection closes after it (the
+        // rest of its body is never read).
         while body_left > 0 {
             if client_buf.is_empty() {
                 client_buf.reserve(READ_CHUNK.min(body_left as usize));
-                match client.read_buf(client_buf).await {
-                    Ok(0) | Err(_) => return Err(Failure::Abort),
-                    Ok(_) => {}
+                let read = tokio::select! {
+                    biased;
+                    r = client.read_buf(client_buf) => Some(r),
+                    _ = conn.stream.readable() => None,
+                };
+                match read {
+                    None if conn.answered_early() => {
+                        cut_short = true;
+                        break;
+                    }
+                    None => continue,
+                    Some(Ok(0) | Err(_)) => return Err(Failure::Abort),
+                    Some(Ok(_)) => {}
                 }
             }
             let n = body_left.min(client_buf.len() as u64) as usize;
-            if let Err(e) = conn.stream.write_all(&client_buf[..n]).await {
-                tracing::warn!(route = %route.path, error = %e, "upstream request failed");
-                return Err(Failure::Answer(Error::UpstreamUnavailable));
+            match conn.send_unless_answered(&client_buf[..n]).await {
+                Ok(Some(sent)) => {
+                    client_buf.advance(sent);
+                    body_left -= sent as u64;
+                }
+                Ok(None) => {
+                    cut_short = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(route = %route.path, error = %e, "upstream request failed");
+                    return Err(Failure::Answer(Error::UpstreamUnavailable));
+                }
             }
-            client_buf.advance(n);
-            body_left -= n as u64;
         }
         match tokio::time::timeout(x.timeout, read_head(&mut conn, fields)).await {
             Err(_) => {
@@ -264,7 +315,8 @@ where
     } else {
         Framing::Close
     };
-    let mut reusable = answer.keep_alive && framing != Framing::Close;
+    let mut reusable = answer.keep_alive && framing != Framing::Close && !cut_short;
+    let close_client = x.client_close || cut_short;
 
     out.clear();
     status_line(out, answer.status);
@@ -275,7 +327,7 @@ where
     if !answer.has_request_id {
         header_line(out, b"x-request-id", x.request_id.as_bytes());
     }
-    if x.client_close {
+    if close_client {
         header_line(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
@@ -313,11 +365,14 @@ where
                     done = left == 0;
                 }
                 Framing::Chunked => {
-                    let Ok(n) = chunks.feed(&conn.buf) else {
+                    let Ok(n) = chunks.feed(&conn.buf, out) else {
                         tracing::warn!(route = %route.path, "upstream sent a broken chunked body");
+                        if head_sent.is_some() {
+                            // Nothing has reached the client yet: it can still be told.
+                            return Err(Failure::Answer(Error::UpstreamUnavailable));
+                        }
                         return Ok(false);
                     };
-                    out.extend_from_slice(&conn.buf[..n]);
                     conn.buf.advance(n);
                     done = chunks.is_done();
                 }
@@ -375,7 +430,7 @@ where
         conn.since = Instant::now();
         *sticky = Some(conn);
     }
-    Ok(!x.client_close)
+    Ok(!close_client)
 }
 
 /// The request head for the upstream: origin-form target, HTTP/1.1, the rewritten headers.
@@ -392,6 +447,10 @@ fn request_head(out: &mut Vec<u8>, route: &Route, parts: &Parts) {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
         header_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    // HTTP/1.1 requests need a Host; a client that sent none gets the upstream's.
+    if !parts.headers.contains_key(http::header::HOST) {
+        header_line(out, b"host", route.target.authority.as_str().as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }

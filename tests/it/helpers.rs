@@ -708,3 +708,477 @@ where
     .ok()
     .map(|_| started.elapsed())
 }
+
+// Raw HTTP/1.1 on both sides, for tests that need exact control of the bytes: an upstream that
+// misbehaves on purpose, and a client that pipelines or reuses one connection.
+
+/// A TCP stream and what has been read from it but not used yet.
+pub struct Wire {
+    pub stream: tokio::net::TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl Wire {
+    pub fn new(stream: tokio::net::TcpStream) -> Wire {
+        Wire {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads what arrives next; 0 when the peer closed (or reset) the connection.
+    pub async fn more(&mut self) -> usize {
+        use tokio::io::AsyncReadExt;
+        self.buf.reserve(64 * 1024);
+        self.stream.read_buf(&mut self.buf).await.unwrap_or(0)
+    }
+
+    /// Reads until at least `n` bytes are buffered; false if the peer closed first.
+    pub async fn fill(&mut self, n: usize) -> bool {
+        while self.buf.len() < n {
+            if self.more().await == 0 {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub fn take(&mut self, n: usize) -> Vec<u8> {
+        self.buf.drain(..n).collect()
+    }
+
+    /// One line without its line end (CRLF or LF).
+    pub async fn line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let mut line = self.take(i + 1);
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Some(line);
+            }
+            if self.more().await == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// A chunked body, decoded, and its trailer fields.
+    pub async fn chunked(&mut self) -> Result<(Vec<u8>, Vec<(String, String)>), String> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.line().await.ok_or_else(|| {
+                format!("closed inside a chunked body after {} bytes", body.len())
+            })?;
+            let line = String::from_utf8_lossy(&line).into_owned();
+            let size = line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size, 16)
+                .map_err(|_| format!("bad chunk size line {line:?}"))?;
+            if size == 0 {
+                break;
+            }
+            if !self.fill(size + 2).await {
+                return Err(format!(
+                    "closed inside a chunk after {} bytes",
+                    body.len() + self.buf.len()
+                ));
+            }
+            body.extend(self.take(size));
+            if self.take(2) != b"\r\n" {
+                return Err("chunk data not followed by CRLF".into());
+            }
+        }
+        let mut trailers = vec![];
+        loop {
+            let line = self
+                .line()
+                .await
+                .ok_or("closed inside the trailer section")?;
+            if line.is_empty() {
+                return Ok((body, trailers));
+            }
+            let line = String::from_utf8_lossy(&line).into_owned();
+            let (name, value) = line.split_once(':').ok_or("bad trailer line")?;
+            trailers.push((name.to_owned(), value.trim().to_owned()));
+        }
+    }
+
+    /// Everything until the peer closes.
+    pub async fn rest_until_close(&mut self) -> Vec<u8> {
+        while self.more().await > 0 {}
+        std::mem::take(&mut self.buf)
+    }
+}
+
+fn fields(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn fields_named<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// A request as a raw upstream read it.
+#[derive(Clone, Debug)]
+pub struct RawRequest {
+    pub method: String,
+    pub target: String,
+    /// The header fields in the order and the case they came in.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The upstream connection it came on (0, 1, ... in the order accepted).
+    pub conn: usize,
+    /// Which request it was on that connection (0, 1, ...).
+    pub nth: usize,
+}
+
+impl RawRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        field(&self.headers, name)
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        fields_named(&self.headers, name)
+    }
+}
+
+/// What a raw upstream does after reading a request.
+pub enum Step {
+    Write(Vec<u8>),
+    Sleep(Duration),
+    /// Close the connection (FIN).
+    Close,
+    /// Reset the connection (RST).
+    Reset,
+    /// Hold the connection and never answer.
+    Hang,
+}
+
+type RawAnswer = Arc<dyn Fn(&RawRequest) -> Vec<Step> + Send + Sync>;
+
+/// An HTTP/1.1 upstream on port 0 written on raw TCP: it reads each request (head and
+/// `Content-Length` or chunked body), records it, and does the steps `answer` gives for it.
+/// After the last step it reads the next request on the same connection.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<RawRequest>>>,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl RawUpstream {
+    pub async fn spawn(
+        answer: impl Fn(&RawRequest) -> Vec<Step> + Send + Sync + 'static,
+    ) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw upstream");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(vec![]));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let answer: RawAnswer = Arc::new(answer);
+        let (s, a) = (seen.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let conn = a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_raw(
+                    Wire::new(stream),
+                    conn,
+                    answer.clone(),
+                    s.clone(),
+                ));
+            }
+        });
+        RawUpstream {
+            addr,
+            seen,
+            accepted,
+        }
+    }
+
+    pub fn target(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<RawRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve_raw(
+    mut wire: Wire,
+    conn: usize,
+    answer: RawAnswer,
+    seen: Arc<Mutex<Vec<RawRequest>>>,
+) {
+    use tokio::io::AsyncWriteExt;
+    for nth in 0.. {
+        let Some(req) = read_raw_request(&mut wire, conn, nth).await else {
+            return;
+        };
+        seen.lock().unwrap().push(req.clone());
+        for step in answer(&req) {
+            match step {
+                Step::Write(bytes) => {
+                    if wire.stream.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Step::Sleep(d) => tokio::time::sleep(d).await,
+                Step::Close => {
+                    let _ = wire.stream.shutdown().await;
+                    return;
+                }
+                Step::Reset => {
+                    let _ = wire.stream.set_zero_linger();
+                    return;
+                }
+                Step::Hang => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+async fn read_raw_request(wire: &mut Wire, conn: usize, nth: usize) -> Option<RawRequest> {
+    loop {
+        if !wire.buf.is_empty() {
+            let mut h = [httparse::EMPTY_HEADER; 128];
+            let mut r = httparse::Request::new(&mut h);
+            let parsed = match r.parse(&wire.buf) {
+                Ok(httparse::Status::Complete(n)) => Some((
+                    n,
+                    r.method.unwrap_or_default().to_owned(),
+                    r.path.unwrap_or_default().to_owned(),
+                    fields(r.headers),
+                )),
+                Ok(httparse::Status::Partial) => None,
+                Err(_) => return None,
+            };
+            if let Some((n, method, target, headers)) = parsed {
+                wire.take(n);
+                let chunked = field(&headers, "transfer-encoding")
+                    .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+                let body = if chunked {
+                    wire.chunked().await.ok()?.0
+                } else {
+                    let n: usize = field(&headers, "content-length")
+                        .map(|v| v.trim().parse().expect("a valid Content-Length"))
+                        .unwrap_or(0);
+                    if !wire.fill(n).await {
+                        return None;
+                    }
+                    wire.take(n)
+                };
+                return Some(RawRequest {
+                    method,
+                    target,
+                    headers,
+                    body,
+                    conn,
+                    nth,
+                });
+            }
+        }
+        if wire.more().await == 0 {
+            return None;
+        }
+    }
+}
+
+/// An answer as a raw client read it.
+#[derive(Clone, Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The header fields in the order and the case they came in.
+    pub headers: Vec<(String, String)>,
+    /// The body, decoded from chunks when it came chunked.
+    pub body: Vec<u8>,
+    pub trailers: Vec<(String, String)>,
+    /// Interim (1xx) answers seen before this one.
+    pub interim: Vec<u16>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        field(&self.headers, name)
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        fields_named(&self.headers, name)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn is_chunked(&self) -> bool {
+        self.header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    }
+}
+
+/// A client on one raw TCP connection that writes requests by hand and reads answers with
+/// their framing.
+pub struct RawClient {
+    pub wire: Wire,
+}
+
+impl RawClient {
+    /// Connects to `base` (`http://host:port`).
+    pub async fn connect(base: &str) -> RawClient {
+        let addr = base.trim_start_matches("http://");
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to latchkey");
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            wire: Wire::new(stream),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        use tokio::io::AsyncWriteExt;
+        self.wire
+            .stream
+            .write_all(bytes.as_ref())
+            .await
+            .expect("write to latchkey");
+    }
+
+    /// The next answer (to a request that is not HEAD); panics if none comes whole in 5 s.
+    pub async fn response(&mut self) -> RawResponse {
+        self.try_response(false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The next answer to a HEAD request (no body follows the head).
+    pub async fn head_response(&mut self) -> RawResponse {
+        self.try_response(true)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The next answer, or why none came whole within 5 s.
+    pub async fn try_response(&mut self, head_request: bool) -> Result<RawResponse, String> {
+        tokio::time::timeout(Duration::from_secs(5), self.read_response(head_request))
+            .await
+            .map_err(|_| "no complete answer within 5 s".to_owned())?
+    }
+
+    /// The status and header fields of the next final answer, its body left unread.
+    pub async fn response_head(
+        &mut self,
+    ) -> Result<(u16, Vec<(String, String)>, Vec<u16>), String> {
+        let mut interim = vec![];
+        loop {
+            let (status, headers) = self.read_head().await?;
+            if (100..200).contains(&status) && status != 101 {
+                interim.push(status);
+                continue;
+            }
+            return Ok((status, headers, interim));
+        }
+    }
+
+    async fn read_head(&mut self) -> Result<(u16, Vec<(String, String)>), String> {
+        loop {
+            if !self.wire.buf.is_empty() {
+                let mut h = [httparse::EMPTY_HEADER; 128];
+                let mut r = httparse::Response::new(&mut h);
+                let parsed = match r.parse(&self.wire.buf) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        Some((n, r.code.unwrap_or(0), fields(r.headers)))
+                    }
+                    Ok(httparse::Status::Partial) => None,
+                    Err(e) => {
+                        return Err(format!(
+                            "not an HTTP/1.1 answer ({e}): {:?}",
+                            String::from_utf8_lossy(&self.wire.buf[..self.wire.buf.len().min(300)])
+                        ));
+                    }
+                };
+                if let Some((n, status, headers)) = parsed {
+                    self.wire.take(n);
+                    return Ok((status, headers));
+                }
+            }
+            if self.wire.more().await == 0 {
+                return Err(format!(
+                    "the connection closed before an answer head ({} bytes: {:?})",
+                    self.wire.buf.len(),
+                    String::from_utf8_lossy(&self.wire.buf)
+                ));
+            }
+        }
+    }
+
+    async fn read_response(&mut self, head_request: bool) -> Result<RawResponse, String> {
+        let (status, headers, interim) = self.response_head().await?;
+        let mut trailers = vec![];
+        let body = if head_request || status == 204 || status == 304 {
+            vec![]
+        } else if field(&headers, "transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+        {
+            let (body, t) = self.wire.chunked().await?;
+            trailers = t;
+            body
+        } else if let Some(n) = field(&headers, "content-length") {
+            let n: usize = n.trim().parse().map_err(|_| "bad Content-Length")?;
+            if !self.wire.fill(n).await {
+                return Err(format!(
+                    "the connection closed after {} of {n} body bytes",
+                    self.wire.buf.len()
+                ));
+            }
+            self.wire.take(n)
+        } else {
+            self.wire.rest_until_close().await
+        };
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+            trailers,
+            interim,
+        })
+    }
+
+    /// Whether latchkey closes the connection within `limit` (bytes that arrive meanwhile are
+    /// kept in the buffer).
+    pub async fn closed_within(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async { while self.wire.more().await > 0 {} })
+            .await
+            .is_ok()
+    }
+
+    /// Whether nothing arrives (and the connection stays open) for `d`.
+    pub async fn quiet_for(&mut self, d: Duration) -> bool {
+        self.wire.buf.is_empty() && tokio::time::timeout(d, self.wire.more()).await.is_err()
+    }
+}

@@ -5,6 +5,7 @@ mod helpers;
 mod bad_inputs;
 mod cli;
 mod deploy;
+mod fast_path;
 mod multi_instance;
 mod production;
 mod route_api;

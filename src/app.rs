@@ -228,17 +228,17 @@ impl App {
     /// The access line and the request metrics, once the status is known.
     pub fn log_access(&self, begun: &Begun, status: http::StatusCode) {
         // Never the query string, which may carry codes or upstream tokens.
+        let took = begun.started.elapsed();
         tracing::info!(
             target: "latchkey::access",
-            request_id = %begun.ctx.request_id,
+            request_id = begun.ctx.request_id.as_str(),
             client = %begun.ctx.client_ip,
-            method = %begun.method,
-            path = %begun.path,
+            method = begun.method.as_str(),
+            path = begun.path.as_str(),
             status = status.as_u16(),
-            ms = begun.started.elapsed().as_secs_f64() * 1000.0,
+            ms = took.as_secs_f64() * 1000.0,
         );
-        self.metrics
-            .request(begun.class, status, begun.started.elapsed());
+        self.metrics.request(begun.class, status, took);
     }
 
     /// Checks that hold for every request on the public listener, whoever answers it.

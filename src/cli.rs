@@ -159,25 +159,45 @@ fn report(problems: &[String]) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The async runtime: one thread per CPU this process may use. On one CPU (a container with
+/// one, or a process pinned to a core) the single-threaded scheduler does the same work with
+/// less synchronisation; argon2 and other blocking work still run on their own threads.
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder
         .enable_all()
         .build()
         .expect("cannot start the async runtime")
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format_name: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour codes only for a person at a terminal, not in log files and collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(crate::logging::Buffered::stdout())
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    if format == "json" {
-        builder.json().flatten_event(true).init();
+        .with_ansi(ansi);
+    let format = tracing_subscriber::fmt::format().with_ansi(ansi);
+    if format_name == "json" {
+        builder
+            .json()
+            .flatten_event(true)
+            .event_format(crate::logging::Format::new(
+                format.json().flatten_event(true),
+                true,
+            ))
+            .init();
     } else {
-        builder.init();
+        builder
+            .event_format(crate::logging::Format::new(format, false))
+            .init();
     }
 }
 

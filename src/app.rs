@@ -232,7 +232,7 @@ impl App {
         tracing::info!(
             target: "latchkey::access",
             request_id = begun.ctx.request_id.as_str(),
-            client = %begun.ctx.client_ip,
+            client = http_util::IpText::new(begun.ctx.client_ip).as_str(),
             method = begun.method.as_str(),
             path = begun.path.as_str(),
             status = status.as_u16(),

@@ -120,3 +120,72 @@ pub fn wants_json(headers: &HeaderMap, path: &str) -> bool {
         .unwrap_or("");
     accept.contains("application/json") && !accept.contains("text/html")
 }
+
+/// An IP address as text, written without the general formatter and without allocating (it is
+/// written twice for every proxied request: the forwarding header and the access line).
+pub struct IpText {
+    buf: [u8; 46],
+    len: usize,
+}
+
+impl IpText {
+    pub fn new(ip: std::net::IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 46],
+            len: 0,
+        };
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if octet >= 100 {
+                        t.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        t.push(b'0' + octet / 10 % 10);
+                    }
+                    t.push(b'0' + octet % 10);
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut cursor = std::io::Cursor::new(&mut t.buf[..]);
+                let _ = write!(cursor, "{v6}");
+                t.len = cursor.position() as usize;
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod ip_text_tests {
+    use super::IpText;
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.7",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.100.9",
+            "::1",
+            "2001:db8::ff00:42:8329",
+        ] {
+            let addr: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(addr).as_str(), addr.to_string());
+        }
+    }
+}

@@ -48,6 +48,7 @@ where
         scratch: Scratch::default(),
         fields: Vec::new(),
         spare: None,
+        head_timer: Default::default(),
     };
     let handoff = loop {
         match c.read_head(&mut stop).await {
@@ -89,6 +90,8 @@ struct Client<'a, IO> {
     fields: Vec<(Range<usize>, Range<usize>)>,
     /// The header map of the last request, cleared, for the next.
     spare: Option<HeaderMap>,
+    /// How long the client may take to send a request head.
+    head_timer: super::Deadline,
 }
 
 /// Where the parts of a request head are, in the buffer it was read into.
@@ -114,7 +117,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     async fn read_head(&mut self, stop: &mut watch::Receiver<bool>) -> Head {
-        let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+        let mut armed = false;
         let buf = &mut self.buf;
         let io = &mut self.io;
         loop {
@@ -129,9 +132,14 @@ where
             }
             buf.reserve(4096);
             let idle = buf.is_empty();
+            if !armed {
+                self.head_timer.arm(HEAD_TIMEOUT);
+                armed = true;
+            }
             let read = tokio::select! {
+                biased;
                 r = io.read_buf(buf) => r,
-                _ = tokio::time::sleep_until(deadline) => return Head::Closed,
+                _ = self.head_timer.sleep() => return Head::Closed,
                 _ = stop.changed(), if idle => return Head::Closed,
             };
             match read {

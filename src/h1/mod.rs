@@ -26,6 +26,30 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub use conn::serve;
 pub use upstream::Pool;
 
+/// A timer kept for a connection's life and moved later for each wait. tokio moves a timer
+/// later without touching its timer wheel, where a new timer per request cost an insertion
+/// and a removal.
+#[derive(Default)]
+pub struct Deadline(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl Deadline {
+    /// Fires `after` from now.
+    pub fn arm(&mut self, after: std::time::Duration) {
+        let at = tokio::time::Instant::now() + after;
+        match &mut self.0 {
+            Some(s) => s.as_mut().reset(at),
+            None => self.0 = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// The armed timer (arm it first).
+    pub fn sleep(&mut self) -> Pin<&mut tokio::time::Sleep> {
+        self.0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(std::time::Duration::MAX / 4)))
+            .as_mut()
+    }
+}
+
 /// A connection whose first bytes were already read: they are read again first.
 pub struct Rewind<IO> {
     pre: Bytes,

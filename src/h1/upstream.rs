@@ -181,6 +181,8 @@ pub struct Scratch {
     out: Vec<u8>,
     /// The header lines of the upstream's answer, as sent on.
     fields: Vec<u8>,
+    /// How long the upstream may take to start its answer.
+    timer: super::Deadline,
 }
 
 /// Forwards one request and copies the answer to the client. `on_head` runs once the answer's
@@ -202,7 +204,7 @@ where
     let pool = &app.pool;
     let route = prepared.route.clone();
     let authority = &route.target.authority;
-    let Scratch { out, fields } = scratch;
+    let Scratch { out, fields, timer } = scratch;
     out.clear();
     request_head(out, &route, x.parts);
     let buffered = x.body_len.min(client_buf.len() as u64) as usize;
@@ -280,17 +282,23 @@ where
                 }
             }
         }
-        match tokio::time::timeout(x.timeout, read_head(&mut conn, fields)).await {
-            Err(_) => {
+        timer.arm(x.timeout);
+        let answer = tokio::select! {
+            biased;
+            r = read_head(&mut conn, fields) => Some(r),
+            _ = timer.sleep() => None,
+        };
+        match answer {
+            None => {
                 tracing::warn!(route = %route.path, "upstream timed out");
                 return Err(Failure::Answer(Error::UpstreamTimeout));
             }
-            Ok(Err(HeadError::Closed)) if retry_allowed => continue,
-            Ok(Err(e)) => {
+            Some(Err(HeadError::Closed)) if retry_allowed => continue,
+            Some(Err(e)) => {
                 tracing::warn!(route = %route.path, error = ?e, "upstream request failed");
                 return Err(Failure::Answer(Error::UpstreamUnavailable));
             }
-            Ok(Ok(h)) => {
+            Some(Ok(h)) => {
                 head = Some((conn, h));
                 break;
             }

@@ -138,7 +138,9 @@ pub fn prepare_request(headers: &mut HeaderMap, websocket: bool, f: &Forwarding<
         headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
     ) {
         (true, Some(chain)) => format!("{chain}, {}", f.client_ip),
-        _ => f.client_ip.to_string(),
+        _ => crate::http_util::IpText::new(f.client_ip)
+            .as_str()
+            .to_owned(),
     };
     set(headers, X_FORWARDED_FOR, &xff);
     if !(f.trust_forwarded && headers.contains_key(&X_FORWARDED_PROTO)) {

@@ -44,16 +44,19 @@ pub fn client(upstream_ca: &[rustls_pki_types::CertificateDer<'static>]) -> Upst
 /// slashes and backslashes, backslashes, and dot segments (literal or encoded). What latchkey
 /// authorises is then byte for byte what it forwards.
 pub fn check_path(path: &str) -> Result<(), Error> {
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+    let bytes = path.as_bytes();
+    let encoded = |code: &[u8]| bytes.windows(3).any(|w| w.eq_ignore_ascii_case(code));
+    if bytes.contains(&b'\\') || (bytes.contains(&b'%') && (encoded(b"%2f") || encoded(b"%5c"))) {
         return Err(Error::bad_request(
             "Encoded slashes and backslashes are not allowed in paths.",
         ));
     }
-    if lower
-        .split('/')
-        .any(|seg| matches!(seg, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."))
-    {
+    let dots = |seg: &str| {
+        [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."]
+            .iter()
+            .any(|d| seg.eq_ignore_ascii_case(d))
+    };
+    if path.split('/').any(dots) {
         return Err(Error::bad_request("Dot segments are not allowed in paths."));
     }
     if !path.starts_with('/') {

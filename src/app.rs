@@ -282,7 +282,7 @@ impl App {
             return crate::web::handle(self, req, ctx).await;
         }
         let (mut parts, body) = req.into_parts();
-        match self.prepare_proxy(&mut parts, ctx).await? {
+        match self.prepare_proxy(&mut parts, ctx, None).await? {
             Proxied::Answer(resp) => Ok(resp),
             Proxied::Forward(p) => {
                 let uri = proxy::upstream_uri(&p.route, parts.uri.path(), parts.uri.query())?;
@@ -306,25 +306,33 @@ impl App {
         }
     }
 
-    /// Whether latchkey's own HTTP/1.1 path may answer a request for this path: a proxied
-    /// route to a plain `http://` upstream, not a page, the API or a health check. Decided
-    /// without side effects, before anything is counted or logged.
-    pub fn proxies_plainly(&self, path: &str) -> bool {
-        self.hub.internal(path).is_none()
-            && !crate::health::is_health_path(path)
-            && proxy::check_path(path).is_ok()
-            && self
-                .cache
-                .routes()
-                .lookup(path)
-                .is_some_and(|r| r.target.scheme == http::uri::Scheme::HTTP)
+    /// The route, when latchkey's own HTTP/1.1 path may answer a request for this path: a
+    /// proxied route to a plain `http://` upstream, not a page, the API or a health check.
+    /// Decided without side effects, before anything is counted or logged.
+    pub fn plain_route(&self, path: &str) -> Option<Arc<Route>> {
+        if self.hub.internal(path).is_some()
+            || crate::health::is_health_path(path)
+            || proxy::check_path(path).is_err()
+        {
+            return None;
+        }
+        self.cache
+            .routes()
+            .lookup(path)
+            .filter(|r| r.target.scheme == http::uri::Scheme::HTTP)
+            .cloned()
     }
 
-    /// The proxy path up to forwarding: find the route, identify the caller, decide, and
-    /// rewrite the request headers for the upstream.
-    pub async fn prepare_proxy(&self, parts: &mut Parts, ctx: &Ctx) -> Result<Proxied> {
-        let table = self.cache.routes();
-        let Some(route) = table.lookup(parts.uri.path()).cloned() else {
+    /// The proxy path up to forwarding: find the route (unless the caller has), identify the
+    /// caller, decide, and rewrite the request headers for the upstream.
+    pub async fn prepare_proxy(
+        &self,
+        parts: &mut Parts,
+        ctx: &Ctx,
+        route: Option<Arc<Route>>,
+    ) -> Result<Proxied> {
+        let route = route.or_else(|| self.cache.routes().lookup(parts.uri.path()).cloned());
+        let Some(route) = route else {
             if parts.uri.path() == "/" {
                 return Ok(Proxied::Answer(http_util::redirect(
                     &self.hub.external(paths::HOME),

@@ -17,6 +17,7 @@ use super::Rewind;
 use super::upstream::{self, Exchange, Failure, Scratch, Upstream};
 use crate::app::{App, Proxied};
 use crate::http_util::{self, Body};
+use crate::routes::Route;
 
 /// Most header fields a request may have here; more go to hyper (which allows as many).
 const MAX_HEADERS: usize = 64;
@@ -54,13 +55,15 @@ where
         match c.read_head(&mut stop).await {
             Head::Complete(head) => {
                 let request = c.buf.split_to(head.len).freeze();
-                let Some(parts) = c.ours(&head, &request) else {
+                let Some((parts, route)) = c.ours(&head, &request) else {
                     let mut all = BytesMut::from(&request[..]);
                     all.extend_from_slice(&c.buf);
                     break Some(all.freeze());
                 };
                 drop(request);
-                let keep = c.answer(parts, head.content_length, head.close).await;
+                let keep = c
+                    .answer(parts, route, head.content_length, head.close)
+                    .await;
                 if !keep || *stop.borrow() {
                     break None;
                 }
@@ -150,11 +153,12 @@ where
     }
 
     /// The request as `http` parts, when this path answers it.
-    fn ours(&mut self, head: &HeadIndex, request: &Bytes) -> Option<Parts> {
+    fn ours(&mut self, head: &HeadIndex, request: &Bytes) -> Option<(Parts, Arc<Route>)> {
         let uri = Uri::from_maybe_shared(request.slice(head.target.clone())).ok()?;
-        if crate::proxy::check_uri_length(&uri).is_err() || !self.app.proxies_plainly(uri.path()) {
+        if crate::proxy::check_uri_length(&uri).is_err() {
             return None;
         }
+        let route = self.app.plain_route(uri.path())?;
         let mut headers = self
             .spare
             .take()
@@ -168,19 +172,31 @@ where
         parts.method = head.method.clone();
         parts.uri = uri;
         parts.headers = headers;
-        Some(parts)
+        Some((parts, route))
     }
 
     /// Answers one request; false when the connection must close.
-    async fn answer(&mut self, mut parts: Parts, body_len: u64, close: bool) -> bool {
-        let keep = self.answer_with(&mut parts, body_len, close).await;
+    async fn answer(
+        &mut self,
+        mut parts: Parts,
+        route: Arc<Route>,
+        body_len: u64,
+        close: bool,
+    ) -> bool {
+        let keep = self.answer_with(&mut parts, route, body_len, close).await;
         let mut headers = parts.headers;
         headers.clear();
         self.spare = Some(headers);
         keep
     }
 
-    async fn answer_with(&mut self, parts: &mut Parts, body_len: u64, close: bool) -> bool {
+    async fn answer_with(
+        &mut self,
+        parts: &mut Parts,
+        route: Arc<Route>,
+        body_len: u64,
+        close: bool,
+    ) -> bool {
         let app = self.app;
         let begun = app.begin(
             &parts.method,
@@ -191,7 +207,7 @@ where
         );
         let head_request = parts.method == Method::HEAD;
         let mut body_read = true;
-        let result = match app.prepare_proxy(parts, &begun.ctx).await {
+        let result = match app.prepare_proxy(parts, &begun.ctx, Some(route)).await {
             Ok(Proxied::Forward(prepared)) => {
                 let exchange = Exchange {
                     parts,

@@ -65,7 +65,8 @@ pub struct Begun {
     pub ctx: Ctx,
     started: Instant,
     method: Method,
-    path: String,
+    /// The request's URI (a cheap copy: it shares the request's bytes).
+    uri: http::Uri,
     internal: Option<String>,
     class: crate::metrics::Class,
 }
@@ -161,7 +162,7 @@ impl App {
         let begun = self.begin(req.method(), req.uri(), req.headers(), peer, tls);
         let json = http_util::wants_json(
             req.headers(),
-            begun.internal.as_deref().unwrap_or(&begun.path),
+            begun.internal.as_deref().unwrap_or(begun.uri.path()),
         );
         let result = self.dispatch(req, begun.internal.clone(), &begun.ctx).await;
         let resp = self.answer(&begun, result, || json);
@@ -178,8 +179,8 @@ impl App {
         peer: SocketAddr,
         tls: bool,
     ) -> Begun {
-        let path = uri.path().to_owned();
-        let internal = self.hub.internal(&path);
+        let path = uri.path();
+        let internal = self.hub.internal(path);
         Begun {
             started: Instant::now(),
             ctx: Ctx {
@@ -189,9 +190,9 @@ impl App {
                 tls,
             },
             method: method.clone(),
-            class: crate::metrics::Class::of_public(&path, internal.as_deref()),
+            class: crate::metrics::Class::of_public(path, internal.as_deref()),
             internal,
-            path,
+            uri: uri.clone(),
         }
     }
 
@@ -229,15 +230,26 @@ impl App {
     pub fn log_access(&self, begun: &Begun, status: http::StatusCode) {
         // Never the query string, which may carry codes or upstream tokens.
         let took = begun.started.elapsed();
-        tracing::info!(
-            target: "latchkey::access",
-            request_id = begun.ctx.request_id.as_str(),
-            client = http_util::IpText::new(begun.ctx.client_ip).as_str(),
-            method = begun.method.as_str(),
-            path = begun.path.as_str(),
-            status = status.as_u16(),
-            ms = took.as_secs_f64() * 1000.0,
-        );
+        let client = http_util::IpText::new(begun.ctx.client_ip);
+        let line = crate::logging::AccessLine {
+            request_id: &begun.ctx.request_id,
+            client: client.as_str(),
+            method: begun.method.as_str(),
+            path: begun.uri.path(),
+            status: status.as_u16(),
+            ms: took.as_secs_f64() * 1000.0,
+        };
+        if !line.write() {
+            tracing::info!(
+                target: "latchkey::access",
+                request_id = line.request_id,
+                client = line.client,
+                method = line.method,
+                path = line.path,
+                status = line.status,
+                ms = line.ms,
+            );
+        }
         self.metrics.request(begun.class, status, took);
     }
 

@@ -83,7 +83,7 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    crate::logging::init(cli.log_format == "json");
     let code = run(cli);
     crate::logging::flush();
     code
@@ -173,32 +173,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("cannot start the async runtime")
-}
-
-fn init_logging(format_name: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour codes only for a person at a terminal, not in log files and collectors.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(crate::logging::Buffered::stdout())
-        .with_ansi(ansi);
-    let format = tracing_subscriber::fmt::format().with_ansi(ansi);
-    if format_name == "json" {
-        builder
-            .json()
-            .flatten_event(true)
-            .event_format(crate::logging::Format::new(
-                format.json().flatten_event(true),
-                true,
-            ))
-            .init();
-    } else {
-        builder
-            .event_format(crate::logging::Format::new(format, false))
-            .init();
-    }
 }
 
 async fn serve(config: Config, drain: Duration) -> ExitCode {

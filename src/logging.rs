@@ -120,128 +120,117 @@ impl<'a> MakeWriter<'a> for Buffered {
 /// The target of the access line, one per request.
 pub const ACCESS: &str = "latchkey::access";
 
-/// The event format: tracing-subscriber's (human or JSON), except for the access line without
-/// colours, which is written here directly with the same layout. It is the one line per
-/// request, and the general formatter spent as much time on it as latchkey on the request's
-/// access check.
-pub struct Format<F> {
-    inner: F,
-    json: bool,
-}
+/// Set once logging writes through the buffer without colours: whether lines are JSON.
+static DIRECT: OnceLock<bool> = OnceLock::new();
 
-impl<F> Format<F> {
-    pub fn new(inner: F, json: bool) -> Format<F> {
-        Format { inner, json }
+/// Sets up logging to stdout through the buffer: `json` or human-readable lines, colours only
+/// for a person at a terminal.
+pub fn init(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(Buffered::stdout())
+        .with_ansi(ansi);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+    if !ansi {
+        let _ = DIRECT.set(json);
     }
 }
 
-impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Format<F>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
-    F: tracing_subscriber::fmt::FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
-        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        let meta = event.metadata();
-        if writer.has_ansi_escapes() || meta.target() != ACCESS {
-            return self.inner.format_event(ctx, writer, event);
+/// The access line of one request. Written straight into the log buffer in the layout
+/// tracing-subscriber gives it (human or JSON): it is the one line per request, and going
+/// through tracing's dispatch and general formatter cost as much as the request's access check.
+pub struct AccessLine<'a> {
+    pub request_id: &'a str,
+    pub client: &'a str,
+    pub method: &'a str,
+    /// Never the query string, which may carry codes or upstream tokens.
+    pub path: &'a str,
+    pub status: u16,
+    pub ms: f64,
+}
+
+impl AccessLine<'_> {
+    /// Writes the line; false when it must go through tracing instead (colours, or logging
+    /// not set up by [`init`]). Nothing is written when the filter leaves access lines out.
+    pub fn write(&self) -> bool {
+        let Some(&json) = DIRECT.get() else {
+            return false;
+        };
+        if !tracing::enabled!(target: "latchkey::access", Level::INFO) {
+            return true;
         }
-        let mut line = String::with_capacity(256);
-        if self.json {
-            line.push_str("{\"timestamp\":\"");
-            timestamp(&mut line);
-            line.push_str("\",\"level\":\"");
-            line.push_str(meta.level().as_str());
-            line.push('"');
+        let Some(shared) = SHARED.get() else {
+            return false;
+        };
+        let mut buf = shared.lock();
+        self.format(&mut buf, json);
+        let full = buf.len() >= HIGH_WATER;
+        drop(buf);
+        if full {
+            shared.write_out();
+        }
+        true
+    }
+
+    fn format(&self, line: &mut Vec<u8>, json: bool) {
+        if json {
+            line.extend_from_slice(b"{\"timestamp\":\"");
+            timestamp(line);
+            line.extend_from_slice(b"\",\"level\":\"INFO\"");
         } else {
-            timestamp(&mut line);
-            let level = meta.level().as_str();
-            line.push_str(&"      "[..6usize.saturating_sub(level.len())]);
-            line.push_str(level);
-            line.push(' ');
-            line.push_str(ACCESS);
-            line.push(':');
+            timestamp(line);
+            line.extend_from_slice(b"  INFO latchkey::access:");
         }
-        event.record(&mut Fields {
-            line: &mut line,
-            json: self.json,
-        });
-        if self.json {
-            line.push_str(",\"target\":\"");
-            line.push_str(ACCESS);
-            line.push_str("\"}");
-        }
-        line.push('\n');
-        writer.write_str(&line)
-    }
-}
-
-/// Writes an event's fields as `name=value` (or JSON members), values as `%` shows them.
-struct Fields<'a> {
-    line: &'a mut String,
-    json: bool,
-}
-
-impl Fields<'_> {
-    fn name(&mut self, name: &str) {
-        if self.json {
-            self.line.push_str(",\"");
-            self.line.push_str(name);
-            self.line.push_str("\":");
-        } else {
-            self.line.push(' ');
-            self.line.push_str(name);
-            self.line.push('=');
-        }
-    }
-}
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        use std::fmt::Write as _;
-        self.name(field.name());
-        if self.json {
-            let mut text = String::new();
-            let _ = write!(text, "{value:?}");
-            json_string(self.line, &text);
-        } else {
-            let _ = write!(self.line, "{value:?}");
-        }
-    }
-
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.name(field.name());
-        if self.json {
-            json_string(self.line, value);
-        } else {
-            self.line.push_str(value);
-        }
-    }
-
-    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        self.name(field.name());
-        push_u64(self.line, value);
-    }
-
-    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        let mut put = |name: &str, value: &str, quoted: bool| {
+            if json {
+                line.extend_from_slice(b",\"");
+                line.extend_from_slice(name.as_bytes());
+                line.extend_from_slice(b"\":");
+                if quoted {
+                    json_string(line, value);
+                } else {
+                    line.extend_from_slice(value.as_bytes());
+                }
+            } else {
+                line.push(b' ');
+                line.extend_from_slice(name.as_bytes());
+                line.push(b'=');
+                line.extend_from_slice(value.as_bytes());
+            }
+        };
+        put("request_id", self.request_id, true);
+        put("client", self.client, true);
+        put("method", self.method, true);
+        put("path", self.path, true);
+        let mut number = String::with_capacity(24);
+        push_u64(&mut number, u64::from(self.status));
+        put("status", &number, false);
         // Milliseconds to the microsecond: enough, and no general float formatting.
-        self.name(field.name());
-        let micros = (value * 1000.0).round().max(0.0) as u64;
-        push_u64(self.line, micros / 1000);
-        self.line.push('.');
+        number.clear();
+        let micros = (self.ms * 1000.0).round().max(0.0) as u64;
+        push_u64(&mut number, micros / 1000);
+        number.push('.');
         let frac = micros % 1000;
         if frac < 100 {
-            self.line.push('0');
+            number.push('0');
         }
         if frac < 10 {
-            self.line.push('0');
+            number.push('0');
         }
-        push_u64(self.line, frac);
+        push_u64(&mut number, frac);
+        put("ms", &number, false);
+        drop(put);
+        if json {
+            line.extend_from_slice(b",\"target\":\"latchkey::access\"}");
+        }
+        line.push(b'\n');
     }
 }
 
@@ -259,22 +248,22 @@ fn push_u64(line: &mut String, mut n: u64) {
     line.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
 }
 
-fn json_string(line: &mut String, s: &str) {
-    line.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => line.push_str("\\\""),
-            '\\' => line.push_str("\\\\"),
-            c if (c as u32) < 0x20 => line.push_str(&format!("\\u{:04x}", c as u32)),
-            c => line.push(c),
+fn json_string(line: &mut Vec<u8>, s: &str) {
+    line.push(b'"');
+    for b in s.bytes() {
+        match b {
+            b'"' => line.extend_from_slice(b"\\\""),
+            b'\\' => line.extend_from_slice(b"\\\\"),
+            b if b < 0x20 => line.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+            b => line.push(b),
         }
     }
-    line.push('"');
+    line.push(b'"');
 }
 
 /// The time now as RFC 3339 in UTC with microseconds, as tracing-subscriber writes it; the
 /// date and time of day are worked out once a second.
-fn timestamp(line: &mut String) {
+fn timestamp(line: &mut Vec<u8>) {
     use std::cell::RefCell;
     thread_local! {
         static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
@@ -296,18 +285,18 @@ fn timestamp(line: &mut String) {
             );
             cached.0 = secs;
         }
-        line.push_str(&cached.1);
+        line.extend_from_slice(cached.1.as_bytes());
     });
     let micros = now.subsec_micros();
-    line.push('.');
+    line.push(b'.');
     let mut digits = [b'0'; 6];
     let mut m = micros;
     for d in digits.iter_mut().rev() {
         *d = b'0' + (m % 10) as u8;
         m /= 10;
     }
-    line.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
-    line.push('Z');
+    line.extend_from_slice(&digits);
+    line.push(b'Z');
 }
 
 /// Year, month, day of a count of days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -351,56 +340,56 @@ mod tests {
     }
 
     #[test]
-    fn the_access_line_looks_as_the_general_formatter_writes_it() {
+    fn the_access_line_is_what_the_general_formatter_would_write() {
         use tracing_subscriber::Layer;
         use tracing_subscriber::layer::SubscriberExt;
-        let shared = Arc::new(Shared::default());
+        let line = AccessLine {
+            request_id: "abc123",
+            client: "10.0.0.7",
+            method: "GET",
+            path: "/user/john/\"q\"",
+            status: 200,
+            ms: 1.235,
+        };
         for json in [false, true] {
-            let base = tracing_subscriber::fmt::format().with_ansi(false);
+            let shared = Arc::new(Shared::default());
             let layer = tracing_subscriber::fmt::layer()
                 .with_ansi(false)
                 .with_writer(Buffered(shared.clone()));
-            let subscriber = if json {
-                tracing_subscriber::registry().with(
-                    layer
-                        .json()
-                        .flatten_event(true)
-                        .event_format(Format::new(base.json().flatten_event(true), true))
-                        .boxed(),
-                )
+            let layer = if json {
+                layer.json().flatten_event(true).boxed()
             } else {
-                tracing_subscriber::registry()
-                    .with(layer.event_format(Format::new(base, false)).boxed())
+                layer.boxed()
             };
+            let subscriber = tracing_subscriber::registry().with(layer);
             tracing::subscriber::with_default(subscriber, || {
                 tracing::info!(
                     target: "latchkey::access",
-                    request_id = %"abc123",
-                    client = %std::net::IpAddr::from([10, 0, 0, 7]),
-                    method = %"GET",
-                    path = %"/user/john/\"q\"",
-                    status = 200u64,
-                    ms = 1.2346,
+                    request_id = %line.request_id,
+                    client = %line.client,
+                    method = %line.method,
+                    path = %line.path,
+                    status = line.status,
+                    ms = line.ms,
                 );
             });
+            let theirs = String::from_utf8(std::mem::take(&mut *shared.lock())).unwrap();
+            let mut ours = vec![];
+            line.format(&mut ours, json);
+            let ours = String::from_utf8(ours).unwrap();
+            let stamp = "2026-11-22T22:31:28.123456Z".len();
+            if json {
+                let mut a: serde_json::Value = serde_json::from_str(&theirs).unwrap();
+                let mut b: serde_json::Value = serde_json::from_str(&ours).unwrap();
+                let stamp_b = b["timestamp"].as_str().unwrap().to_owned();
+                assert!(timestamp_shaped(&stamp_b).is_some(), "{stamp_b}");
+                a["timestamp"] = serde_json::Value::Null;
+                b["timestamp"] = serde_json::Value::Null;
+                assert_eq!(a, b);
+            } else {
+                assert!(timestamp_shaped(&ours[..stamp]).is_some(), "{ours}");
+                assert_eq!(&ours[stamp..], &theirs[stamp..]);
+            }
         }
-        let out = String::from_utf8(std::mem::take(&mut *shared.lock())).unwrap();
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 2, "{out}");
-        let (stamp, rest) = lines[0].split_at("2026-11-22T22:31:28.123456Z".len());
-        assert_eq!(
-            rest,
-            "  INFO latchkey::access: request_id=abc123 client=10.0.0.7 method=GET \
-             path=/user/john/\"q\" status=200 ms=1.235"
-        );
-        assert!(timestamp_shaped(stamp).is_some(), "{stamp}");
-        let v: serde_json::Value = serde_json::from_str(lines[1]).expect("JSON");
-        assert_eq!(v["target"], "latchkey::access");
-        assert_eq!(v["level"], "INFO");
-        assert_eq!(v["request_id"], "abc123");
-        assert_eq!(v["path"], "/user/john/\"q\"");
-        assert_eq!(v["status"], 200);
-        assert_eq!(v["ms"], 1.235);
-        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
     }
 }

@@ -133,16 +133,17 @@ pub fn prepare_request(headers: &mut HeaderMap, websocket: bool, f: &Forwarding<
             headers.remove(*name);
         }
     }
-    let xff = match (
+    let ip = crate::http_util::IpText::new(f.client_ip);
+    match (
         f.trust_forwarded,
         headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
     ) {
-        (true, Some(chain)) => format!("{chain}, {}", f.client_ip),
-        _ => crate::http_util::IpText::new(f.client_ip)
-            .as_str()
-            .to_owned(),
-    };
-    set(headers, X_FORWARDED_FOR, &xff);
+        (true, Some(chain)) => {
+            let xff = format!("{chain}, {}", ip.as_str());
+            set(headers, X_FORWARDED_FOR, &xff);
+        }
+        _ => set(headers, X_FORWARDED_FOR, ip.as_str()),
+    }
     if !(f.trust_forwarded && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
     }

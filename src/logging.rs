@@ -226,7 +226,6 @@ impl AccessLine<'_> {
         }
         push_u64(&mut number, frac);
         put("ms", &number, false);
-        drop(put);
         if json {
             line.extend_from_slice(b",\"target\":\"latchkey::access\"}");
         }

@@ -26,6 +26,8 @@ const MAX_HEAD: usize = 16 * 1024;
 /// How long a client may take to send a request head, counted from when latchkey starts
 /// waiting for it (so also how long an idle keep-alive connection stays open).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much earlier than `HEAD_TIMEOUT` the wait may end.
+const HEAD_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 
 /// Serves a client connection until it closes, or hands it back (with every byte read from it
 /// so far in front) for hyper to serve the rest.
@@ -136,7 +138,7 @@ where
             buf.reserve(4096);
             let idle = buf.is_empty();
             if !armed {
-                self.head_timer.arm(HEAD_TIMEOUT);
+                self.head_timer.arm_within(HEAD_TIMEOUT, HEAD_TIMEOUT_SLACK);
                 armed = true;
             }
             let read = tokio::select! {

@@ -33,6 +33,17 @@ pub use upstream::Pool;
 pub struct Deadline(Option<Pin<Box<tokio::time::Sleep>>>);
 
 impl Deadline {
+    /// Fires between `after - slack` and `after` from now: a timer still that far off is
+    /// left alone, which spares most requests on a busy connection the timer update.
+    pub fn arm_within(&mut self, after: std::time::Duration, slack: std::time::Duration) {
+        let now = tokio::time::Instant::now();
+        match &mut self.0 {
+            Some(s) if s.deadline() >= now + after.saturating_sub(slack) && !s.is_elapsed() => {}
+            Some(s) => s.as_mut().reset(now + after),
+            None => self.0 = Some(Box::pin(tokio::time::sleep_until(now + after))),
+        }
+    }
+
     /// Fires `after` from now.
     pub fn arm(&mut self, after: std::time::Duration) {
         let at = tokio::time::Instant::now() + after;

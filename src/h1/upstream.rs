@@ -367,7 +367,14 @@ where
             match framing {
                 Framing::Length(_) => {
                     let n = left.min(conn.buf.len() as u64) as usize;
-                    out.extend_from_slice(&conn.buf[..n]);
+                    if out.is_empty() {
+                        // Body bytes only: straight from the read buffer, without a copy.
+                        if client.write_all(&conn.buf[..n]).await.is_err() {
+                            return Ok(false);
+                        }
+                    } else {
+                        out.extend_from_slice(&conn.buf[..n]);
+                    }
                     conn.buf.advance(n);
                     left -= n as u64;
                     done = left == 0;

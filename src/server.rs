@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
+use crate::h1::Served;
 use crate::http_util::{self, Body};
 use crate::metrics::Class;
 use crate::tls::ReloadingCert;
@@ -238,13 +239,15 @@ async fn accept_loop(
                     };
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     if matches!(kind, Kind::Public) && !h2 {
-                        let Some(rest) = crate::h1::serve(&app, stream, peer, true, stop).await
-                        else {
-                            return;
-                        };
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(rest), service);
-                        let _ = watcher.watch(conn.into_owned()).await;
+                        match crate::h1::serve(&app, stream, peer, true, stop).await {
+                            Served::Closed => {}
+                            Served::Handoff(rest) => {
+                                let conn = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(rest), service);
+                                let _ = watcher.watch(conn.into_owned()).await;
+                            }
+                            Served::Tunnel(t) => drop(app.tracker.spawn(t.run())),
+                        }
                     } else {
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -252,11 +255,17 @@ async fn accept_loop(
                     }
                 }
                 None if matches!(kind, Kind::Public) => {
-                    let Some(rest) = crate::h1::serve(&app, stream, peer, false, stop).await else {
-                        return;
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(rest), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    match crate::h1::serve(&app, stream, peer, false, stop).await {
+                        Served::Closed => {}
+                        Served::Handoff(rest) => {
+                            let conn =
+                                builder.serve_connection_with_upgrades(TokioIo::new(rest), service);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                        // Upgraded connections live in the tracker, as hyper's do: shutdown
+                        // waits for them until its drain deadline.
+                        Served::Tunnel(t) => drop(app.tracker.spawn(t.run())),
+                    }
                 }
                 None => {
                     let conn =

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::Rewind;
-use super::upstream::{self, Exchange, Failure, Scratch, Upstream};
+use super::upstream::{self, Exchange, Exchanged, Failure, Scratch, Upstream};
 use crate::app::{App, Proxied};
 use crate::http_util::{self, Body};
 use crate::routes::Route;
@@ -29,15 +29,40 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much earlier than `HEAD_TIMEOUT` the wait may end.
 const HEAD_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 
-/// Serves a client connection until it closes, or hands it back (with every byte read from it
-/// so far in front) for hyper to serve the rest.
+/// How a client connection left this path.
+pub enum Served<IO> {
+    /// Closed, or to be closed.
+    Closed,
+    /// For hyper to serve the rest, every byte read from it so far in front.
+    Handoff(Rewind<IO>),
+    /// A WebSocket: run the tunnel (in a task of its own, so that none of this path's state
+    /// stays with it).
+    Tunnel(Tunnel<IO>),
+}
+
+/// A client connection joined to an upstream after a WebSocket upgrade.
+pub struct Tunnel<IO> {
+    io: IO,
+    /// Bytes the client sent behind its request.
+    early: Vec<u8>,
+    websocket: upstream::Upgraded,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Tunnel<IO> {
+    /// Runs until either side closes or access ends.
+    pub async fn run(mut self) {
+        self.websocket.run(&mut self.io, &self.early).await;
+    }
+}
+
+/// Serves a client connection until it closes, hands it to hyper, or turns into a WebSocket.
 pub async fn serve<IO>(
     app: &Arc<App>,
     io: IO,
     peer: SocketAddr,
     tls: bool,
     mut stop: watch::Receiver<bool>,
-) -> Option<Rewind<IO>>
+) -> Served<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -53,31 +78,46 @@ where
         spare: None,
         head_timer: Default::default(),
     };
-    let handoff = loop {
+    enum End {
+        Closed,
+        Handoff(Bytes),
+        Tunnel(upstream::Upgraded),
+    }
+    let end = loop {
         match c.read_head(&mut stop).await {
             Head::Complete(head) => {
                 let request = c.buf.split_to(head.len).freeze();
                 let Some((parts, route)) = c.ours(&head, &request) else {
                     let mut all = BytesMut::from(&request[..]);
                     all.extend_from_slice(&c.buf);
-                    break Some(all.freeze());
+                    break End::Handoff(all.freeze());
                 };
                 drop(request);
-                let keep = c
+                match c
                     .answer(parts, route, head.content_length, head.close)
-                    .await;
-                if !keep || *stop.borrow() {
-                    break None;
+                    .await
+                {
+                    Exchanged::Done(true) if !*stop.borrow() => {}
+                    Exchanged::Done(_) => break End::Closed,
+                    Exchanged::Upgraded(websocket) => break End::Tunnel(websocket),
                 }
             }
-            Head::NotOurs => break Some(c.buf.split().freeze()),
-            Head::Closed => break None,
+            Head::NotOurs => break End::Handoff(c.buf.split().freeze()),
+            Head::Closed => break End::Closed,
         }
     };
     if let Some(up) = c.upstream.take() {
         app.pool.checkin(up);
     }
-    handoff.map(|pre| Rewind::new(pre, c.io))
+    match end {
+        End::Closed => Served::Closed,
+        End::Handoff(pre) => Served::Handoff(Rewind::new(pre, c.io)),
+        End::Tunnel(websocket) => Served::Tunnel(Tunnel {
+            early: c.buf.to_vec(),
+            io: c.io,
+            websocket,
+        }),
+    }
 }
 
 /// A client connection and what it keeps from one request to the next.
@@ -107,6 +147,8 @@ struct HeadIndex {
     content_length: u64,
     /// The client asked to close the connection after this request.
     close: bool,
+    /// A WebSocket upgrade.
+    upgrade: bool,
 }
 
 enum Head {
@@ -177,19 +219,19 @@ where
         Some((parts, route))
     }
 
-    /// Answers one request; false when the connection must close.
+    /// Answers one request.
     async fn answer(
         &mut self,
         mut parts: Parts,
         route: Arc<Route>,
         body_len: u64,
         close: bool,
-    ) -> bool {
-        let keep = self.answer_with(&mut parts, route, body_len, close).await;
+    ) -> Exchanged {
+        let done = self.answer_with(&mut parts, route, body_len, close).await;
         let mut headers = parts.headers;
         headers.clear();
         self.spare = Some(headers);
-        keep
+        done
     }
 
     async fn answer_with(
@@ -198,7 +240,7 @@ where
         route: Arc<Route>,
         body_len: u64,
         close: bool,
-    ) -> bool {
+    ) -> Exchanged {
         let app = self.app;
         let begun = app.begin(
             &parts.method,
@@ -235,13 +277,13 @@ where
                 )
                 .await;
                 match forwarded {
-                    Ok(keep) => return keep,
+                    Ok(done) => return done,
                     Err(Failure::Abort) => {
                         if !logged {
                             // The client went away before an answer: as hyper would log it.
                             app.log_access(&begun, http::StatusCode::BAD_REQUEST);
                         }
-                        return false;
+                        return Exchanged::Done(false);
                     }
                     Err(Failure::Answer(e)) => {
                         // Part of the body may have gone upstream already: never read the rest
@@ -268,7 +310,7 @@ where
         } else {
             true
         };
-        write_answer(&mut self.io, resp, head_request, close).await
+        Exchanged::Done(write_answer(&mut self.io, resp, head_request, close).await)
     }
 }
 
@@ -306,6 +348,7 @@ fn index(
         target: at(target.as_bytes()),
         content_length: 0,
         close: false,
+        upgrade: false,
     };
     let mut seen_length = false;
     at_fields.clear();
@@ -314,9 +357,15 @@ fn index(
         if name.contains(&b'_')
             || name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
         {
             return Err(());
+        }
+        // WebSocket upgrades (GET, no body) are forwarded here; any other upgrade goes to hyper.
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            if head.method != Method::GET || !h.value.eq_ignore_ascii_case(b"websocket") {
+                return Err(());
+            }
+            head.upgrade = true;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
             if seen_length {
@@ -337,6 +386,9 @@ fn index(
             head.close = true;
         }
         at_fields.push((at(name), at(h.value)));
+    }
+    if head.upgrade && head.content_length > 0 {
+        return Err(());
     }
     Ok(Some(head))
 }

@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub use conn::serve;
+pub use conn::{Served, Tunnel, serve};
 pub use upstream::Pool;
 
 /// A timer kept for a connection's life and moved later for each wait. tokio moves a timer

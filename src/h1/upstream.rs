@@ -197,7 +197,7 @@ pub async fn exchange<IO>(
     x: Exchange<'_>,
     prepared: Prepared,
     on_head: impl FnOnce(StatusCode),
-) -> Result<bool, Failure>
+) -> Result<Exchanged, Failure>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -226,8 +226,13 @@ where
     };
     let mut head = None;
     let mut cut_short = false;
-    for _attempt in 0..2 {
-        let mut conn = match up.take().or_else(|| pool.checkout(authority)) {
+    for attempt in 0..2 {
+        // A retry goes to a new connection: the idle ones may all have been closed meanwhile.
+        let kept = match attempt {
+            0 => up.take().or_else(|| pool.checkout(authority)),
+            _ => None,
+        };
+        let mut conn = match kept {
             Some(c) => c,
             None => match Upstream::connect(authority).await {
                 Ok(c) => c,
@@ -285,7 +290,7 @@ where
         timer.arm(x.timeout);
         let answer = tokio::select! {
             biased;
-            r = read_head(&mut conn, fields) => Some(r),
+            r = read_head(&mut conn, fields, prepared.websocket) => Some(r),
             _ = timer.sleep() => None,
         };
         match answer {
@@ -309,6 +314,30 @@ where
         return Err(Failure::Answer(Error::UpstreamUnavailable));
     };
     route.touch(clock::now_millis());
+
+    if answer.status == StatusCode::SWITCHING_PROTOCOLS {
+        // Registered before the client hears of it: a revocation from then on closes it.
+        let registration = prepared.registrar(app).map(|r| r.register(true));
+        out.clear();
+        status_line(out, answer.status);
+        out.extend_from_slice(fields);
+        if !answer.has_request_id {
+            header_line(out, b"x-request-id", x.request_id.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        // Frames the upstream sent right behind its answer go with it.
+        out.extend_from_slice(&conn.buf);
+        conn.buf.clear();
+        if client.write_all(out).await.is_err() || client.flush().await.is_err() {
+            return Ok(Exchanged::Done(false));
+        }
+        on_head(answer.status);
+        return Ok(Exchanged::Upgraded(Upgraded {
+            registration,
+            route,
+            conn,
+        }));
+    }
 
     let framing = if x.head_request
         || answer.status.is_informational()
@@ -370,7 +399,7 @@ where
                     if out.is_empty() {
                         // Body bytes only: straight from the read buffer, without a copy.
                         if client.write_all(&conn.buf[..n]).await.is_err() {
-                            return Ok(false);
+                            return Ok(Exchanged::Done(false));
                         }
                     } else {
                         out.extend_from_slice(&conn.buf[..n]);
@@ -386,7 +415,7 @@ where
                             // Nothing has reached the client yet: it can still be told.
                             return Err(Failure::Answer(Error::UpstreamUnavailable));
                         }
-                        return Ok(false);
+                        return Ok(Exchanged::Done(false));
                     };
                     conn.buf.advance(n);
                     done = chunks.is_done();
@@ -402,7 +431,7 @@ where
         }
         if !out.is_empty() {
             if client.write_all(out).await.is_err() || client.flush().await.is_err() {
-                return Ok(false);
+                return Ok(Exchanged::Done(false));
             }
             out.clear();
             if let Some(f) = head_sent.take() {
@@ -417,7 +446,7 @@ where
             r = conn.stream.read_buf(&mut conn.buf) => r,
             _ = &mut cancelled => {
                 tracing::info!(route = %route.path, "response closed: access ended");
-                return Ok(false);
+                return Ok(Exchanged::Done(false));
             }
         };
         match read {
@@ -428,13 +457,13 @@ where
             }
             Ok(0) | Err(_) => {
                 // The upstream broke off the body: the client cannot be told but by a close.
-                return Ok(false);
+                return Ok(Exchanged::Done(false));
             }
             Ok(_) => {}
         }
         if done && !out.is_empty() {
             if client.write_all(out).await.is_err() || client.flush().await.is_err() {
-                return Ok(false);
+                return Ok(Exchanged::Done(false));
             }
             break;
         }
@@ -445,7 +474,58 @@ where
         conn.since = Instant::now();
         *sticky = Some(conn);
     }
-    Ok(!close_client)
+    Ok(Exchanged::Done(!close_client))
+}
+
+/// A WebSocket the upstream accepted: its 101 has gone to the client.
+pub struct Upgraded {
+    conn: Upstream,
+    route: std::sync::Arc<Route>,
+    /// Present on guarded routes: revocation closes the WebSocket through it.
+    registration: Option<crate::connections::Registration>,
+}
+
+impl Upgraded {
+    /// Joins the client and the upstream until either side closes or access ends
+    /// (revocation, the end of the server's session, shutdown's drain deadline). `early` are
+    /// bytes the client sent behind its request.
+    pub async fn run<IO>(mut self, client: &mut IO, early: &[u8])
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let cancel = self
+            .registration
+            .as_ref()
+            .map(|r| r.cancel.clone())
+            .unwrap_or_default();
+        // An idle WebSocket keeps no buffer.
+        self.conn.buf = BytesMut::new();
+        if !early.is_empty() && self.conn.stream.write_all(early).await.is_err() {
+            return;
+        }
+        let route = self.route;
+        let mut client = crate::proxy::Touching::new(client, route.clone());
+        let mut upstream = crate::proxy::Touching::new(&mut self.conn.stream, route.clone());
+        tokio::select! {
+            r = crate::proxy::pipe::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Ok((up, down)) = r {
+                    tracing::debug!(to_upstream = up, to_client = down, "websocket closed");
+                }
+            }
+            _ = cancel.cancelled() => {
+                tracing::info!(route = %route.path, "websocket closed: access ended");
+            }
+        }
+        drop(self.registration);
+    }
+}
+
+/// What became of an exchange.
+pub enum Exchanged {
+    /// Answered; whether the client connection may carry another request.
+    Done(bool),
+    /// A WebSocket: the connection is a tunnel from now on.
+    Upgraded(Upgraded),
 }
 
 /// The request head for the upstream: origin-form target, HTTP/1.1, the rewritten headers.
@@ -505,16 +585,24 @@ enum HeadError {
 
 /// Reads the head of the upstream's answer, skipping interim (1xx) answers. The header lines
 /// to send on go to `fields`.
-async fn read_head(conn: &mut Upstream, fields: &mut Vec<u8>) -> Result<AnswerHead, HeadError> {
+async fn read_head(
+    conn: &mut Upstream,
+    fields: &mut Vec<u8>,
+    upgrade: bool,
+) -> Result<AnswerHead, HeadError> {
     loop {
         if !conn.buf.is_empty() {
             match parse_head(&conn.buf, fields)? {
                 Some((len, head)) => {
                     conn.buf.advance(len);
-                    if head.status.is_informational() {
-                        if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                            return Err(HeadError::Malformed);
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        // Only the answer to an upgrade this request asked for.
+                        if upgrade {
+                            return Ok(head);
                         }
+                        return Err(HeadError::Malformed);
+                    }
+                    if head.status.is_informational() {
                         continue;
                     }
                     return Ok(head);
@@ -599,7 +687,10 @@ fn parse_head(buf: &[u8], fields: &mut Vec<u8>) -> Result<Option<(usize, AnswerH
             }
             head.content_length = Some(n);
         }
-        if headers::is_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        // A 101 keeps its Upgrade and Connection: they are what it says.
+        if status != StatusCode::SWITCHING_PROTOCOLS
+            && (headers::is_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        {
             continue;
         }
         if name.eq_ignore_ascii_case(b"set-cookie") && headers::sets_own_cookie(h.value) {

@@ -1,7 +1,7 @@
 //! Forwarding to upstreams: HTTP with streaming bodies both ways, and WebSocket upgrades.
 
 pub mod headers;
-mod pipe;
+pub(crate) mod pipe;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -292,14 +292,14 @@ impl hyper::body::Body for Revocable {
 }
 
 /// Marks the route active whenever bytes arrive from either side of a WebSocket.
-struct Touching<T> {
+pub(crate) struct Touching<T> {
     io: T,
     route: Arc<Route>,
     last: i64,
 }
 
 impl<T> Touching<T> {
-    fn new(io: T, route: Arc<Route>) -> Self {
+    pub(crate) fn new(io: T, route: Arc<Route>) -> Self {
         Touching { io, route, last: 0 }
     }
 }

@@ -27,9 +27,10 @@ impl Shared {
     }
 
     fn write_out(&self) {
+        // stdout first, then the buffer: two writers cannot put lines out of order.
+        let mut out = std::io::stdout().lock();
         let pending = std::mem::take(&mut *self.lock());
         if !pending.is_empty() {
-            let mut out = std::io::stdout().lock();
             let _ = out.write_all(&pending);
             let _ = out.flush();
         }
@@ -141,6 +142,19 @@ pub fn init(json: bool) {
     if !ansi {
         let _ = DIRECT.set(json);
     }
+    // What was logged before a panic is out before the panic message.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // Not if the panic came from inside the buffer's lock: waiting for it would hang.
+        if let Some(shared) = SHARED.get()
+            && let Ok(mut buf) = shared.buf.try_lock()
+        {
+            let pending = std::mem::take(&mut *buf);
+            drop(buf);
+            let _ = std::io::stdout().write_all(&pending);
+        }
+        report(info);
+    }));
 }
 
 /// The access line of one request. Written straight into the log buffer in the layout

@@ -63,28 +63,40 @@ fn header_value(c: &Cookie<'_>) -> HeaderValue {
 
 /// The value of the first cookie with this name in the request's Cookie headers.
 pub fn find(headers: &HeaderMap, name: &str) -> Option<String> {
+    // Bytes, not text: another cookie's non-ASCII value must not hide this one.
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"').to_owned())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
+        })
+        .find(|(k, _)| *k == name.as_bytes())
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .map(|v| v.trim_matches('"').to_owned())
 }
 
 /// Removes latchkey's session cookies from the Cookie headers, keeping every other cookie
 /// (the upstream's own, such as Jupyter's `_xsrf`) byte for byte.
 pub fn strip_own(headers: &mut HeaderMap) {
-    let is_ours = |pair: &str| {
-        let name = pair.split('=').next().unwrap_or("").trim();
-        name == SESSION_COOKIE || name == SESSION_COOKIE_TLS
+    let is_ours = |pair: &[u8]| {
+        let name = pair
+            .split(|b| *b == b'=')
+            .next()
+            .unwrap_or(b"")
+            .trim_ascii();
+        name == SESSION_COOKIE.as_bytes() || name == SESSION_COOKIE_TLS.as_bytes()
     };
+    // Bytes, not text: a cookie value with a non-ASCII byte must not hide latchkey's cookie.
     let mut ours = false;
-    let mut kept = String::new();
+    let mut kept: Vec<u8> = Vec::new();
     for value in headers.get_all(header::COOKIE) {
-        let Ok(value) = value.to_str() else { continue };
-        for pair in value.split(';').map(str::trim) {
+        for pair in value
+            .as_bytes()
+            .split(|b| *b == b';')
+            .map(<[u8]>::trim_ascii)
+        {
             if pair.is_empty() {
                 continue;
             }
@@ -93,9 +105,9 @@ pub fn strip_own(headers: &mut HeaderMap) {
                 continue;
             }
             if !kept.is_empty() {
-                kept.push_str("; ");
+                kept.extend_from_slice(b"; ");
             }
-            kept.push_str(pair);
+            kept.extend_from_slice(pair);
         }
     }
     if !ours {
@@ -103,7 +115,7 @@ pub fn strip_own(headers: &mut HeaderMap) {
     }
     headers.remove(header::COOKIE);
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept)
+        && let Ok(v) = HeaderValue::from_bytes(&kept)
     {
         headers.insert(header::COOKIE, v);
     }
@@ -112,6 +124,21 @@ pub fn strip_own(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_non_ascii_cookie_hides_nothing() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"z=\xc3\xa9; latchkey-session=s; a=1").unwrap(),
+        );
+        assert_eq!(find(&h, SESSION_COOKIE).as_deref(), Some("s"));
+        strip_own(&mut h);
+        assert_eq!(
+            h.get(header::COOKIE).unwrap().as_bytes(),
+            b"z=\xc3\xa9; a=1"
+        );
+    }
 
     #[test]
     fn finds_a_cookie_among_several_headers() {

@@ -231,6 +231,11 @@ where
         let mut headers = parts.headers;
         headers.clear();
         self.spare = Some(headers);
+        // An idle keep-alive connection holds no large buffer after an upload or a download.
+        self.scratch.trim();
+        if self.buf.is_empty() && self.buf.capacity() > 16 * 1024 {
+            self.buf = BytesMut::with_capacity(4096);
+        }
         done
     }
 

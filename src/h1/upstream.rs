@@ -185,6 +185,15 @@ pub struct Scratch {
     timer: super::Deadline,
 }
 
+impl Scratch {
+    /// Gives back what a large exchange made the buffers grow to.
+    pub fn trim(&mut self) {
+        if self.out.capacity() > 16 * 1024 {
+            self.out = Vec::new();
+        }
+    }
+}
+
 /// Forwards one request and copies the answer to the client. `on_head` runs once the answer's
 /// head has been written. Ok(false) when the client connection must close.
 #[allow(clippy::too_many_arguments)]
@@ -206,7 +215,7 @@ where
     let authority = &route.target.authority;
     let Scratch { out, fields, timer } = scratch;
     out.clear();
-    request_head(out, &route, x.parts);
+    request_head(out, &route, x.parts, x.body_len);
     let buffered = x.body_len.min(client_buf.len() as u64) as usize;
     out.extend_from_slice(&client_buf[..buffered]);
     client_buf.advance(buffered);
@@ -242,9 +251,11 @@ where
                 }
             },
         };
-        let retry_allowed = conn.reused && replayable;
+        // A request that may have reached the upstream is sent again only when repeating it
+        // changes nothing (RFC 9110 section 9.2.2).
+        let retry_allowed = conn.reused && replayable && x.parts.method.is_idempotent();
         if let Err(e) = conn.stream.write_all(out).await {
-            if retry_allowed {
+            if conn.reused && replayable {
                 continue;
             }
             tracing::warn!(route = %route.path, error = %e, "upstream request failed");
@@ -398,7 +409,9 @@ where
                     let n = left.min(conn.buf.len() as u64) as usize;
                     if out.is_empty() {
                         // Body bytes only: straight from the read buffer, without a copy.
-                        if client.write_all(&conn.buf[..n]).await.is_err() {
+                        if client.write_all(&conn.buf[..n]).await.is_err()
+                            || client.flush().await.is_err()
+                        {
                             return Ok(Exchanged::Done(false));
                         }
                     } else {
@@ -470,6 +483,10 @@ where
     }
     drop(registration);
     if reusable && conn.buf.is_empty() {
+        if conn.buf.capacity() > 16 * 1024 {
+            // A kept connection holds no large buffer.
+            conn.buf = BytesMut::with_capacity(8192);
+        }
         conn.reused = true;
         conn.since = Instant::now();
         *sticky = Some(conn);
@@ -529,7 +546,7 @@ pub enum Exchanged {
 }
 
 /// The request head for the upstream: origin-form target, HTTP/1.1, the rewritten headers.
-fn request_head(out: &mut Vec<u8>, route: &Route, parts: &Parts) {
+fn request_head(out: &mut Vec<u8>, route: &Route, parts: &Parts, body_len: u64) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let (base, rest) = crate::proxy::upstream_path(route, parts.uri.path());
@@ -541,7 +558,19 @@ fn request_head(out: &mut Vec<u8>, route: &Route, parts: &Parts) {
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
+        // The framing is latchkey's own: the length it read is the length it sends, whatever
+        // the rewritten headers say.
+        if name == http::header::CONTENT_LENGTH {
+            header_line(out, b"content-length", body_len.to_string().as_bytes());
+            continue;
+        }
+        if name == http::header::TRANSFER_ENCODING {
+            continue;
+        }
         header_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if body_len > 0 && !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+        header_line(out, b"content-length", body_len.to_string().as_bytes());
     }
     // HTTP/1.1 requests need a Host; a client that sent none gets the upstream's.
     if !parts.headers.contains_key(http::header::HOST) {
@@ -687,10 +716,11 @@ fn parse_head(buf: &[u8], fields: &mut Vec<u8>) -> Result<Option<(usize, AnswerH
             }
             head.content_length = Some(n);
         }
-        // A 101 keeps its Upgrade and Connection: they are what it says.
-        if status != StatusCode::SWITCHING_PROTOCOLS
-            && (headers::is_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)))
-        {
+        // A 101 keeps its Upgrade and Connection: they are what it says. A `Connection` token
+        // cannot take away the length latchkey frames the answer by.
+        let listed = !name.eq_ignore_ascii_case(b"content-length")
+            && named.iter().any(|n| n.eq_ignore_ascii_case(name));
+        if status != StatusCode::SWITCHING_PROTOCOLS && (headers::is_hop_by_hop(name) || listed) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"set-cookie") && headers::sets_own_cookie(h.value) {

@@ -69,6 +69,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
             continue;
         }
+        // Framing and Host are not the sender's to declare hop-by-hop.
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::HOST
+        {
+            continue;
+        }
         headers.remove(name);
     }
     // Most requests carry none of these: one pass over the names present is cheaper than a

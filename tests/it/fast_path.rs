@@ -1537,3 +1537,47 @@ async fn a_request_without_host_is_refused_or_forwarded_with_one() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_header_cannot_take_the_length_off_a_body() {
+    // `Connection: content-length` names the length as hop-by-hop. Were it dropped and the body
+    // forwarded, the body would be read upstream as a second request that no access check saw.
+    let (up, _lk, john) = johns_raw_server(|req| {
+        if req.method == "POST" {
+            vec![Step::Write(answer(
+                "200 OK",
+                &[],
+                digest(&req.body).as_bytes(),
+            ))]
+        } else {
+            echo(req)
+        }
+    })
+    .await;
+    let smuggled =
+        b"GET /user/john/smuggled HTTP/1.1\r\nHost: x\r\nX-Latchkey-User: mallory\r\n\r\n".to_vec();
+    for connection in [
+        "Connection: content-length",
+        "Connection: Content-Length, keep-alive",
+    ] {
+        let mut c = john.connect().await;
+        c.send(john.request("POST", "/user/john/form", &[connection], &smuggled))
+            .await;
+        let r = c.response().await;
+        assert_fast(&r);
+        assert_eq!(
+            (r.status, r.text()),
+            (200, digest(&smuggled)),
+            "{connection}"
+        );
+        c.send(john.get("/user/john/after")).await;
+        let r = c.response().await;
+        assert_eq!((r.status, r.text().as_str()), (200, "GET /user/john/after"));
+    }
+    let seen = up.seen();
+    assert!(
+        seen.iter().all(|r| r.target != "/user/john/smuggled"),
+        "the body reached the upstream as a request"
+    );
+    assert_eq!(seen.len(), 4);
+}

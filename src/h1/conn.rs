@@ -282,11 +282,16 @@ where
                 )
                 .await;
                 match forwarded {
-                    Ok(done) => return done,
+                    Ok(done) => {
+                        if !logged {
+                            // The client went away before the answer's head reached it.
+                            app.log_access(&begun, client_gone());
+                        }
+                        return done;
+                    }
                     Err(Failure::Abort) => {
                         if !logged {
-                            // The client went away before an answer: as hyper would log it.
-                            app.log_access(&begun, http::StatusCode::BAD_REQUEST);
+                            app.log_access(&begun, client_gone());
                         }
                         return Exchanged::Done(false);
                     }
@@ -396,6 +401,12 @@ fn index(
         return Err(());
     }
     Ok(Some(head))
+}
+
+/// The status logged and counted for a request whose client went away before its answer:
+/// 499, as nginx logs it ("client closed request"); it is never sent.
+fn client_gone() -> http::StatusCode {
+    http::StatusCode::from_u16(499).unwrap_or(http::StatusCode::BAD_REQUEST)
 }
 
 /// Writes a response latchkey made itself (an error page, a redirect); false when the

@@ -55,6 +55,8 @@ pub struct Ctx {
     pub request_id: String,
     /// The client's address (after trusted proxies).
     pub client_ip: IpAddr,
+    /// The same, as text: for the forwarding header and the access line.
+    pub client_ip_text: http_util::IpText,
     pub peer: SocketAddr,
     pub tls: bool,
 }
@@ -181,11 +183,13 @@ impl App {
     ) -> Begun {
         let path = uri.path();
         let internal = self.hub.internal(path);
+        let client_ip = self.client_ip(peer, headers);
         Begun {
             started: Instant::now(),
             ctx: Ctx {
                 request_id: secret::random_id(),
-                client_ip: self.client_ip(peer, headers),
+                client_ip,
+                client_ip_text: http_util::IpText::new(client_ip),
                 peer,
                 tls,
             },
@@ -230,10 +234,9 @@ impl App {
     pub fn log_access(&self, begun: &Begun, status: http::StatusCode) {
         // Never the query string, which may carry codes or upstream tokens.
         let took = begun.started.elapsed();
-        let client = http_util::IpText::new(begun.ctx.client_ip);
         let line = crate::logging::AccessLine {
             request_id: &begun.ctx.request_id,
-            client: client.as_str(),
+            client: begun.ctx.client_ip_text.as_str(),
             method: begun.method.as_str(),
             path: begun.uri.path(),
             status: status.as_u16(),
@@ -409,7 +412,7 @@ impl App {
             &mut parts.headers,
             websocket,
             &Forwarding {
-                client_ip: ctx.client_ip,
+                client_ip: ctx.client_ip_text.as_str(),
                 trust_forwarded: self.config.trusted_proxies.contains(&ctx.peer.ip()),
                 proto: if ctx.tls { "https" } else { "http" },
                 host: host.as_ref(),

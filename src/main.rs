@@ -1,8 +1,8 @@
 //! The `latchkey` command: parse the command line and hand over to the library.
 
-/// mimalloc: per-thread free lists make the many small, short-lived allocations of a request
-/// (header values, the request id, the access line) about half as costly as glibc's malloc
-/// (bench/README.md).
+/// mimalloc, for the many small, short-lived allocations of a request (header values, the
+/// request id). Its effect was not measured apart from the changes that came with it
+/// (bench/README.md, "Second round").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -329,13 +329,7 @@ where
     if answer.status == StatusCode::SWITCHING_PROTOCOLS {
         // Registered before the client hears of it: a revocation from then on closes it.
         let registration = prepared.registrar(app).map(|r| r.register(true));
-        out.clear();
-        status_line(out, answer.status);
-        out.extend_from_slice(fields);
-        if !answer.has_request_id {
-            header_line(out, b"x-request-id", x.request_id.as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
+        answer_head(out, &answer, fields, x.request_id, false, false);
         // Frames the upstream sent right behind its answer go with it.
         out.extend_from_slice(&conn.buf);
         conn.buf.clear();
@@ -351,7 +345,6 @@ where
     }
 
     let framing = if x.head_request
-        || answer.status.is_informational()
         || answer.status == StatusCode::NO_CONTENT
         || answer.status == StatusCode::NOT_MODIFIED
     {
@@ -366,19 +359,8 @@ where
     let mut reusable = answer.keep_alive && framing != Framing::Close && !cut_short;
     let close_client = x.client_close || cut_short;
 
-    out.clear();
-    status_line(out, answer.status);
-    out.extend_from_slice(fields);
-    if matches!(framing, Framing::Chunked | Framing::Close) {
-        header_line(out, b"transfer-encoding", b"chunked");
-    }
-    if !answer.has_request_id {
-        header_line(out, b"x-request-id", x.request_id.as_bytes());
-    }
-    if close_client {
-        header_line(out, b"connection", b"close");
-    }
-    out.extend_from_slice(b"\r\n");
+    let chunked = matches!(framing, Framing::Chunked | Framing::Close);
+    answer_head(out, &answer, fields, x.request_id, chunked, close_client);
 
     // Answers without a length stream until they end: they are closed when access ends.
     let registration = match framing {
@@ -474,12 +456,6 @@ where
             }
             Ok(_) => {}
         }
-        if done && !out.is_empty() {
-            if client.write_all(out).await.is_err() || client.flush().await.is_err() {
-                return Ok(Exchanged::Done(false));
-            }
-            break;
-        }
     }
     drop(registration);
     if reusable && conn.buf.is_empty() {
@@ -569,12 +545,34 @@ fn request_head(out: &mut Vec<u8>, route: &Route, parts: &Parts, body_len: u64) 
         }
         header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if body_len > 0 && !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
-        header_line(out, b"content-length", body_len.to_string().as_bytes());
-    }
     // HTTP/1.1 requests need a Host; a client that sent none gets the upstream's.
     if !parts.headers.contains_key(http::header::HOST) {
         header_line(out, b"host", route.target.authority.as_str().as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The head of the answer for the client, into `out`: the upstream's status and filtered
+/// fields, latchkey's framing, request id and close.
+fn answer_head(
+    out: &mut Vec<u8>,
+    answer: &AnswerHead,
+    fields: &[u8],
+    request_id: &str,
+    chunked: bool,
+    close: bool,
+) {
+    out.clear();
+    status_line(out, answer.status);
+    out.extend_from_slice(fields);
+    if chunked {
+        header_line(out, b"transfer-encoding", b"chunked");
+    }
+    if !answer.has_request_id {
+        header_line(out, b"x-request-id", request_id.as_bytes());
+    }
+    if close {
+        header_line(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -1,7 +1,5 @@
 //! Header hygiene between client and upstream. Pure functions, unit-tested without sockets.
 
-use std::net::IpAddr;
-
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1).
@@ -107,7 +105,8 @@ fn any_of(headers: &HeaderMap, names: &[&str]) -> bool {
 
 /// What the upstream is told about the request and the caller.
 pub struct Forwarding<'a> {
-    pub client_ip: IpAddr,
+    /// The client's address.
+    pub client_ip: &'a str,
     /// Whether the peer is a trusted proxy whose X-Forwarded-For chain is kept.
     pub trust_forwarded: bool,
     pub proto: &'static str,
@@ -140,16 +139,15 @@ pub fn prepare_request(headers: &mut HeaderMap, websocket: bool, f: &Forwarding<
             headers.remove(*name);
         }
     }
-    let ip = crate::http_util::IpText::new(f.client_ip);
     match (
         f.trust_forwarded,
         headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
     ) {
         (true, Some(chain)) => {
-            let xff = format!("{chain}, {}", ip.as_str());
+            let xff = format!("{chain}, {}", f.client_ip);
             set(headers, X_FORWARDED_FOR, &xff);
         }
-        _ => set(headers, X_FORWARDED_FOR, ip.as_str()),
+        _ => set(headers, X_FORWARDED_FOR, f.client_ip),
     }
     if !(f.trust_forwarded && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
@@ -229,7 +227,7 @@ mod tests {
 
     fn forwarding<'a>(upstream: &'a [(HeaderName, HeaderValue)]) -> Forwarding<'a> {
         Forwarding {
-            client_ip: "10.1.2.3".parse().unwrap(),
+            client_ip: "10.1.2.3",
             trust_forwarded: false,
             proto: "http",
             host: Some(&HOST),

@@ -417,30 +417,18 @@ async fn an_upstream_connection_closed_meanwhile_is_replaced() {
     .await;
     // Keeps its first connection after the first answer, but closes it (FIN, or RST) when the
     // second request arrives on it, without answering.
-    let quiet = RawUpstream::spawn(|req| {
-        if req.conn == 0 && req.nth == 1 {
-            vec![Step::Close]
-        } else {
-            echo(req)
+    let ends_first_connection = |reset: bool| {
+        move |req: &RawRequest| {
+            if req.conn == 0 && req.nth == 1 {
+                vec![if reset { Step::Reset } else { Step::Close }]
+            } else {
+                echo(req)
+            }
         }
-    })
-    .await;
-    let reset = RawUpstream::spawn(|req| {
-        if req.conn == 0 && req.nth == 1 {
-            vec![Step::Reset]
-        } else {
-            echo(req)
-        }
-    })
-    .await;
-    let post = RawUpstream::spawn(|req| {
-        if req.conn == 0 && req.nth == 1 {
-            vec![Step::Close]
-        } else {
-            echo(req)
-        }
-    })
-    .await;
+    };
+    let quiet = RawUpstream::spawn(ends_first_connection(false)).await;
+    let reset = RawUpstream::spawn(ends_first_connection(true)).await;
+    let post = RawUpstream::spawn(ends_first_connection(false)).await;
     route(&lk, "", &one_each.target()).await;
     route(&lk, "quiet", &quiet.target()).await;
     route(&lk, "reset", &reset.target()).await;

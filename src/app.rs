@@ -7,7 +7,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, header};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
@@ -20,7 +19,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::connections::{Connections, Registrar};
 use crate::error::{Error, Result};
-use crate::http_util::{self, Body};
+use crate::http_util::{self, Body, Fields};
 use crate::ids::ServerRef;
 use crate::paths;
 use crate::proxy::{self, UpstreamClient, headers::Forwarding};
@@ -87,9 +86,34 @@ pub struct Prepared {
     pub websocket: bool,
     /// Who is calling (None on an unguarded route).
     caller: Option<Caller>,
+    /// The caller's role on a guarded route.
+    role: Option<&'static str>,
+    /// The caller signed in with an API token (in `Authorization`).
+    token: bool,
 }
 
 impl Prepared {
+    /// What the upstream is told: the input of the header rewriting.
+    pub fn forwarding<'a>(
+        &'a self,
+        app: &App,
+        ctx: &'a Ctx,
+        authority: Option<&'a str>,
+    ) -> Forwarding<'a> {
+        Forwarding {
+            client_ip: ctx.client_ip_text.as_str(),
+            trust_forwarded: app.config.trusted_proxies.contains(&ctx.peer.ip()),
+            proto: if ctx.tls { "https" } else { "http" },
+            authority,
+            user: self.caller.as_ref().map(|c| c.identity.name.as_str()),
+            role: self.role,
+            request_id: &ctx.request_id,
+            drop_authorization: self.token,
+            upstream_headers: &self.route.upstream_headers,
+            websocket: self.websocket,
+        }
+    }
+
     /// For guarded routes: how to register a WebSocket or a streamed answer, so that
     /// revocation can close it. Built only when one is opened.
     pub fn registrar(&self, app: &App) -> Option<Registrar> {
@@ -177,7 +201,7 @@ impl App {
         &self,
         method: &Method,
         uri: &http::Uri,
-        headers: &HeaderMap,
+        headers: &impl Fields,
         peer: SocketAddr,
         tls: bool,
     ) -> Begun {
@@ -297,9 +321,17 @@ impl App {
             return crate::web::handle(self, req, ctx).await;
         }
         let (mut parts, body) = req.into_parts();
-        match self.prepare_proxy(&mut parts, ctx, None).await? {
+        let proxied = self
+            .prepare_proxy(&parts.method, &parts.uri, &parts.headers, ctx, None)
+            .await?;
+        match proxied {
             Proxied::Answer(resp) => Ok(resp),
             Proxied::Forward(p) => {
+                let authority = parts.uri.authority().map(|a| a.as_str());
+                proxy::headers::prepare_request(
+                    &mut parts.headers,
+                    &p.forwarding(self, ctx, authority),
+                );
                 let uri = proxy::upstream_uri(&p.route, parts.uri.path(), parts.uri.query())?;
                 let registrar = p.registrar(self);
                 let req = Request::from_parts(parts, body);
@@ -342,13 +374,15 @@ impl App {
     /// caller, decide, and rewrite the request headers for the upstream.
     pub async fn prepare_proxy(
         &self,
-        parts: &mut Parts,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &impl Fields,
         ctx: &Ctx,
         route: Option<Arc<Route>>,
     ) -> Result<Proxied> {
-        let route = route.or_else(|| self.cache.routes().lookup(parts.uri.path()).cloned());
+        let route = route.or_else(|| self.cache.routes().lookup(uri.path()).cloned());
         let Some(route) = route else {
-            if parts.uri.path() == "/" {
+            if uri.path() == "/" {
                 return Ok(Proxied::Answer(http_util::redirect(
                     &self.hub.external(paths::HOME),
                 )));
@@ -357,16 +391,16 @@ impl App {
                 "No server is running at this address.".into(),
             ));
         };
-        let websocket = is_websocket(&parts.headers);
-        let caller = self.identify(&parts.headers).await?;
+        let websocket = is_websocket(headers);
+        let caller = self.identify(headers).await?;
 
         let mut role = None;
         if let Some(server) = &route.server {
-            let kind = RequestKind::new(&parts.method, websocket);
+            let kind = RequestKind::new(method, websocket);
             let standing = self.decide(&route, server, caller.as_ref(), kind).await;
             let standing = match standing? {
                 Decision::Allow(s) => s,
-                Decision::NeedsLogin => return Err(self.needs_login(parts)),
+                Decision::NeedsLogin => return Err(self.needs_login(uri, headers)),
                 Decision::NotShared => {
                     let user = caller.as_ref().map(|c| &c.identity.name);
                     let reason = match user {
@@ -388,9 +422,9 @@ impl App {
             // latchkey makes them.
             if websocket || !kind.safe_method {
                 crate::auth::csrf::check_same_origin(
-                    &parts.headers,
-                    self.own_origin(&parts.headers, ctx.tls).as_deref(),
-                    parts.uri.authority().map(|a| a.as_str()),
+                    headers,
+                    self.own_origin(headers, ctx.tls).as_deref(),
+                    uri.authority().map(|a| a.as_str()),
                 )?;
             }
             role = Some(match standing {
@@ -399,37 +433,16 @@ impl App {
             });
         }
 
-        let host = match parts.headers.get(header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => parts
-                .uri
-                .authority()
-                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
-        };
-        let user = caller.as_ref().map(|c| c.identity.name.as_str());
         let guarded = route.server.is_some();
-        proxy::headers::prepare_request(
-            &mut parts.headers,
-            websocket,
-            &Forwarding {
-                client_ip: ctx.client_ip_text.as_str(),
-                trust_forwarded: self.config.trusted_proxies.contains(&ctx.peer.ip()),
-                proto: if ctx.tls { "https" } else { "http" },
-                host: host.as_ref(),
-                user: if guarded { user } else { None },
-                role,
-                request_id: &ctx.request_id,
-                drop_authorization: caller
-                    .as_ref()
-                    .is_some_and(|c| c.credential == Credential::Token),
-                upstream_headers: &route.upstream_headers,
-            },
-        );
-        let caller = if guarded { caller } else { None };
+        let token = caller
+            .as_ref()
+            .is_some_and(|c| c.credential == Credential::Token);
         Ok(Proxied::Forward(Prepared {
             route,
             websocket,
-            caller,
+            caller: if guarded { caller } else { None },
+            role,
+            token,
         }))
     }
 
@@ -466,15 +479,11 @@ impl App {
         ))
     }
 
-    fn needs_login(&self, parts: &Parts) -> Error {
-        if http_util::wants_json(&parts.headers, parts.uri.path()) {
+    fn needs_login(&self, uri: &http::Uri, headers: &impl Fields) -> Error {
+        if http_util::wants_json(headers, uri.path()) {
             return Error::Unauthorized;
         }
-        let next = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        let next = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         Error::Redirect(format!(
             "{}?next={}",
             self.hub.external(paths::LOGIN),
@@ -483,7 +492,7 @@ impl App {
     }
 
     /// Who is calling: an API token in `Authorization`, else the session cookie.
-    pub async fn identify(&self, headers: &HeaderMap) -> Result<Option<Caller>> {
+    pub async fn identify(&self, headers: &impl Fields) -> Result<Option<Caller>> {
         if let Some(token) = bearer_token(headers)
             && secret::looks_like_token(token)
         {
@@ -518,15 +527,14 @@ impl App {
     }
 
     /// The origin this request was addressed to.
-    pub fn own_origin(&self, headers: &HeaderMap, tls: bool) -> Option<String> {
+    pub fn own_origin(&self, headers: &impl Fields, tls: bool) -> Option<String> {
         crate::auth::csrf::own_origin(headers, self.config.public_url.as_deref(), tls)
     }
 
-    fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    fn client_ip(&self, peer: SocketAddr, headers: &impl Fields) -> IpAddr {
         if self.config.trusted_proxies.contains(&peer.ip())
             && let Some(ip) = headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
+                .get_str("x-forwarded-for")
                 .and_then(|v| v.rsplit(',').next())
                 .and_then(|v| v.trim().parse().ok())
         {
@@ -767,16 +775,15 @@ impl App {
     }
 }
 
-pub fn is_websocket(headers: &HeaderMap) -> bool {
+pub fn is_websocket(headers: &impl Fields) -> bool {
     headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        .get("upgrade")
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
 }
 
 /// The token in `Authorization: token X` or `Authorization: Bearer X`.
-pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+pub fn bearer_token(headers: &impl Fields) -> Option<&str> {
+    let v = headers.get_str("authorization")?;
     let (scheme, token) = v.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
         .then(|| token.trim())

@@ -12,6 +12,70 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response latchkey sends, proxied or its own.
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// A request's header fields as read: a `HeaderMap` (requests through hyper), or the fields
+/// of a head latchkey's own HTTP/1.1 path parsed in place, so that reading them needs no map.
+/// Names are looked up in lowercase and match in any case.
+pub trait Fields {
+    /// Every field, in order: name and value.
+    fn each(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
+
+    /// The first value of a field.
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.get_all(name).next()
+    }
+
+    /// Every value of a field, in order.
+    fn get_all(&self, name: &str) -> impl Iterator<Item = &[u8]> {
+        self.each()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of a field, when it is visible ASCII (as `HeaderValue::to_str`).
+    fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(text)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+impl Fields for HeaderMap {
+    fn each(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+    }
+
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        HeaderMap::get(self, name).map(HeaderValue::as_bytes)
+    }
+
+    fn get_all(&self, name: &str) -> impl Iterator<Item = &[u8]> {
+        HeaderMap::get_all(self, name)
+            .into_iter()
+            .map(HeaderValue::as_bytes)
+    }
+}
+
+/// Whether bytes may be a header field value: no control characters but tab (what
+/// `HeaderValue::from_bytes` accepts).
+pub fn is_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// A header value as text when it is visible ASCII, spaces and tabs: what
+/// `HeaderValue::to_str` accepts.
+pub fn text(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
 pub fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into())
         .map_err(|never| match never {})
@@ -100,24 +164,20 @@ pub fn percent_encode(s: &str) -> String {
 
 /// Does the client want JSON rather than an HTML page? API paths, XHR, WebSocket upgrades and
 /// explicit `Accept: application/json` do.
-pub fn wants_json(headers: &HeaderMap, path: &str) -> bool {
+pub fn wants_json(headers: &impl Fields, path: &str) -> bool {
     if path.starts_with(crate::paths::API) {
         return true;
     }
-    if headers.contains_key(header::UPGRADE) {
+    if headers.contains("upgrade") {
         return true;
     }
     if headers
-        .get("x-requested-with")
-        .and_then(|v| v.to_str().ok())
+        .get_str("x-requested-with")
         .is_some_and(|v| v.eq_ignore_ascii_case("xmlhttprequest"))
     {
         return true;
     }
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let accept = headers.get_str("accept").unwrap_or("");
     accept.contains("application/json") && !accept.contains("text/html")
 }
 

@@ -1,8 +1,9 @@
 //! Reading and writing latchkey's cookies, and removing them before a request goes upstream.
 
 use cookie::{Cookie, SameSite};
-use http::{HeaderMap, HeaderValue, header};
+use http::HeaderValue;
 
+use crate::http_util::Fields;
 use crate::paths::{SESSION_COOKIE, SESSION_COOKIE_TLS, XSRF_COOKIE};
 
 /// Cookie settings that depend on how latchkey is served.
@@ -62,12 +63,11 @@ fn header_value(c: &Cookie<'_>) -> HeaderValue {
 }
 
 /// The value of the first cookie with this name in the request's Cookie headers.
-pub fn find(headers: &HeaderMap, name: &str) -> Option<String> {
+pub fn find(headers: &impl Fields, name: &str) -> Option<String> {
     // Bytes, not text: another cookie's non-ASCII value must not hide this one.
     headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .get_all("cookie")
+        .flat_map(|v| v.split(|b| *b == b';'))
         .filter_map(|pair| {
             let eq = pair.iter().position(|b| *b == b'=')?;
             Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
@@ -77,9 +77,10 @@ pub fn find(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|v| v.trim_matches('"').to_owned())
 }
 
-/// Removes latchkey's session cookies from the Cookie headers, keeping every other cookie
-/// (the upstream's own, such as Jupyter's `_xsrf`) byte for byte.
-pub fn strip_own(headers: &mut HeaderMap) {
+/// The cookies for the upstream: every cookie but latchkey's session cookies, byte for byte.
+/// None when the Cookie fields hold none of latchkey's (they go on unchanged); else the cookies
+/// left, joined into one field (empty: send no Cookie field).
+pub fn without_own<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
     let is_ours = |pair: &[u8]| {
         let name = pair
             .split(|b| *b == b'=')
@@ -91,12 +92,8 @@ pub fn strip_own(headers: &mut HeaderMap) {
     // Bytes, not text: a cookie value with a non-ASCII byte must not hide latchkey's cookie.
     let mut ours = false;
     let mut kept: Vec<u8> = Vec::new();
-    for value in headers.get_all(header::COOKIE) {
-        for pair in value
-            .as_bytes()
-            .split(|b| *b == b';')
-            .map(<[u8]>::trim_ascii)
-        {
+    for value in values {
+        for pair in value.split(|b| *b == b';').map(<[u8]>::trim_ascii) {
             if pair.is_empty() {
                 continue;
             }
@@ -110,20 +107,13 @@ pub fn strip_own(headers: &mut HeaderMap) {
             kept.extend_from_slice(pair);
         }
     }
-    if !ours {
-        return;
-    }
-    headers.remove(header::COOKIE);
-    if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_bytes(&kept)
-    {
-        headers.insert(header::COOKIE, v);
-    }
+    ours.then_some(kept)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{HeaderMap, header};
 
     #[test]
     fn a_non_ascii_cookie_hides_nothing() {
@@ -133,11 +123,8 @@ mod tests {
             HeaderValue::from_bytes(b"z=\xc3\xa9; latchkey-session=s; a=1").unwrap(),
         );
         assert_eq!(find(&h, SESSION_COOKIE).as_deref(), Some("s"));
-        strip_own(&mut h);
-        assert_eq!(
-            h.get(header::COOKIE).unwrap().as_bytes(),
-            b"z=\xc3\xa9; a=1"
-        );
+        let kept = without_own(h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()));
+        assert_eq!(kept.as_deref(), Some(&b"z=\xc3\xa9; a=1"[..]));
     }
 
     #[test]
@@ -164,9 +151,8 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("__Host-latchkey-session=t"),
         );
-        strip_own(&mut h);
-        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
-        assert_eq!(all, vec!["_xsrf=jupyter; x=1"]);
+        let kept = without_own(h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()));
+        assert_eq!(kept.as_deref(), Some(&b"_xsrf=jupyter; x=1"[..]));
     }
 
     #[test]
@@ -176,8 +162,9 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("latchkey-session=s"),
         );
-        strip_own(&mut h);
-        assert!(!h.contains_key(header::COOKIE));
+        let kept = without_own(h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()));
+        assert_eq!(kept.as_deref(), Some(&b""[..]));
+        assert_eq!(without_own([&b"a=1; b=2"[..]].into_iter()), None);
     }
 
     #[test]

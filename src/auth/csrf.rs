@@ -1,8 +1,9 @@
 //! Cross-site request protection: the `_xsrf` double-submit token and the Origin check.
 
-use http::{HeaderMap, header};
+use http::HeaderMap;
 
 use crate::error::Error;
+use crate::http_util::{Fields, text};
 use crate::paths::XSRF_COOKIE;
 use crate::secret::constant_time_eq;
 
@@ -25,41 +26,36 @@ pub fn check_token(headers: &HeaderMap, form_value: Option<&str>) -> Result<(), 
 
 /// The origin latchkey is served at for this request: the configured public URL, or the scheme
 /// and Host header.
-pub fn own_origin(headers: &HeaderMap, public_url: Option<&str>, tls: bool) -> Option<String> {
+pub fn own_origin(headers: &impl Fields, public_url: Option<&str>, tls: bool) -> Option<String> {
     if let Some(u) = public_url {
         return Some(u.to_ascii_lowercase());
     }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
+    let host = headers.get_str("host")?;
     Some(format!("{}://{}", if tls { "https" } else { "http" }, host).to_ascii_lowercase())
 }
 
 /// Refuses requests that a browser sent on behalf of another site. Requests without an Origin
 /// (scripts, curl) pass; browsers always send one on cross-site POSTs and WebSockets.
 pub fn check_same_origin(
-    headers: &HeaderMap,
+    headers: &impl Fields,
     own_origin: Option<&str>,
     request_authority: Option<&str>,
 ) -> Result<(), Error> {
     if headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
+        .get_str("sec-fetch-site")
         .is_some_and(|v| v == "cross-site")
     {
         return Err(Error::CrossOrigin);
     }
-    let Some(origin) = headers.get(header::ORIGIN) else {
+    let Some(origin) = headers.get("origin") else {
         return Ok(());
     };
     // A page served with `Referrer-Policy: no-referrer` makes browsers send `Origin: null` on
     // its own form posts; Fetch Metadata then still says where the request came from.
-    if origin == "null"
-        && headers
-            .get("sec-fetch-site")
-            .is_some_and(|v| v == "same-origin")
-    {
+    if origin == b"null" && headers.get("sec-fetch-site") == Some(b"same-origin") {
         return Ok(());
     }
-    let origin = origin.to_str().unwrap_or("null").to_ascii_lowercase();
+    let origin = text(origin).unwrap_or("null").to_ascii_lowercase();
     let matches_own = own_origin.is_some_and(|o| o == origin);
     // HTTP/2 requests carry the host as the URI authority rather than a Host header.
     let matches_authority = request_authority.is_some_and(|a| {

@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use http::{Method, Response, Uri, header};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::Rewind;
 use super::upstream::{self, Exchange, Exchanged, Failure, Scratch, Upstream};
+use super::{RawFields, Rewind};
 use crate::app::{App, Proxied};
 use crate::http_util::{self, Body};
 use crate::routes::Route;
@@ -75,7 +74,6 @@ where
         upstream: None,
         scratch: Scratch::default(),
         fields: Vec::new(),
-        spare: None,
         head_timer: Default::default(),
     };
     enum End {
@@ -87,16 +85,12 @@ where
         match c.read_head(&mut stop).await {
             Head::Complete(head) => {
                 let request = c.buf.split_to(head.len).freeze();
-                let Some((parts, route)) = c.ours(&head, &request) else {
+                let Some((uri, route)) = c.ours(&head, &request) else {
                     let mut all = BytesMut::from(&request[..]);
                     all.extend_from_slice(&c.buf);
                     break End::Handoff(all.freeze());
                 };
-                drop(request);
-                match c
-                    .answer(parts, route, head.content_length, head.close)
-                    .await
-                {
+                match c.answer(&head, uri, &request, route).await {
                     Exchanged::Done(true) if !*stop.borrow() => {}
                     Exchanged::Done(_) => break End::Closed,
                     Exchanged::Upgraded(websocket) => break End::Tunnel(websocket),
@@ -133,8 +127,6 @@ struct Client<'a, IO> {
     scratch: Scratch,
     /// Where the header fields of the request head are in `buf`.
     fields: Vec<(Range<usize>, Range<usize>)>,
-    /// The header map of the last request, cleared, for the next.
-    spare: Option<HeaderMap>,
     /// How long the client may take to send a request head.
     head_timer: super::Deadline,
 }
@@ -196,41 +188,31 @@ where
         }
     }
 
-    /// The request as `http` parts, when this path answers it.
-    fn ours(&mut self, head: &HeadIndex, request: &Bytes) -> Option<(Parts, Arc<Route>)> {
+    /// The request's URI and route, when this path answers it.
+    fn ours(&self, head: &HeadIndex, request: &Bytes) -> Option<(Uri, Arc<Route>)> {
         let uri = Uri::from_maybe_shared(request.slice(head.target.clone())).ok()?;
         if crate::proxy::check_uri_length(&uri).is_err() {
             return None;
         }
         let route = self.app.plain_route(uri.path())?;
-        let mut headers = self
-            .spare
-            .take()
-            .unwrap_or_else(|| HeaderMap::with_capacity(self.fields.len() + 8));
-        for (name, value) in &self.fields {
-            let name = HeaderName::from_bytes(&request[name.clone()]).ok()?;
-            let value = HeaderValue::from_maybe_shared(request.slice(value.clone())).ok()?;
-            headers.append(name, value);
-        }
-        let (mut parts, ()) = Request::new(()).into_parts();
-        parts.method = head.method.clone();
-        parts.uri = uri;
-        parts.headers = headers;
-        Some((parts, route))
+        Some((uri, route))
     }
 
-    /// Answers one request.
+    /// Answers one request, whose head is `request`.
     async fn answer(
         &mut self,
-        mut parts: Parts,
+        head: &HeadIndex,
+        uri: Uri,
+        request: &[u8],
         route: Arc<Route>,
-        body_len: u64,
-        close: bool,
     ) -> Exchanged {
-        let done = self.answer_with(&mut parts, route, body_len, close).await;
-        let mut headers = parts.headers;
-        headers.clear();
-        self.spare = Some(headers);
+        let at = std::mem::take(&mut self.fields);
+        let fields = RawFields {
+            head: request,
+            at: &at,
+        };
+        let done = self.answer_with(head, &uri, &fields, route).await;
+        self.fields = at;
         // An idle keep-alive connection holds no large buffer after an upload or a download.
         self.scratch.trim();
         if self.buf.is_empty() && self.buf.capacity() > 16 * 1024 {
@@ -241,25 +223,26 @@ where
 
     async fn answer_with(
         &mut self,
-        parts: &mut Parts,
+        head: &HeadIndex,
+        uri: &Uri,
+        fields: &RawFields<'_>,
         route: Arc<Route>,
-        body_len: u64,
-        close: bool,
     ) -> Exchanged {
         let app = self.app;
-        let begun = app.begin(
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            self.peer,
-            self.tls,
-        );
-        let head_request = parts.method == Method::HEAD;
+        let (body_len, close) = (head.content_length, head.close);
+        let begun = app.begin(&head.method, uri, fields, self.peer, self.tls);
+        let head_request = head.method == Method::HEAD;
         let mut body_read = true;
-        let result = match app.prepare_proxy(parts, &begun.ctx, Some(route)).await {
+        let proxied = app
+            .prepare_proxy(&head.method, uri, fields, &begun.ctx, Some(route))
+            .await;
+        let result = match proxied {
             Ok(Proxied::Forward(prepared)) => {
                 let exchange = Exchange {
-                    parts,
+                    method: &head.method,
+                    uri,
+                    fields,
+                    forwarding: prepared.forwarding(app, &begun.ctx, None),
                     body_len,
                     head_request,
                     client_close: close,
@@ -274,7 +257,7 @@ where
                     &mut self.io,
                     &mut self.buf,
                     exchange,
-                    prepared,
+                    &prepared,
                     |status| {
                         app.log_access(&begun, status);
                         logged = true;
@@ -308,10 +291,7 @@ where
             Ok(Proxied::Answer(resp)) => Ok(resp),
             Err(e) => Err(e),
         };
-        let path = parts.uri.path();
-        let resp = app.answer(&begun, result, || {
-            http_util::wants_json(&parts.headers, path)
-        });
+        let resp = app.answer(&begun, result, || http_util::wants_json(fields, uri.path()));
         app.log_access(&begun, resp.status());
         // An unread request body would be read as the next request: skip it, or close.
         let close = if body_read && body_len <= self.buf.len() as u64 {

@@ -17,6 +17,7 @@ mod chunked;
 mod conn;
 mod upstream;
 
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -25,6 +26,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use conn::{Served, Tunnel, serve};
 pub use upstream::Pool;
+
+/// The header fields of a request head, where they are in the bytes it was read into: read
+/// and rewritten for the upstream without building a header map.
+pub struct RawFields<'a> {
+    head: &'a [u8],
+    at: &'a [(Range<usize>, Range<usize>)],
+}
+
+impl crate::http_util::Fields for RawFields<'_> {
+    fn each(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.at
+            .iter()
+            .map(|(name, value)| (&self.head[name.clone()], &self.head[value.clone()]))
+    }
+}
 
 /// A timer kept for a connection's life and moved later for each wait. tokio moves a timer
 /// later without touching its timer wheel, where a new timer per request cost an insertion

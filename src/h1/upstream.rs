@@ -6,17 +6,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use http::StatusCode;
-use http::request::Parts;
 use http::uri::Authority;
+use http::{Method, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
+use super::RawFields;
 use super::chunked::Chunked;
 use crate::app::{App, Prepared};
 use crate::clock;
 use crate::error::Error;
-use crate::proxy::headers;
+use crate::proxy::headers::{self, Forwarding};
 use crate::routes::Route;
 
 /// Idle connections kept per upstream address.
@@ -144,8 +144,12 @@ impl Pool {
 
 /// One request to forward.
 pub struct Exchange<'a> {
-    /// The method, and the headers as rewritten for the upstream.
-    pub parts: &'a Parts,
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    /// The request's header fields as the client sent them.
+    pub fields: &'a RawFields<'a>,
+    /// How they are rewritten for the upstream.
+    pub forwarding: Forwarding<'a>,
     /// Request body bytes still to come from the client (`Content-Length`).
     pub body_len: u64,
     pub head_request: bool,
@@ -204,7 +208,7 @@ pub async fn exchange<IO>(
     client: &mut IO,
     client_buf: &mut BytesMut,
     x: Exchange<'_>,
-    prepared: Prepared,
+    prepared: &Prepared,
     on_head: impl FnOnce(StatusCode),
 ) -> Result<Exchanged, Failure>
 where
@@ -215,7 +219,7 @@ where
     let authority = &route.target.authority;
     let Scratch { out, fields, timer } = scratch;
     out.clear();
-    request_head(out, &route, x.parts, x.body_len);
+    request_head(out, &route, &x);
     let buffered = x.body_len.min(client_buf.len() as u64) as usize;
     out.extend_from_slice(&client_buf[..buffered]);
     client_buf.advance(buffered);
@@ -253,7 +257,7 @@ where
         };
         // A request that may have reached the upstream is sent again only when repeating it
         // changes nothing (RFC 9110 section 9.2.2).
-        let retry_allowed = conn.reused && replayable && x.parts.method.is_idempotent();
+        let retry_allowed = conn.reused && replayable && x.method.is_idempotent();
         if let Err(e) = conn.stream.write_all(out).await {
             if conn.reused && replayable {
                 continue;
@@ -522,31 +526,33 @@ pub enum Exchanged {
 }
 
 /// The request head for the upstream: origin-form target, HTTP/1.1, the rewritten headers.
-fn request_head(out: &mut Vec<u8>, route: &Route, parts: &Parts, body_len: u64) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+fn request_head(out: &mut Vec<u8>, route: &Route, x: &Exchange<'_>) {
+    out.extend_from_slice(x.method.as_str().as_bytes());
     out.push(b' ');
-    let (base, rest) = crate::proxy::upstream_path(route, parts.uri.path());
+    let (base, rest) = crate::proxy::upstream_path(route, x.uri.path());
     out.extend_from_slice(base.as_bytes());
     out.extend_from_slice(rest.as_bytes());
-    if let Some(q) = parts.uri.query() {
+    if let Some(q) = x.uri.query() {
         out.push(b'?');
         out.extend_from_slice(q.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    let mut host = false;
+    crate::proxy::headers::rewrite_request(x.fields, &x.forwarding, |name, value| {
         // The framing is latchkey's own: the length it read is the length it sends, whatever
-        // the rewritten headers say.
-        if name == http::header::CONTENT_LENGTH {
-            header_line(out, b"content-length", body_len.to_string().as_bytes());
-            continue;
+        // the fields say.
+        if name.eq_ignore_ascii_case(b"content-length") {
+            header_line(out, b"content-length", x.body_len.to_string().as_bytes());
+            return;
         }
-        if name == http::header::TRANSFER_ENCODING {
-            continue;
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return;
         }
-        header_line(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+        host |= name.eq_ignore_ascii_case(b"host");
+        header_line(out, name, value);
+    });
     // HTTP/1.1 requests need a Host; a client that sent none gets the upstream's.
-    if !parts.headers.contains_key(http::header::HOST) {
+    if !host {
         header_line(out, b"host", route.target.authority.as_str().as_bytes());
     }
     out.extend_from_slice(b"\r\n");

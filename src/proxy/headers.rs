@@ -2,60 +2,91 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Forwarding headers latchkey does not set, dropped unless a trusted proxy sent them.
-const UNTRUSTED_FORWARDING: &[&str] = &[
-    "forwarded",
-    "x-real-ip",
-    "x-scheme",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-ssl",
-];
+use crate::http_util::Fields;
 
 /// Identity headers latchkey sets for the upstream. Clients may not send their own copies.
 pub const USER_HEADER: &str = "x-latchkey-user";
 pub const ROLE_HEADER: &str = "x-latchkey-role";
-const IDENTITY_HEADERS: &[&str] = &[
-    USER_HEADER,
-    ROLE_HEADER,
-    "x-latchkey-groups",
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-groups",
-    "x-forwarded-preferred-username",
-    "x-forwarded-access-token",
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "remote-user",
-    "x-remote-user",
-];
+
+/// What a header field is to the proxy.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Describes one hop and is never forwarded (RFC 9110 section 7.6.1).
+    HopByHop,
+    /// Says who the caller is: only latchkey sets these for the upstream.
+    Identity,
+    /// A way of saying where a request came from that latchkey does not set (Tornado's
+    /// xheaders reads X-Real-Ip and X-Scheme): kept only from a trusted proxy.
+    OtherForwarding,
+    ForwardedFor,
+    ForwardedProto,
+    ForwardedHost,
+    RequestId,
+    Cookie,
+    Authorization,
+    Host,
+    ContentLength,
+    Other,
+}
+
+/// The kind of a header name, in any case.
+fn kind(name: &[u8]) -> Kind {
+    let mut lower = [0u8; 32];
+    let Some(lower) = lower.get_mut(..name.len()) else {
+        return Kind::Other;
+    };
+    for (l, b) in lower.iter_mut().zip(name) {
+        *l = b.to_ascii_lowercase();
+    }
+    match &*lower {
+        b"connection"
+        | b"keep-alive"
+        | b"proxy-connection"
+        | b"proxy-authenticate"
+        | b"proxy-authorization"
+        | b"te"
+        | b"trailer"
+        | b"transfer-encoding"
+        | b"upgrade" => Kind::HopByHop,
+        b"x-latchkey-user"
+        | b"x-latchkey-role"
+        | b"x-latchkey-groups"
+        | b"x-forwarded-user"
+        | b"x-forwarded-email"
+        | b"x-forwarded-groups"
+        | b"x-forwarded-preferred-username"
+        | b"x-forwarded-access-token"
+        | b"x-auth-request-user"
+        | b"x-auth-request-email"
+        | b"remote-user"
+        | b"x-remote-user" => Kind::Identity,
+        b"forwarded"
+        | b"x-real-ip"
+        | b"x-scheme"
+        | b"x-forwarded-port"
+        | b"x-forwarded-prefix"
+        | b"x-forwarded-ssl" => Kind::OtherForwarding,
+        b"x-forwarded-for" => Kind::ForwardedFor,
+        b"x-forwarded-proto" => Kind::ForwardedProto,
+        b"x-forwarded-host" => Kind::ForwardedHost,
+        b"x-request-id" => Kind::RequestId,
+        b"cookie" => Kind::Cookie,
+        b"authorization" => Kind::Authorization,
+        b"host" => Kind::Host,
+        b"content-length" => Kind::ContentLength,
+        _ => Kind::Other,
+    }
+}
 
 /// True when a header name, with underscores read as dashes, names an identity header. Such
 /// names are how a client would smuggle an identity past a server that folds `_` into `-`.
 pub fn aliases_identity_header(name: &HeaderName) -> bool {
     let s = name.as_str();
-    s.contains('_') && {
-        let folded = s.replace('_', "-");
-        IDENTITY_HEADERS.contains(&folded.as_str())
-    }
+    s.contains('_') && kind(s.replace('_', "-").as_bytes()) == Kind::Identity
 }
 
-/// Removes hop-by-hop headers, and those the `Connection` header names. For WebSocket
-/// upgrades, `Connection: upgrade` and `Upgrade` must stay.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+/// Removes hop-by-hop headers, and those the `Connection` header names, from an answer.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -64,9 +95,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|n| HeaderName::try_from(n.trim()).ok())
         .collect();
     for name in named {
-        if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
-            continue;
-        }
         // Framing and Host are not the sender's to declare hop-by-hop.
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
@@ -76,31 +104,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(name);
     }
-    // Most requests carry none of these: one pass over the names present is cheaper than a
-    // lookup per name.
-    if any_of(headers, HOP_BY_HOP) {
-        for name in HOP_BY_HOP {
-            if keep_upgrade && (*name == "connection" || *name == "upgrade") {
-                continue;
-            }
-            headers.remove(*name);
-        }
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    // Most answers carry none of these: one pass over the names present first.
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_hop_by_hop(k.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
     }
 }
 
 /// Whether a header name (in any case) is one of the hop-by-hop headers.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
-}
-
-/// Whether any header present has one of these (lowercase) names.
-fn any_of(headers: &HeaderMap, names: &[&str]) -> bool {
-    headers.keys().any(|k| names.contains(&k.as_str()))
+    kind(name) == Kind::HopByHop
 }
 
 /// What the upstream is told about the request and the caller.
@@ -110,76 +127,139 @@ pub struct Forwarding<'a> {
     /// Whether the peer is a trusted proxy whose X-Forwarded-For chain is kept.
     pub trust_forwarded: bool,
     pub proto: &'static str,
-    /// The `Host` the client asked for.
-    pub host: Option<&'a HeaderValue>,
+    /// The request URI's authority (HTTP/2 requests carry the host there): the `Host` for the
+    /// upstream when the request has no `Host` field.
+    pub authority: Option<&'a str>,
     pub user: Option<&'a str>,
     pub role: Option<&'static str>,
     pub request_id: &'a str,
     /// Remove `Authorization`: it carried a latchkey API token.
     pub drop_authorization: bool,
     pub upstream_headers: &'a [(HeaderName, HeaderValue)],
+    /// A WebSocket upgrade: `Upgrade` stays, and `Connection` says `upgrade`.
+    pub websocket: bool,
 }
 
-/// Rewrites request headers for the upstream.
-pub fn prepare_request(headers: &mut HeaderMap, websocket: bool, f: &Forwarding<'_>) {
-    remove_hop_by_hop(headers, websocket);
-    crate::auth::cookies::strip_own(headers);
-    if any_of(headers, IDENTITY_HEADERS) {
-        for name in IDENTITY_HEADERS {
-            headers.remove(*name);
+/// Rewrites request headers for the upstream (see [`rewrite_request`]).
+pub fn prepare_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    let mut out = HeaderMap::with_capacity(headers.len() + 8);
+    rewrite_request(&*headers, f, |name, value| {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            out.append(n, v);
         }
-    }
-    if f.drop_authorization {
-        headers.remove(header::AUTHORIZATION);
-    }
-    // Other ways of saying where a request came from, which some servers believe (Tornado's
-    // xheaders reads X-Real-Ip and X-Scheme): only a trusted proxy may say them.
-    if !f.trust_forwarded && any_of(headers, UNTRUSTED_FORWARDING) {
-        for name in UNTRUSTED_FORWARDING {
-            headers.remove(*name);
+    });
+    *headers = out;
+}
+
+/// The request's header fields as the upstream gets them, one `emit` per field: the client's
+/// fields in order, less what describes one hop (and what `Connection` names), latchkey's
+/// session cookies, identity headers, a latchkey API token, and forwarding headers only a
+/// trusted proxy may set; then the forwarding and identity headers latchkey sets and the route's
+/// upstream headers, each replacing any field of that name. Framing fields (`Content-Length`,
+/// `Transfer-Encoding`) and `Host` are never dropped because `Connection` names them.
+pub fn rewrite_request(
+    fields: &impl Fields,
+    f: &Forwarding<'_>,
+    mut emit: impl FnMut(&[u8], &[u8]),
+) {
+    let any_connection = fields.contains("connection");
+    let named_by_connection = |name: &[u8]| {
+        any_connection
+            && fields.get_all("connection").any(|v| {
+                v.split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+            })
+    };
+    let from_route = |name: &[u8]| {
+        f.upstream_headers
+            .iter()
+            .any(|(h, _)| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+    };
+    let own_cookies = crate::auth::cookies::without_own(fields.get_all("cookie"));
+    let mut has = Has::default();
+    let trusted = f.trust_forwarded;
+    for (name, value) in fields.each() {
+        let kind = kind(name);
+        let upgrade = f.websocket && name.eq_ignore_ascii_case(b"upgrade");
+        let kept = match kind {
+            Kind::HopByHop => upgrade,
+            Kind::Identity | Kind::ForwardedFor | Kind::RequestId => false,
+            Kind::OtherForwarding | Kind::ForwardedProto | Kind::ForwardedHost => trusted,
+            Kind::Cookie => own_cookies.is_none(),
+            Kind::Authorization => !f.drop_authorization,
+            Kind::Host | Kind::ContentLength | Kind::Other => true,
+        };
+        // Framing and Host are not the client's to declare hop-by-hop.
+        let named = !matches!(kind, Kind::Host | Kind::ContentLength)
+            && !upgrade
+            && named_by_connection(name);
+        if !kept || named || from_route(name) {
+            continue;
         }
-    }
-    match (
-        f.trust_forwarded,
-        headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
-    ) {
-        (true, Some(chain)) => {
-            let xff = format!("{chain}, {}", f.client_ip);
-            set(headers, X_FORWARDED_FOR, &xff);
+        match kind {
+            Kind::Host => has.host = true,
+            Kind::ForwardedProto => has.proto = true,
+            Kind::ForwardedHost => has.forwarded_host = true,
+            _ => {}
         }
-        _ => set(headers, X_FORWARDED_FOR, f.client_ip),
+        emit(name, value);
     }
-    if !(f.trust_forwarded && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
-    }
-    if let Some(host) = f.host {
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host.clone());
+    // What latchkey adds; the route's upstream headers win over it.
+    let mut add = |name: &str, value: &[u8]| {
+        if !from_route(name.as_bytes()) && crate::http_util::is_value(value) {
+            emit(name.as_bytes(), value);
         }
-        if !(f.trust_forwarded && headers.contains_key(&X_FORWARDED_HOST)) {
-            headers.insert(X_FORWARDED_HOST, host.clone());
+    };
+    if let Some(kept) = own_cookies.filter(|k| !k.is_empty() && !named_by_connection(b"cookie")) {
+        add("cookie", &kept);
+    }
+    let chain = f.trust_forwarded.then(|| fields.get_str("x-forwarded-for"));
+    match chain.flatten() {
+        Some(chain) => add(
+            "x-forwarded-for",
+            format!("{chain}, {}", f.client_ip).as_bytes(),
+        ),
+        None => add("x-forwarded-for", f.client_ip.as_bytes()),
+    }
+    if !has.proto {
+        add("x-forwarded-proto", f.proto.as_bytes());
+    }
+    if let Some(host) = fields.get("host").or(f.authority.map(str::as_bytes)) {
+        if !has.host {
+            add("host", host);
+        }
+        if !has.forwarded_host {
+            add("x-forwarded-host", host);
         }
     }
     if let Some(user) = f.user {
-        set(headers, HeaderName::from_static(USER_HEADER), user);
+        add(USER_HEADER, user.as_bytes());
     }
     if let Some(role) = f.role {
-        headers.insert(
-            HeaderName::from_static(ROLE_HEADER),
-            HeaderValue::from_static(role),
-        );
+        add(ROLE_HEADER, role.as_bytes());
     }
-    set(headers, X_REQUEST_ID, f.request_id);
+    add("x-request-id", f.request_id.as_bytes());
+    if f.websocket {
+        add("connection", b"upgrade");
+    }
     for (name, value) in f.upstream_headers {
-        headers.insert(name.clone(), value.clone());
+        emit(name.as_str().as_bytes(), value.as_bytes());
     }
+}
+
+/// Which of the fields latchkey may add were sent by the client and kept.
+#[derive(Default)]
+struct Has {
+    host: bool,
+    proto: bool,
+    forwarded_host: bool,
 }
 
 /// Rewrites response headers for the client: no hop-by-hop headers (except on a 101), and no
 /// attempt by the upstream to set latchkey's own session cookie.
 pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
     if !switching_protocols {
-        remove_hop_by_hop(headers, false);
+        remove_hop_by_hop(headers);
     }
     let cookies: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
@@ -208,34 +288,22 @@ pub fn sets_own_cookie(value: &[u8]) -> bool {
         || name == crate::paths::SESSION_COOKIE_TLS.as_bytes()
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    static HOST: HeaderValue = HeaderValue::from_static("share.example");
 
     fn forwarding<'a>(upstream: &'a [(HeaderName, HeaderValue)]) -> Forwarding<'a> {
         Forwarding {
             client_ip: "10.1.2.3",
             trust_forwarded: false,
             proto: "http",
-            host: Some(&HOST),
+            authority: Some("share.example"),
             user: Some("nina"),
             role: Some("use"),
             request_id: "rid",
             drop_authorization: true,
             upstream_headers: upstream,
+            websocket: false,
         }
     }
 
@@ -250,7 +318,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("accept", HeaderValue::from_static("*/*"));
-        remove_hop_by_hop(&mut h, false);
+        remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
     }
@@ -258,11 +326,18 @@ mod tests {
     #[test]
     fn upgrades_keep_connection_and_upgrade() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("connection", HeaderValue::from_static("Upgrade, x-secret"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
-        remove_hop_by_hop(&mut h, true);
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        let mut f = forwarding(&[]);
+        f.websocket = true;
+        prepare_request(&mut h, &f);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
-        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(
+            h.get_all("connection").iter().collect::<Vec<_>>(),
+            ["upgrade"]
+        );
+        assert!(!h.contains_key("x-secret"));
     }
 
     #[test]
@@ -279,7 +354,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
         h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
-        prepare_request(&mut h, false, &forwarding(&[]));
+        prepare_request(&mut h, &forwarding(&[]));
         assert!(!h.contains_key("x-real-ip"));
         assert!(!h.contains_key("forwarded"));
         assert_eq!(h.get("x-latchkey-user").unwrap(), "nina");
@@ -305,9 +380,111 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.insert("authorization", HeaderValue::from_static("token latchkey"));
-        prepare_request(&mut h, false, &f);
+        prepare_request(&mut h, &f);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.1.2.3");
         assert_eq!(h.get("authorization").unwrap(), "token upstream");
+    }
+
+    /// The fields `rewrite_request` emits, in order, as text.
+    fn rewritten(fields: &[(&str, &str)], f: &Forwarding<'_>) -> Vec<(String, String)> {
+        let mut h = HeaderMap::new();
+        for (n, v) in fields {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let mut out = vec![];
+        rewrite_request(&h, f, |n, v| {
+            out.push((
+                String::from_utf8(n.to_vec()).unwrap(),
+                String::from_utf8(v.to_vec()).unwrap(),
+            ))
+        });
+        out
+    }
+
+    fn values<'a>(out: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+        out.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn requests_lose_what_connection_names_but_never_their_framing_or_host() {
+        let out = rewritten(
+            &[
+                ("host", "share.example"),
+                ("connection", "content-length, host, x-secret, cookie"),
+                ("content-length", "3"),
+                ("x-secret", "1"),
+                ("cookie", "latchkey-session=s; a=1"),
+                ("te", "trailers"),
+                ("accept", "*/*"),
+            ],
+            &forwarding(&[]),
+        );
+        assert_eq!(values(&out, "content-length"), ["3"]);
+        assert_eq!(values(&out, "host"), ["share.example"]);
+        assert_eq!(values(&out, "accept"), ["*/*"]);
+        for gone in ["connection", "x-secret", "cookie", "te"] {
+            assert!(values(&out, gone).is_empty(), "{gone}: {out:?}");
+        }
+    }
+
+    #[test]
+    fn forwarding_headers_are_latchkeys_unless_a_trusted_proxy_sent_them() {
+        let sent = [
+            ("host", "share.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-request-id", "forged"),
+            ("x-real-ip", "6.6.6.6"),
+        ];
+        let out = rewritten(&sent, &forwarding(&[]));
+        assert_eq!(values(&out, "x-forwarded-proto"), ["http"]);
+        assert_eq!(values(&out, "x-forwarded-host"), ["share.example"]);
+        assert_eq!(values(&out, "x-forwarded-for"), ["10.1.2.3"]);
+        assert_eq!(values(&out, "x-request-id"), ["rid"]);
+        assert!(values(&out, "x-real-ip").is_empty());
+        let mut f = forwarding(&[]);
+        f.trust_forwarded = true;
+        let out = rewritten(&sent, &f);
+        assert_eq!(values(&out, "x-forwarded-proto"), ["https"]);
+        assert_eq!(values(&out, "x-forwarded-host"), ["evil.example"]);
+        assert_eq!(values(&out, "x-forwarded-for"), ["6.6.6.6, 10.1.2.3"]);
+        assert_eq!(values(&out, "x-request-id"), ["rid"]);
+        assert_eq!(values(&out, "x-real-ip"), ["6.6.6.6"]);
+    }
+
+    #[test]
+    fn a_route_header_replaces_every_field_of_its_name() {
+        let upstream = [
+            (
+                HeaderName::from_static("host"),
+                HeaderValue::from_static("internal:8888"),
+            ),
+            (
+                HeaderName::from_static("x-latchkey-user"),
+                HeaderValue::from_static("service"),
+            ),
+        ];
+        let out = rewritten(&[("host", "share.example")], &forwarding(&upstream));
+        assert_eq!(values(&out, "host"), ["internal:8888"]);
+        assert_eq!(values(&out, "x-latchkey-user"), ["service"]);
+        assert_eq!(values(&out, "x-forwarded-host"), ["share.example"]);
+    }
+
+    #[test]
+    fn a_request_without_host_gets_the_uri_authority() {
+        let out = rewritten(&[("accept", "*/*")], &forwarding(&[]));
+        assert_eq!(values(&out, "host"), ["share.example"]);
+        let mut f = forwarding(&[]);
+        f.authority = None;
+        let out = rewritten(&[("accept", "*/*")], &f);
+        assert!(values(&out, "host").is_empty());
     }
 
     #[test]

@@ -12,6 +12,27 @@ pub fn now() -> Timestamp {
     now_millis().div_euclid(1000)
 }
 
+/// Milliseconds on a clock that never goes back (since boot on Linux), from the kernel's coarse
+/// clock: for idle times of connections, which need no finer resolution.
+pub fn monotonic_millis() -> i64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec to write to; CLOCK_MONOTONIC_COARSE exists on Linux.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } == 0 {
+            return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000;
+        }
+    }
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as i64
+}
+
 /// Milliseconds since the Unix epoch, for activity stamps, expiry and staleness checks: read
 /// from the kernel's coarse clock on Linux (a few milliseconds of resolution, at a fraction of
 /// the cost), as every request reads it several times.

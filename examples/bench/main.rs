@@ -36,6 +36,9 @@ pub struct Opts {
     pub perf: Option<PathBuf>,
     /// Seconds of mixed load on a fresh latchkey, sampling its memory (0: no soak).
     pub soak: u64,
+    /// How often the rate figures are measured, the targets taking turns; each figure is the
+    /// median of its rounds.
+    pub rounds: usize,
 }
 
 const SMALL_CONNS: usize = 64;
@@ -63,6 +66,7 @@ fn parse_opts() -> Opts {
         note: String::new(),
         perf: None,
         soak: 0,
+        rounds: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -88,6 +92,13 @@ fn parse_opts() -> Opts {
             "--note" => o.note = value(),
             "--perf" => o.perf = Some(value().into()),
             "--soak" => o.soak = value().parse().expect("--soak SECONDS"),
+            "--rounds" => {
+                o.rounds = value()
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .expect("--rounds N (1 or more)")
+            }
             other => panic!("unknown option {other}; see bench/README.md"),
         }
     }
@@ -154,15 +165,23 @@ async fn run(o: Opts) {
         password_hash: hash_password(&o.latchkey),
     };
 
+    // The targets take turns, round after round, so that a slow spell of the machine falls on
+    // all of them rather than on one.
+    let mut rounds: Vec<Vec<Value>> = vec![vec![]; o.targets.len()];
+    for round in 0..o.rounds {
+        for (i, name) in o.targets.iter().enumerate() {
+            eprintln!("== {name} (round {} of {})", round + 1, o.rounds);
+            let mut running = targets::start(name, &env).await;
+            let m = measure(&mut running, &o, ticks, round == 0);
+            drop(running);
+            rounds[i].push(m);
+            // Let sockets in TIME_WAIT and the like settle between proxies.
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
     let mut results = Map::new();
-    for name in &o.targets {
-        eprintln!("== {name}");
-        let mut running = targets::start(name, &env).await;
-        let m = measure(&mut running, &o, ticks);
-        drop(running);
-        results.insert(name.clone(), m);
-        // Let sockets in TIME_WAIT and the like settle between proxies.
-        std::thread::sleep(Duration::from_secs(2));
+    for (name, r) in o.targets.iter().zip(rounds) {
+        results.insert(name.clone(), median_of_rounds(r));
     }
 
     let soak = if o.soak > 0 {
@@ -247,8 +266,49 @@ fn wrk_value(r: &wrk::WrkResult, used: Used, ticks: f64) -> Value {
     v
 }
 
-/// Every figure of one proxy, in a fixed order.
-fn measure(run: &mut targets::Running, o: &Opts, ticks: f64) -> Value {
+/// The rate figures measured in every round, and the number each is ranked by.
+const RATES: &[(&str, &str)] = &[
+    ("small", "rps"),
+    ("big", "bytes_per_sec"),
+    ("close", "rps"),
+    ("ws_echo", "rate"),
+];
+
+/// One proxy's figures over the rounds: everything from the first round, and for each rate
+/// figure the round with the median rate (all of that round's numbers, so that throughput,
+/// latency and CPU belong together), with every round's rate under `rounds`.
+fn median_of_rounds(mut rounds: Vec<Value>) -> Value {
+    let mut out = rounds[0].clone();
+    for (key, rate) in RATES {
+        let mut measured: Vec<Value> = rounds
+            .iter()
+            .filter_map(|r| r.get(*key).filter(|v| v[rate].is_number()).cloned())
+            .collect();
+        if measured.is_empty() {
+            continue;
+        }
+        let each: Vec<Value> = measured.iter().map(|v| v[rate].clone()).collect();
+        let by = |v: &Value| v[rate].as_f64().unwrap_or(0.0);
+        measured.sort_by(|a, b| by(a).total_cmp(&by(b)));
+        let mut median = measured.swap_remove((measured.len() - 1) / 2);
+        median["rounds"] = json!(each);
+        out[*key] = median;
+    }
+    let errors: Vec<Value> = rounds
+        .iter_mut()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            let list = r["errors"].as_array().cloned().unwrap_or_default();
+            list.into_iter()
+                .map(move |e| json!(format!("round {}: {}", i + 1, e.as_str().unwrap_or(""))))
+        })
+        .collect();
+    out["errors"] = json!(errors);
+    out
+}
+
+/// Every figure of one proxy, in a fixed order; after the first round, only the rates.
+fn measure(run: &mut targets::Running, o: &Opts, ticks: f64, first: bool) -> Value {
     let d = o.duration;
     let mut errors: Vec<String> = vec![];
     let mut m = Map::new();
@@ -276,7 +336,7 @@ fn measure(run: &mut targets::Running, o: &Opts, ticks: f64) -> Value {
     let want = |figure: &str| o.figures.iter().any(|f| f == figure);
     if want("small") {
         wrk::run(&small, SMALL_CONNS, 2, &run.headers); // warm-up
-        let perf = o.perf.as_ref().map(|dir| {
+        let perf = o.perf.as_ref().filter(|_| first).map(|dir| {
             std::fs::create_dir_all(dir).expect("the perf directory");
             let pids: Vec<String> = run.proc.tree().iter().map(u32::to_string).collect();
             Command::new("taskset")
@@ -377,7 +437,7 @@ fn measure(run: &mut targets::Running, o: &Opts, ticks: f64) -> Value {
         );
         m.insert("ws_echo".into(), echo);
     }
-    if want("hold") {
+    if want("hold") && first {
         match ws_hold(o, run, &ws_url) {
             Ok(v) => {
                 if v["failed"].as_u64().unwrap_or(0) > 0 {

@@ -179,6 +179,7 @@ pub fn document(
             "proxy_core": crate::procs::PROXY_CORE,
             "load_core": crate::procs::LOAD_CORE,
             "seconds_per_measurement": o.duration,
+            "rounds": o.rounds,
             "small_get": format!("wrk -t1 -c{} (128-byte answer)", crate::SMALL_CONNS),
             "big_get": format!("wrk -t1 -c{} (1 MiB answer)", crate::BIG_CONNS),
             "new_connection": format!("wrk -t1 -c{} -H 'Connection: close'", crate::CLOSE_CONNS),
@@ -305,6 +306,34 @@ pub fn table(doc: &Value) -> String {
     t
 }
 
+/// Every round's rates, per proxy, under the table.
+fn rounds_list(doc: &Value) -> String {
+    let mut s = String::from("\nEach round (in order):\n\n");
+    for (key, label, scale) in [
+        ("small", "small GET req/s", 1.0),
+        ("big", "1 MiB GET MiB/s", 1048576.0),
+        ("close", "new connection req/s", 1.0),
+        ("ws_echo", "WebSocket echo msg/s", 1.0),
+    ] {
+        let mut per: Vec<String> = vec![];
+        for (name, r) in doc["results"].as_object().cloned().unwrap_or_default() {
+            let Some(each) = r[key]["rounds"].as_array().cloned() else {
+                continue;
+            };
+            let each: Vec<String> = each
+                .iter()
+                .filter_map(Value::as_f64)
+                .map(|x| fmt_num(x / scale, 0))
+                .collect();
+            per.push(format!("{name} {}", each.join(" / ")));
+        }
+        if !per.is_empty() {
+            s.push_str(&format!("- {label}: {}\n", per.join("; ")));
+        }
+    }
+    s
+}
+
 pub fn markdown(doc: &Value) -> String {
     let mut s = format!(
         "# latchkey benchmark, {}\n\n",
@@ -321,8 +350,18 @@ pub fn markdown(doc: &Value) -> String {
         doc["method"]["proxy_core"].as_str().unwrap_or("?"), doc["method"]["load_core"].as_str().unwrap_or("?"),
         doc["method"]["seconds_per_measurement"],
     ));
+    let rounds = doc["method"]["rounds"].as_u64().unwrap_or(1);
+    if rounds > 1 {
+        s.push_str(&format!(
+            "The rate figures were measured in {rounds} rounds, the proxies taking turns in each; \
+             each proxy's row shows its median round (with that round's latency and CPU).\n\n"
+        ));
+    }
     s.push_str("Ratios in parentheses are to nginx in the same run.\n\n");
     s.push_str(&table(doc));
+    if rounds > 1 {
+        s.push_str(&rounds_list(doc));
+    }
     s.push_str("\nGoals (latchkey against nginx, same run):\n\n");
     for g in doc["goals"].as_array().cloned().unwrap_or_default() {
         s.push_str(&format!(

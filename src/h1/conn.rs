@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +61,7 @@ pub async fn serve<IO>(
     io: IO,
     peer: SocketAddr,
     tls: bool,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Served<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
@@ -81,8 +82,17 @@ where
         Handoff(Bytes),
         Tunnel(upstream::Upgraded),
     }
+    // One wait for shutdown for the connection's life, not one per request.
+    let mut watch = stop.clone();
+    let mut shutdown = std::pin::pin!(async move {
+        while !*watch.borrow_and_update() {
+            if watch.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    });
     let end = loop {
-        match c.read_head(&mut stop).await {
+        match c.read_head(&stop, shutdown.as_mut()).await {
             Head::Complete(head) => {
                 let request = c.buf.split_to(head.len).freeze();
                 let Some((uri, route)) = c.ours(&head, &request) else {
@@ -155,7 +165,12 @@ impl<IO> Client<'_, IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    async fn read_head(&mut self, stop: &mut watch::Receiver<bool>) -> Head {
+    /// Reads the next request head; `shutdown` ends the wait while none has begun.
+    async fn read_head(
+        &mut self,
+        stop: &watch::Receiver<bool>,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Head {
         let mut armed = false;
         let buf = &mut self.buf;
         let io = &mut self.io;
@@ -179,7 +194,7 @@ where
                 biased;
                 r = io.read_buf(buf) => r,
                 _ = self.head_timer.sleep() => return Head::Closed,
-                _ = stop.changed(), if idle => return Head::Closed,
+                _ = shutdown.as_mut(), if idle => return Head::Closed,
             };
             match read {
                 Ok(0) | Err(_) => return Head::Closed,

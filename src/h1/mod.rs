@@ -60,12 +60,14 @@ impl Deadline {
         }
     }
 
-    /// Fires `after` from now.
-    pub fn arm(&mut self, after: std::time::Duration) {
-        let at = tokio::time::Instant::now() + after;
+    /// Fires between `after` and `after + slack` from now: a timer already set in that range
+    /// is left alone.
+    pub fn arm_late(&mut self, after: std::time::Duration, slack: std::time::Duration) {
+        let now = tokio::time::Instant::now();
         match &mut self.0 {
-            Some(s) => s.as_mut().reset(at),
-            None => self.0 = Some(Box::pin(tokio::time::sleep_until(at))),
+            Some(s) if s.deadline() >= now + after && s.deadline() <= now + after + slack => {}
+            Some(s) => s.as_mut().reset(now + after + slack),
+            None => self.0 = Some(Box::pin(tokio::time::sleep_until(now + after + slack))),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::uri::Authority;
@@ -22,7 +22,7 @@ use crate::routes::Route;
 /// Idle connections kept per upstream address.
 const MAX_IDLE: usize = 256;
 /// How long an idle connection is kept (upstreams close theirs after a while too).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const IDLE_TIMEOUT_MS: i64 = 30_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most header fields an upstream's answer may have.
 const MAX_HEADERS: usize = 128;
@@ -38,7 +38,7 @@ pub struct Upstream {
     buf: BytesMut,
     /// It carried an exchange before: it may have been closed by the upstream meanwhile.
     reused: bool,
-    since: Instant,
+    since: i64,
 }
 
 impl Upstream {
@@ -57,7 +57,7 @@ impl Upstream {
             stream,
             buf: BytesMut::with_capacity(8192),
             reused: false,
-            since: Instant::now(),
+            since: clock::monotonic_millis(),
         })
     }
 
@@ -93,7 +93,7 @@ impl Upstream {
     /// Still usable: not idle for too long, and the upstream has neither closed it nor sent
     /// anything unasked (no system call when the socket is quiet).
     fn usable(&self) -> bool {
-        if self.since.elapsed() > IDLE_TIMEOUT || !self.buf.is_empty() {
+        if clock::monotonic_millis() - self.since > IDLE_TIMEOUT_MS || !self.buf.is_empty() {
             return false;
         }
         let mut probe = [0u8; 1];
@@ -124,7 +124,7 @@ impl Pool {
         if !up.usable() {
             return;
         }
-        up.since = Instant::now();
+        up.since = clock::monotonic_millis();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(up.authority.clone()).or_default();
         if list.len() < MAX_IDLE {
@@ -302,7 +302,9 @@ where
                 }
             }
         }
-        timer.arm(x.timeout);
+        // At least the configured time, and up to an eighth more: most requests then leave the
+        // timer where it is.
+        timer.arm_late(x.timeout, x.timeout / 8);
         let answer = tokio::select! {
             biased;
             r = read_head(&mut conn, fields, prepared.websocket) => Some(r),
@@ -468,7 +470,7 @@ where
             conn.buf = BytesMut::with_capacity(8192);
         }
         conn.reused = true;
-        conn.since = Instant::now();
+        conn.since = clock::monotonic_millis();
         *sticky = Some(conn);
     }
     Ok(Exchanged::Done(!close_client))

@@ -130,10 +130,34 @@ impl Prepared {
     }
 }
 
+/// The session cookie of a connection's last request, and its hash: a browser sends the same
+/// cookie with every request on a connection, and hashing it was the costliest step of telling
+/// who is calling.
+#[derive(Default)]
+pub struct SessionMemo {
+    last: String,
+    hash: Option<TokenHash>,
+}
+
+impl SessionMemo {
+    fn hash(&mut self, id: &str) -> TokenHash {
+        if let Some(hash) = self.hash
+            && secret::constant_time_eq(self.last.as_bytes(), id.as_bytes())
+        {
+            return hash;
+        }
+        let hash = TokenHash::of(id);
+        self.last.clear();
+        self.last.push_str(id);
+        self.hash = Some(hash);
+        hash
+    }
+}
+
 /// Someone who proved who they are.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     pub credential: Credential,
     /// The hashed sign-in session id, when signed in with the cookie.
     pub login: Option<TokenHash>,
@@ -322,7 +346,7 @@ impl App {
         }
         let (mut parts, body) = req.into_parts();
         let proxied = self
-            .prepare_proxy(&parts.method, &parts.uri, &parts.headers, ctx, None)
+            .prepare_proxy(&parts.method, &parts.uri, &parts.headers, ctx, None, None)
             .await?;
         match proxied {
             Proxied::Answer(resp) => Ok(resp),
@@ -379,6 +403,7 @@ impl App {
         headers: &impl Fields,
         ctx: &Ctx,
         route: Option<Arc<Route>>,
+        memo: Option<&mut SessionMemo>,
     ) -> Result<Proxied> {
         let route = route.or_else(|| self.cache.routes().lookup(uri.path()).cloned());
         let Some(route) = route else {
@@ -392,7 +417,7 @@ impl App {
             ));
         };
         let websocket = is_websocket(headers);
-        let caller = self.identify(headers).await?;
+        let caller = self.identify_with(headers, memo).await?;
 
         let mut role = None;
         if let Some(server) = &route.server {
@@ -456,7 +481,7 @@ impl App {
         kind: RequestKind,
     ) -> Result<Decision> {
         let now = clock::now();
-        let identity = caller.map(|c| &c.identity);
+        let identity = caller.map(|c| &*c.identity);
         if identity.is_none_or(|i| i.name == server.owner) {
             return Ok(access::decide(&server.owner, identity, &[], kind, now));
         }
@@ -493,6 +518,16 @@ impl App {
 
     /// Who is calling: an API token in `Authorization`, else the session cookie.
     pub async fn identify(&self, headers: &impl Fields) -> Result<Option<Caller>> {
+        self.identify_with(headers, None).await
+    }
+
+    /// [`identify`](Self::identify), remembering the session cookie's hash in `memo` for the
+    /// next request of the same connection.
+    pub async fn identify_with(
+        &self,
+        headers: &impl Fields,
+        memo: Option<&mut SessionMemo>,
+    ) -> Result<Option<Caller>> {
         if let Some(token) = bearer_token(headers)
             && secret::looks_like_token(token)
         {
@@ -511,10 +546,13 @@ impl App {
         let Some(id) = cookies::find(headers, self.cookies.session_name()) else {
             return Ok(None);
         };
-        if !secret::looks_like_token(&id) {
+        if !secret::looks_like_token(id) {
             return Ok(None);
         }
-        let hash = TokenHash::of(&id);
+        let hash = match memo {
+            Some(memo) => memo.hash(id),
+            None => TokenHash::of(id),
+        };
         let Some(rec) = self.cache.login(self.store.as_ref(), &hash).await? else {
             return Ok(None);
         };

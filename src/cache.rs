@@ -27,7 +27,7 @@ pub struct Cache {
     grants: RwLock<HashMap<ServerRef, (Arc<ServerGrants>, u64)>>,
     /// Tickets for grant reads, in the order they start.
     reads: AtomicU64,
-    logins: RwLock<HashMap<TokenHash, (LoginRecord, Timestamp)>>,
+    logins: RwLock<HashMap<TokenHash, (Arc<LoginRecord>, Timestamp)>>,
     tokens: RwLock<HashMap<TokenHash, (ApiTokenRecord, Timestamp)>>,
     /// The store revision seen by the last poll.
     revision: AtomicU64,
@@ -130,7 +130,11 @@ impl Cache {
         write(&self.grants).clear();
     }
 
-    pub async fn login(&self, store: &dyn Store, id: &TokenHash) -> Result<Option<LoginRecord>> {
+    pub async fn login(
+        &self,
+        store: &dyn Store,
+        id: &TokenHash,
+    ) -> Result<Option<Arc<LoginRecord>>> {
         let now = clock::now();
         if self.is_fresh()
             && let Some((rec, at)) = read(&self.logins).get(id)
@@ -138,7 +142,7 @@ impl Cache {
         {
             return Ok((rec.expires_at > now).then(|| rec.clone()));
         }
-        let rec = store.get_login(id).await?;
+        let rec = store.get_login(id).await?.map(Arc::new);
         let mut logins = write(&self.logins);
         match &rec {
             Some(r) => {

@@ -6,6 +6,7 @@ pub mod password;
 pub mod ratelimit;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::config::UserConfig;
 use crate::ids::{GroupName, UserName};
@@ -30,26 +31,33 @@ pub enum Credential {
 /// accept invites.
 #[derive(Default)]
 pub struct Users {
-    by_name: HashMap<UserName, UserConfig>,
+    by_name: HashMap<UserName, (UserConfig, Arc<Identity>)>,
 }
 
 impl Users {
     pub fn new(users: &[UserConfig]) -> Self {
+        let entry = |u: &UserConfig| {
+            let identity = Identity {
+                name: u.name.clone(),
+                groups: u.groups.clone(),
+            };
+            (u.name.clone(), (u.clone(), Arc::new(identity)))
+        };
         Users {
-            by_name: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
+            by_name: users.iter().map(entry).collect(),
         }
     }
 
-    pub fn identity(&self, name: &UserName) -> Option<Identity> {
-        self.by_name.get(name).map(|u| Identity {
-            name: u.name.clone(),
-            groups: u.groups.clone(),
-        })
+    /// Who a user is (shared: every request of a signed-in user asks).
+    pub fn identity(&self, name: &UserName) -> Option<Arc<Identity>> {
+        self.by_name.get(name).map(|(_, i)| i.clone())
     }
 
     pub fn password_hash(&self, name: &str) -> Option<&str> {
         let name = UserName::parse(name).ok()?;
-        self.by_name.get(&name).map(|u| u.password_hash.as_str())
+        self.by_name
+            .get(&name)
+            .map(|(u, _)| u.password_hash.as_str())
     }
 
     pub fn exists(&self, name: &UserName) -> bool {
@@ -57,6 +65,6 @@ impl Users {
     }
 
     pub fn is_group(&self, group: &GroupName) -> bool {
-        self.by_name.values().any(|u| u.groups.contains(group))
+        self.by_name.values().any(|(u, _)| u.groups.contains(group))
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::upstream::{self, Exchange, Exchanged, Failure, Scratch, Upstream};
 use super::{RawFields, Rewind};
-use crate::app::{App, Proxied};
+use crate::app::{App, Proxied, SessionMemo};
 use crate::http_util::{self, Body};
 use crate::routes::Route;
 
@@ -75,6 +75,7 @@ where
         upstream: None,
         scratch: Scratch::default(),
         fields: Vec::new(),
+        session: SessionMemo::default(),
         head_timer: Default::default(),
     };
     enum End {
@@ -137,6 +138,7 @@ struct Client<'a, IO> {
     scratch: Scratch,
     /// Where the header fields of the request head are in `buf`.
     fields: Vec<(Range<usize>, Range<usize>)>,
+    session: SessionMemo,
     /// How long the client may take to send a request head.
     head_timer: super::Deadline,
 }
@@ -249,7 +251,14 @@ where
         let head_request = head.method == Method::HEAD;
         let mut body_read = true;
         let proxied = app
-            .prepare_proxy(&head.method, uri, fields, &begun.ctx, Some(route))
+            .prepare_proxy(
+                &head.method,
+                uri,
+                fields,
+                &begun.ctx,
+                Some(route),
+                Some(&mut self.session),
+            )
             .await;
         let result = match proxied {
             Ok(Proxied::Forward(prepared)) => {

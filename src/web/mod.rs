@@ -73,7 +73,7 @@ impl Xsrf {
     fn of(headers: &HeaderMap) -> Xsrf {
         match cookies::find(headers, paths::XSRF_COOKIE).filter(|v| secret::looks_like_token(v)) {
             Some(value) => Xsrf {
-                value,
+                value: value.to_owned(),
                 is_new: false,
             },
             None => Xsrf {
@@ -245,9 +245,9 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
     // not reset the count between guesses at someone else's password.
     // A fresh id at every sign-in (no fixation); the old session, if any, ends.
     if let Some(old) = cookies::find(&headers, app.cookies.session_name())
-        && secret::looks_like_token(&old)
+        && secret::looks_like_token(old)
     {
-        let _ = app.end_login(&crate::secret::TokenHash::of(&old)).await;
+        let _ = app.end_login(&crate::secret::TokenHash::of(old)).await;
     }
     let id = app.start_login(&identity).await?;
     tracing::info!(user = %identity.name, "signed in");
@@ -270,9 +270,9 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
         req.headers().clone()
     };
     if let Some(id) = cookies::find(&headers, app.cookies.session_name())
-        && secret::looks_like_token(&id)
+        && secret::looks_like_token(id)
     {
-        app.end_login(&crate::secret::TokenHash::of(&id)).await?;
+        app.end_login(&crate::secret::TokenHash::of(id)).await?;
     }
     let mut resp = redirect(&app.hub.external(paths::LOGIN));
     resp.headers_mut()

@@ -648,6 +648,47 @@ async fn identities_and_the_session_cookie_stay_behind(backend: Backend) {
 }
 both_stores!(identities_and_the_session_cookie_stay_behind);
 
+/// latchkey remembers the hash of a connection's last session cookie: each request is still
+/// identified by the cookie it carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_connection_is_identified_by_its_own_cookie() {
+    let up = RawUpstream::spawn(echo).await;
+    let lk = Latchkey::spawn(Backend::Memory).await;
+    route(&lk, "", &up.target()).await;
+    let john = Caller::signed_in(&lk, "john").await;
+    let (name, value) = john.cookie.split_once('=').unwrap();
+    // As well formed as john's, one character different.
+    let last = value.chars().last().unwrap();
+    let forged = format!(
+        "{name}={}{}",
+        &value[..value.len() - 1],
+        if last == 'A' { 'B' } else { 'A' }
+    );
+    let stranger = Caller {
+        cookie: forged,
+        ..Caller::anonymous(&lk)
+    };
+    let anon = Caller::anonymous(&lk);
+    let mut c = john.connect().await;
+    for (who, expected) in [
+        (&john, 200),
+        (&stranger, 302),
+        (&john, 200),
+        (&anon, 302),
+        (&john, 200),
+    ] {
+        c.send(who.get("/user/john/who")).await;
+        let r = c.response().await;
+        assert_eq!(r.status, expected, "cookie {:?}", who.cookie);
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter()
+            .all(|s| s.headers_named("x-latchkey-user") == ["john"])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_answers_have_no_body() {
     let (up, lk, john) = johns_raw_server(|req| {

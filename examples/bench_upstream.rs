@@ -1,4 +1,6 @@
-//! The upstream of `bench/run`: a small, fast HTTP/1.1 server on a multi-threaded tokio runtime.
+//! The upstream of `bench/run`: a small, fast HTTP/1.1 server on a single-threaded tokio runtime
+//! (it shares the load core with the load generator, so it should spend as little of it as it
+//! can).
 //!
 //! - any path ending in `/big`: 1 MiB (`Content-Length: 1048576`);
 //! - a WebSocket upgrade on any path: echoes every text and binary message;
@@ -28,7 +30,7 @@ fn main() {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");

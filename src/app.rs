@@ -102,6 +102,7 @@ impl Prepared {
     ) -> Forwarding<'a> {
         Forwarding {
             client_ip: ctx.client_ip_text.as_str(),
+            peer: ctx.peer.ip(),
             trust_forwarded: app.config.trusted_proxies.contains(&ctx.peer.ip()),
             proto: if ctx.tls { "https" } else { "http" },
             authority,
@@ -315,6 +316,13 @@ impl App {
             return Err(Error::bad_request(format!(
                 "The header {name} is not allowed: it could be read as an identity header."
             )));
+        }
+        for once in [header::HOST, header::AUTHORIZATION] {
+            if headers.get_all(&once).iter().nth(1).is_some() {
+                return Err(Error::bad_request(format!(
+                    "The header {once} may appear only once."
+                )));
+            }
         }
         Ok(())
     }

@@ -365,6 +365,7 @@ fn index(
         upgrade: false,
     };
     let mut seen_length = false;
+    let (mut hosts, mut authorizations) = (0, 0);
     at_fields.clear();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -380,6 +381,12 @@ fn index(
                 return Err(());
             }
             head.upgrade = true;
+        }
+        // Fields that may appear once: hyper's path refuses a request with two.
+        hosts += usize::from(name.eq_ignore_ascii_case(b"host"));
+        authorizations += usize::from(name.eq_ignore_ascii_case(b"authorization"));
+        if hosts > 1 || authorizations > 1 {
+            return Err(());
         }
         if name.eq_ignore_ascii_case(b"content-length") {
             if seen_length {

@@ -7,11 +7,16 @@
 //! included. No channel, task or pool sits between the client and the upstream, and the
 //! request head is parsed once, in place.
 //!
-//! Anything else is handed, with the bytes read so far, to hyper for the rest of the
-//! connection: latchkey's pages and API, health checks, WebSocket upgrades, HTTP/2, HTTP/1.0,
-//! chunked or `Expect` uploads, `https://` upstreams and anything malformed (which hyper and
-//! `App::handle` then refuse with the usual error). The decision is made before anything is
-//! counted or logged, so no request is handled twice.
+//! WebSocket upgrades are forwarded here too, and the connection then becomes a tunnel. Anything
+//! else is handed, with the bytes read so far, to hyper for the rest of the connection:
+//! latchkey's pages and API, health checks, other upgrades, HTTP/2, HTTP/1.0, chunked or
+//! `Expect` uploads, `https://` upstreams and anything malformed (which hyper and `App::handle`
+//! then refuse with the usual error). The decision is made before anything is counted or
+//! logged, so no request is handled twice.
+//!
+//! The request's header fields are never put in a map: the access check reads them where they
+//! were parsed (`RawFields`), and `proxy::headers::rewrite_request`, which the hyper path uses
+//! too, writes them out for the upstream.
 
 mod chunked;
 mod conn;

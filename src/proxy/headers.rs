@@ -122,8 +122,10 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 
 /// What the upstream is told about the request and the caller.
 pub struct Forwarding<'a> {
-    /// The client's address.
+    /// The client's address (after trusted proxies).
     pub client_ip: &'a str,
+    /// The address the request came from: a trusted proxy's, appended to its chain.
+    pub peer: std::net::IpAddr,
     /// Whether the peer is a trusted proxy whose X-Forwarded-For chain is kept.
     pub trust_forwarded: bool,
     pub proto: &'static str,
@@ -213,12 +215,12 @@ pub fn rewrite_request(
     if let Some(kept) = own_cookies.filter(|k| !k.is_empty() && !named_by_connection(b"cookie")) {
         add("cookie", &kept);
     }
-    let chain = f.trust_forwarded.then(|| fields.get_str("x-forwarded-for"));
+    // A trusted proxy's chain goes on with the proxy's own address (unless `Connection` named
+    // the field, which then ends at that proxy).
+    let chain = (f.trust_forwarded && !named_by_connection(b"x-forwarded-for"))
+        .then(|| fields.get_str("x-forwarded-for"));
     match chain.flatten() {
-        Some(chain) => add(
-            "x-forwarded-for",
-            format!("{chain}, {}", f.client_ip).as_bytes(),
-        ),
+        Some(chain) => add("x-forwarded-for", format!("{chain}, {}", f.peer).as_bytes()),
         None => add("x-forwarded-for", f.client_ip.as_bytes()),
     }
     if !has.proto {
@@ -242,8 +244,12 @@ pub fn rewrite_request(
     if f.websocket {
         add("connection", b"upgrade");
     }
-    for (name, value) in f.upstream_headers {
-        emit(name.as_str().as_bytes(), value.as_bytes());
+    // One field per name: the last of the route's headers of that name, as the route API
+    // accepts names in any case.
+    for (i, (name, value)) in f.upstream_headers.iter().enumerate() {
+        if !f.upstream_headers[i + 1..].iter().any(|(n, _)| n == name) {
+            emit(name.as_str().as_bytes(), value.as_bytes());
+        }
     }
 }
 
@@ -295,6 +301,7 @@ mod tests {
     fn forwarding<'a>(upstream: &'a [(HeaderName, HeaderValue)]) -> Forwarding<'a> {
         Forwarding {
             client_ip: "10.1.2.3",
+            peer: [10, 1, 2, 3].into(),
             trust_forwarded: false,
             proto: "http",
             authority: Some("share.example"),
@@ -377,11 +384,13 @@ mod tests {
         )];
         let mut f = forwarding(&upstream);
         f.trust_forwarded = true;
+        f.peer = [127, 0, 0, 1].into();
+        f.client_ip = "1.1.1.1";
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.insert("authorization", HeaderValue::from_static("token latchkey"));
         prepare_request(&mut h, &f);
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.1.2.3");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 127.0.0.1");
         assert_eq!(h.get("authorization").unwrap(), "token upstream");
     }
 
@@ -451,10 +460,17 @@ mod tests {
         assert!(values(&out, "x-real-ip").is_empty());
         let mut f = forwarding(&[]);
         f.trust_forwarded = true;
+        f.peer = [127, 0, 0, 1].into();
+        f.client_ip = "6.6.6.6";
         let out = rewritten(&sent, &f);
         assert_eq!(values(&out, "x-forwarded-proto"), ["https"]);
         assert_eq!(values(&out, "x-forwarded-host"), ["evil.example"]);
-        assert_eq!(values(&out, "x-forwarded-for"), ["6.6.6.6, 10.1.2.3"]);
+        assert_eq!(values(&out, "x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
+        // A chain that Connection names ends at the proxy that sent it.
+        let mut named = sent.to_vec();
+        named.push(("connection", "x-forwarded-for"));
+        let out = rewritten(&named, &f);
+        assert_eq!(values(&out, "x-forwarded-for"), ["6.6.6.6"]);
         assert_eq!(values(&out, "x-request-id"), ["rid"]);
         assert_eq!(values(&out, "x-real-ip"), ["6.6.6.6"]);
     }
@@ -475,6 +491,19 @@ mod tests {
         assert_eq!(values(&out, "host"), ["internal:8888"]);
         assert_eq!(values(&out, "x-latchkey-user"), ["service"]);
         assert_eq!(values(&out, "x-forwarded-host"), ["share.example"]);
+        // Names given twice (in different case): the last one.
+        let twice = [
+            (
+                HeaderName::from_static("authorization"),
+                HeaderValue::from_static("token A"),
+            ),
+            (
+                HeaderName::from_static("authorization"),
+                HeaderValue::from_static("token B"),
+            ),
+        ];
+        let out = rewritten(&[], &forwarding(&twice));
+        assert_eq!(values(&out, "authorization"), ["token B"]);
     }
 
     #[test]

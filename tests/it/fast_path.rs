@@ -648,6 +648,25 @@ async fn identities_and_the_session_cookie_stay_behind(backend: Backend) {
 }
 both_stores!(identities_and_the_session_cookie_stay_behind);
 
+/// Host and Authorization may appear once: two of either are refused (a second Authorization
+/// could carry a latchkey token past the check of the first), and the upstream sees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_or_authorization_is_refused() {
+    let up = RawUpstream::spawn(echo).await;
+    let lk = Latchkey::spawn(Backend::Memory).await;
+    route(&lk, "", &up.target()).await;
+    let john = Caller::signed_in(&lk, "john").await;
+    for extra in ["Host: other.example", "Authorization: token a\r\nAuthorization: token b"] {
+        let mut c = john.connect().await;
+        c.send(john.request("GET", "/user/john/twice", &[extra], b""))
+            .await;
+        let r = c.response().await;
+        assert_eq!(r.status, 400, "{extra}");
+        assert!(r.text().contains("only once"), "{}", r.text());
+    }
+    assert!(up.seen().is_empty());
+}
+
 /// latchkey remembers the hash of a connection's last session cookie: each request is still
 /// identified by the cookie it carries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -656,7 +656,10 @@ async fn a_second_host_or_authorization_is_refused() {
     let lk = Latchkey::spawn(Backend::Memory).await;
     route(&lk, "", &up.target()).await;
     let john = Caller::signed_in(&lk, "john").await;
-    for extra in ["Host: other.example", "Authorization: token a\r\nAuthorization: token b"] {
+    for extra in [
+        "Host: other.example",
+        "Authorization: token a\r\nAuthorization: token b",
+    ] {
         let mut c = john.connect().await;
         c.send(john.request("GET", "/user/john/twice", &[extra], b""))
             .await;

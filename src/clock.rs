@@ -16,15 +16,8 @@ pub fn now() -> Timestamp {
 /// clock: for idle times of connections, which need no finer resolution.
 pub fn monotonic_millis() -> i64 {
     #[cfg(target_os = "linux")]
-    {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid timespec to write to; CLOCK_MONOTONIC_COARSE exists on Linux.
-        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } == 0 {
-            return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000;
-        }
+    if let Some(ms) = coarse_millis(libc::CLOCK_MONOTONIC_COARSE) {
+        return ms;
     }
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START
@@ -38,20 +31,25 @@ pub fn monotonic_millis() -> i64 {
 /// the cost), as every request reads it several times.
 pub fn now_millis() -> i64 {
     #[cfg(target_os = "linux")]
-    {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid timespec to write to; CLOCK_REALTIME_COARSE exists on Linux.
-        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
-            return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000;
-        }
+    if let Some(ms) = coarse_millis(libc::CLOCK_REALTIME_COARSE) {
+        return ms;
     }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// One of the kernel's coarse clocks, in milliseconds.
+#[cfg(target_os = "linux")]
+fn coarse_millis(clock: libc::clockid_t) -> Option<i64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to; the coarse clocks exist on Linux.
+    (unsafe { libc::clock_gettime(clock, &mut ts) } == 0)
+        .then(|| ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000)
 }
 
 /// `2026-11-22T19:00:00Z`.

@@ -57,6 +57,8 @@ pub struct Ctx {
     /// The same, as text: for the forwarding header and the access line.
     pub client_ip_text: http_util::IpText,
     pub peer: SocketAddr,
+    /// The peer is one of `trusted_proxies`: its forwarding headers are believed.
+    pub trusted_peer: bool,
     pub tls: bool,
 }
 
@@ -94,16 +96,11 @@ pub struct Prepared {
 
 impl Prepared {
     /// What the upstream is told: the input of the header rewriting.
-    pub fn forwarding<'a>(
-        &'a self,
-        app: &App,
-        ctx: &'a Ctx,
-        authority: Option<&'a str>,
-    ) -> Forwarding<'a> {
+    pub fn forwarding<'a>(&'a self, ctx: &'a Ctx, authority: Option<&'a str>) -> Forwarding<'a> {
         Forwarding {
             client_ip: ctx.client_ip_text.as_str(),
             peer: ctx.peer.ip(),
-            trust_forwarded: app.config.trusted_proxies.contains(&ctx.peer.ip()),
+            trust_forwarded: ctx.trusted_peer,
             proto: if ctx.tls { "https" } else { "http" },
             authority,
             user: self.caller.as_ref().map(|c| c.identity.name.as_str()),
@@ -230,9 +227,28 @@ impl App {
         peer: SocketAddr,
         tls: bool,
     ) -> Begun {
-        let path = uri.path();
-        let internal = self.hub.internal(path);
-        let client_ip = self.client_ip(peer, headers);
+        let mut begun = self.begin_proxied(method, uri, headers, peer, tls);
+        begun.internal = self.hub.internal(uri.path());
+        begun.class = crate::metrics::Class::of_public(uri.path(), begun.internal.as_deref());
+        begun
+    }
+
+    /// [`begin`](Self::begin) for a request already known to go to an upstream (latchkey's own
+    /// HTTP/1.1 path has asked [`plain_route`](Self::plain_route)).
+    pub fn begin_proxied(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &impl Fields,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Begun {
+        let trusted_peer = self.config.trusted_proxies.contains(&peer.ip());
+        let client_ip = if trusted_peer {
+            forwarded_client(headers).unwrap_or(peer.ip())
+        } else {
+            peer.ip()
+        };
         Begun {
             started: Instant::now(),
             ctx: Ctx {
@@ -240,11 +256,12 @@ impl App {
                 client_ip,
                 client_ip_text: http_util::IpText::new(client_ip),
                 peer,
+                trusted_peer,
                 tls,
             },
             method: method.clone(),
-            class: crate::metrics::Class::of_public(path, internal.as_deref()),
-            internal,
+            class: crate::metrics::Class::Proxy,
+            internal: None,
             uri: uri.clone(),
         }
     }
@@ -360,10 +377,7 @@ impl App {
             Proxied::Answer(resp) => Ok(resp),
             Proxied::Forward(p) => {
                 let authority = parts.uri.authority().map(|a| a.as_str());
-                proxy::headers::prepare_request(
-                    &mut parts.headers,
-                    &p.forwarding(self, ctx, authority),
-                );
+                proxy::headers::prepare_request(&mut parts.headers, &p.forwarding(ctx, authority));
                 let uri = proxy::upstream_uri(&p.route, parts.uri.path(), parts.uri.query())?;
                 let registrar = p.registrar(self);
                 let req = Request::from_parts(parts, body);
@@ -575,18 +589,6 @@ impl App {
     /// The origin this request was addressed to.
     pub fn own_origin(&self, headers: &impl Fields, tls: bool) -> Option<String> {
         crate::auth::csrf::own_origin(headers, self.config.public_url.as_deref(), tls)
-    }
-
-    fn client_ip(&self, peer: SocketAddr, headers: &impl Fields) -> IpAddr {
-        if self.config.trusted_proxies.contains(&peer.ip())
-            && let Some(ip) = headers
-                .get_str("x-forwarded-for")
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|v| v.trim().parse().ok())
-        {
-            return ip;
-        }
-        peer.ip()
     }
 
     /// Closes every open connection that its user may no longer hold: grant revoked or
@@ -819,6 +821,15 @@ impl App {
             }
         }
     }
+}
+
+/// The client a trusted proxy forwarded the request for: the last address of its
+/// X-Forwarded-For chain.
+fn forwarded_client(headers: &impl Fields) -> Option<IpAddr> {
+    headers
+        .get_str("x-forwarded-for")
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 pub fn is_websocket(headers: &impl Fields) -> bool {

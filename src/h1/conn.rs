@@ -247,7 +247,7 @@ where
     ) -> Exchanged {
         let app = self.app;
         let (body_len, close) = (head.content_length, head.close);
-        let begun = app.begin(&head.method, uri, fields, self.peer, self.tls);
+        let begun = app.begin_proxied(&head.method, uri, fields, self.peer, self.tls);
         let head_request = head.method == Method::HEAD;
         let mut body_read = true;
         let proxied = app
@@ -266,7 +266,7 @@ where
                     method: &head.method,
                     uri,
                     fields,
-                    forwarding: prepared.forwarding(app, &begun.ctx, None),
+                    forwarding: prepared.forwarding(&begun.ctx, None),
                     body_len,
                     head_request,
                     client_close: close,

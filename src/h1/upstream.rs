@@ -542,12 +542,10 @@ fn request_head(out: &mut Vec<u8>, route: &Route, x: &Exchange<'_>) {
     let mut host = false;
     crate::proxy::headers::rewrite_request(x.fields, &x.forwarding, |name, value| {
         // The framing is latchkey's own: the length it read is the length it sends, whatever
-        // the fields say.
+        // the fields say (Transfer-Encoding is hop-by-hop, and this path takes no request that
+        // has one).
         if name.eq_ignore_ascii_case(b"content-length") {
             header_line(out, b"content-length", x.body_len.to_string().as_bytes());
-            return;
-        }
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
             return;
         }
         host |= name.eq_ignore_ascii_case(b"host");

@@ -179,9 +179,14 @@ pub fn rewrite_request(
     };
     let own_cookies = crate::auth::cookies::without_own(fields.get_all("cookie"));
     let mut has = Has::default();
+    // The host the client asked for (its first Host field), for X-Forwarded-Host.
+    let mut client_host = None;
     let trusted = f.trust_forwarded;
     for (name, value) in fields.each() {
         let kind = kind(name);
+        if kind == Kind::Host && client_host.is_none() {
+            client_host = Some(value);
+        }
         let upgrade = f.websocket && name.eq_ignore_ascii_case(b"upgrade");
         let kept = match kind {
             Kind::HopByHop => upgrade,
@@ -226,7 +231,7 @@ pub fn rewrite_request(
     if !has.proto {
         add("x-forwarded-proto", f.proto.as_bytes());
     }
-    if let Some(host) = fields.get("host").or(f.authority.map(str::as_bytes)) {
+    if let Some(host) = client_host.or(f.authority.map(str::as_bytes)) {
         if !has.host {
             add("host", host);
         }

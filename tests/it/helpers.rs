@@ -575,6 +575,19 @@ impl Browser {
         rb.send().await.unwrap()
     }
 
+    /// Revokes a user's access to a server (`server` as in the API path, `john/`), as its owner
+    /// does; the call must succeed.
+    pub async fn revoke(&self, server: &str, user: &str) {
+        let r = self
+            .api(
+                reqwest::Method::PATCH,
+                &format!("/hub/api/shares/{server}"),
+                Some(serde_json::json!({ "user": user })),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "revoke {user} on {server}");
+    }
+
     /// Creates an invite code for a server and returns (code, full JSON).
     pub async fn invite(
         &self,

@@ -65,14 +65,7 @@ async fn revoking_on_one_instance_closes_websockets_on_every_instance() {
         sockets.push((b, ws));
     }
     let revoked = Instant::now();
-    let r = john
-        .api(
-            Method::PATCH,
-            "/hub/api/shares/john/",
-            Some(json!({"user": "nina"})),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    john.revoke("john/", "nina").await;
     let returned = revoked.elapsed();
     for (b, ws) in &mut sockets {
         let took = closed_within(ws, Duration::from_secs(2)).await;
@@ -407,14 +400,7 @@ async fn after_a_sentinel_failover_latchkey_follows_the_new_master() {
     eprintln!("writes resumed {took:?} after the master was killed");
     // What was acknowledged before the failover is still there, on the new master.
     assert_eq!(nina.get("/user/john/").await.status(), StatusCode::OK);
-    let r = john
-        .api(
-            Method::PATCH,
-            "/hub/api/shares/john/",
-            Some(json!({"user": "nina"})),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    john.revoke("john/", "nina").await;
     assert_eq!(
         nina.get("/user/john/").await.status(),
         StatusCode::FORBIDDEN
@@ -512,14 +498,7 @@ async fn when_an_instance_dies_clients_carry_on_through_another_and_revoked_user
     ws.send(Message::text("after")).await.unwrap();
 
     // john revokes through C: B closes her socket, and she stays refused everywhere alive.
-    let r = john
-        .api(
-            Method::PATCH,
-            "/hub/api/shares/john/",
-            Some(json!({"user": "nina"})),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    john.revoke("john/", "nina").await;
     assert!(
         closed_within(&mut ws, Duration::from_secs(2))
             .await
@@ -679,14 +658,7 @@ async fn the_story_holds_on_a_redis_cluster_across_instances() {
         .unwrap();
     assert_eq!(shares["items"][0]["user"]["name"], "nina");
 
-    let r = john
-        .api(
-            Method::PATCH,
-            "/hub/api/shares/john/",
-            Some(json!({"user": "nina"})),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    john.revoke("john/", "nina").await;
     assert!(
         closed_within(&mut ws, Duration::from_secs(2))
             .await

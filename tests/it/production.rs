@@ -970,14 +970,7 @@ async fn metrics_count_the_story_in_openmetrics_without_names_or_secrets() {
         nina.get("/hub/api/users/nina/shared").await.status(),
         StatusCode::OK
     );
-    let r = john
-        .api(
-            reqwest::Method::PATCH,
-            "/hub/api/shares/john/",
-            Some(json!({"user": "nina"})),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    john.revoke("john/", "nina").await;
     assert_eq!(
         nina.get("/user/john/tree").await.status(),
         StatusCode::FORBIDDEN

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
-use reqwest::Method;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -107,14 +106,7 @@ async fn john_shares_with_nina_who_accepts_and_is_revoked_at_once(backend: Backe
     );
 
     // john revokes nina: her socket closes at once and her next request is refused.
-    let r = john
-        .api(
-            Method::PATCH,
-            "/hub/api/shares/john/",
-            Some(json!({"user": "nina"})),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    john.revoke("john/", "nina").await;
     assert!(
         closed_within(&mut ws, Duration::from_secs(2))
             .await

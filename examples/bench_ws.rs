@@ -97,7 +97,11 @@ struct RawWs {
 }
 
 impl RawWs {
-    async fn connect(url: &str, headers: &[(String, String)], payload: &[u8]) -> Result<RawWs, String> {
+    async fn connect(
+        url: &str,
+        headers: &[(String, String)],
+        payload: &[u8],
+    ) -> Result<RawWs, String> {
         let rest = url
             .strip_prefix("ws://")
             .ok_or("the echo run speaks ws:// only")?;

@@ -17,7 +17,7 @@ use crate::auth::{Credential, Identity, Users};
 use crate::cache::Cache;
 use crate::clock;
 use crate::config::Config;
-use crate::connections::{Connections, Registrar};
+use crate::connections::{Connections, OpenConnection, Registrar, Registration};
 use crate::error::{Error, Result};
 use crate::http_util::{self, Body, Fields};
 use crate::ids::ServerRef;
@@ -26,7 +26,7 @@ use crate::proxy::{self, UpstreamClient, headers::Forwarding};
 use crate::routes::Route;
 use crate::secret::{self, Secret, TokenHash};
 use crate::sharing::access::{self, Decision, RequestKind, Standing};
-use crate::store::{Store, StoreEvent};
+use crate::store::{ServerGrants, Store, StoreEvent};
 
 /// Shared state of one latchkey instance.
 pub struct App {
@@ -60,6 +60,8 @@ pub struct Ctx {
     /// The peer is one of `trusted_proxies`: its forwarding headers are believed.
     pub trusted_peer: bool,
     pub tls: bool,
+    /// [`Connections::sweeps`] when the request began, before its access check.
+    pub sweeps_seen: u64,
 }
 
 /// What is known about a request from its start: for the access line, the metrics and error
@@ -92,6 +94,8 @@ pub struct Prepared {
     role: Option<&'static str>,
     /// The caller signed in with an API token (in `Authorization`).
     token: bool,
+    /// [`Ctx::sweeps_seen`].
+    sweeps_seen: u64,
 }
 
 impl Prepared {
@@ -124,6 +128,7 @@ impl Prepared {
             user: caller.identity.name.clone(),
             login: caller.login,
             login_expires: caller.login_expires,
+            sweeps_seen: self.sweeps_seen,
         })
     }
 }
@@ -258,6 +263,7 @@ impl App {
                 peer,
                 trusted_peer,
                 tls,
+                sweeps_seen: self.connections.sweeps(),
             },
             method: method.clone(),
             class: crate::metrics::Class::Proxy,
@@ -386,11 +392,9 @@ impl App {
                     uri,
                     p.websocket,
                     proxy::Forward {
-                        client: &self.client,
+                        app: self,
                         route: p.route,
-                        timeout: self.config.upstream_timeout,
                         registrar,
-                        tracker: &self.tracker,
                         peer: ctx.peer,
                     },
                 )
@@ -490,6 +494,7 @@ impl App {
             caller: if guarded { caller } else { None },
             role,
             token,
+            sweeps_seen: ctx.sweeps_seen,
         }))
     }
 
@@ -612,37 +617,78 @@ impl App {
             // Without the store, connections stay open until the next successful check.
             let grants = self.cache.grants(self.store.as_ref(), &server).await.ok();
             self.connections.close_where(|c| {
-                if c.server != server {
-                    return false;
-                }
-                if session.as_deref() != Some(c.session.as_str()) {
-                    return true;
-                }
-                if c.login_expires.is_some_and(|e| e <= now) {
-                    return true;
-                }
-                let Some(identity) = self.users.identity(&c.user) else {
-                    return true;
-                };
-                if identity.name == server.owner {
-                    return false;
-                }
-                let Some(grants) = &grants else {
-                    return false;
-                };
-                if grants.session.as_deref() != Some(c.session.as_str()) {
-                    return true;
-                }
-                let kind = RequestKind {
-                    safe_method: true,
-                    websocket: c.websocket,
-                };
-                !matches!(
-                    access::decide(&server.owner, Some(&identity), &grants.grants, kind, now),
-                    Decision::Allow(_)
-                )
+                c.server == server && !self.may_stay(c, session.as_deref(), grants.as_deref(), now)
             });
         }
+    }
+
+    /// Whether an open connection's user may still hold it, given its server's current
+    /// session and grants (`None`: not known, the store is away).
+    fn may_stay(
+        &self,
+        c: &OpenConnection,
+        session: Option<&str>,
+        grants: Option<&ServerGrants>,
+        now: clock::Timestamp,
+    ) -> bool {
+        if session != Some(c.session.as_str()) {
+            return false;
+        }
+        if c.login_expires.is_some_and(|e| e <= now) {
+            return false;
+        }
+        let Some(identity) = self.users.identity(&c.user) else {
+            return false;
+        };
+        if identity.name == c.server.owner {
+            return true;
+        }
+        let Some(grants) = grants else {
+            return true;
+        };
+        if grants.session.as_deref() != Some(c.session.as_str()) {
+            return false;
+        }
+        let kind = RequestKind {
+            safe_method: true,
+            websocket: c.websocket,
+        };
+        matches!(
+            access::decide(&c.server.owner, Some(&identity), &grants.grants, kind, now),
+            Decision::Allow(_)
+        )
+    }
+
+    /// Registers a WebSocket or a long answer, so that revocation closes it. A revocation
+    /// that ran while the request was on its way (after its access check, before this) could
+    /// not see it: then this one connection is checked again here, and closed at once if its
+    /// access has ended. So is one whose server session ended meanwhile.
+    pub async fn register(&self, registrar: Registrar, websocket: bool) -> Registration {
+        let registration = registrar.register(websocket);
+        let Some(c) = registration.connection() else {
+            return registration;
+        };
+        let session = self
+            .cache
+            .routes()
+            .server_route(&c.server)
+            .map(|r| r.session.clone());
+        if session.as_deref() != Some(c.session.as_str()) {
+            registration.cancel.cancel();
+        } else if registration.raced() {
+            let grants = self.cache.grants(self.store.as_ref(), &c.server).await.ok();
+            let login_ended = match &c.login {
+                Some(login) => matches!(self.store.get_login(login).await, Ok(None)),
+                None => false,
+            };
+            if login_ended
+                || !self.may_stay(&c, session.as_deref(), grants.as_deref(), clock::now())
+            {
+                tracing::info!(user = %c.user, "access ended while the request was on its way");
+                registration.cancel.cancel();
+            }
+        }
+        registration
     }
 
     /// After a local change to a server's sharing: refresh its cached grants and close what

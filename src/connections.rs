@@ -28,6 +28,11 @@ pub struct OpenConnection {
 pub struct Connections {
     next: AtomicU64,
     open: Mutex<HashMap<u64, OpenConnection>>,
+    /// How many times the open connections were looked over to close some (snapshots and
+    /// closes count, before they look). A request reads it when it begins; if it moved by the
+    /// time the request registers its stream, a revocation may have run while the request was
+    /// on its way, without seeing it (see [`Registration::raced`]).
+    sweeps: AtomicU64,
 }
 
 /// Removes its connection from the registry when dropped.
@@ -35,6 +40,21 @@ pub struct Registration {
     id: u64,
     registry: Arc<Connections>,
     pub cancel: CancellationToken,
+    /// [`Connections::sweeps`] when the request began.
+    sweeps_seen: u64,
+}
+
+impl Registration {
+    /// A revocation looked over the open connections between the request's access check and
+    /// this registration: it may have been meant for this one too.
+    pub fn raced(&self) -> bool {
+        self.registry.sweeps() != self.sweeps_seen
+    }
+
+    /// What was registered.
+    pub fn connection(&self) -> Option<OpenConnection> {
+        self.registry.lock().get(&self.id).cloned()
+    }
 }
 
 impl Drop for Registration {
@@ -48,43 +68,21 @@ impl Connections {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn register(
-        self: &Arc<Self>,
-        server: ServerRef,
-        session: String,
-        user: UserName,
-        login: Option<TokenHash>,
-        login_expires: Option<Timestamp>,
-        websocket: bool,
-    ) -> Registration {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let cancel = CancellationToken::new();
-        self.lock().insert(
-            id,
-            OpenConnection {
-                server,
-                session,
-                user,
-                login,
-                login_expires,
-                websocket,
-                cancel: cancel.clone(),
-            },
-        );
-        Registration {
-            id,
-            registry: self.clone(),
-            cancel,
-        }
+    /// See [`Connections::sweeps`]: read it before the access check.
+    pub fn sweeps(&self) -> u64 {
+        self.sweeps.load(Ordering::SeqCst)
     }
 
-    /// A snapshot of the open connections.
+    /// A snapshot of the open connections, to decide which must close.
     pub fn snapshot(&self) -> Vec<OpenConnection> {
+        self.sweeps.fetch_add(1, Ordering::SeqCst);
         self.lock().values().cloned().collect()
     }
 
     /// Closes every connection for which `doomed` holds; returns how many.
     pub fn close_where(&self, doomed: impl Fn(&OpenConnection) -> bool) -> usize {
+        // Counted before the look: a connection registered after it knows it was not seen.
+        self.sweeps.fetch_add(1, Ordering::SeqCst);
         let open = self.lock();
         let mut n = 0;
         for c in open.values().filter(|c| doomed(c)) {
@@ -126,17 +124,32 @@ pub struct Registrar {
     pub user: UserName,
     pub login: Option<TokenHash>,
     pub login_expires: Option<Timestamp>,
+    /// [`Connections::sweeps`] when the request began.
+    pub sweeps_seen: u64,
 }
 
 impl Registrar {
     pub fn register(self, websocket: bool) -> Registration {
-        self.registry.register(
-            self.server,
-            self.session,
-            self.user,
-            self.login,
-            self.login_expires,
-            websocket,
-        )
+        let registry = self.registry;
+        let id = registry.next.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        registry.lock().insert(
+            id,
+            OpenConnection {
+                server: self.server,
+                session: self.session,
+                user: self.user,
+                login: self.login,
+                login_expires: self.login_expires,
+                websocket,
+                cancel: cancel.clone(),
+            },
+        );
+        Registration {
+            id,
+            registry,
+            cancel,
+            sweeps_seen: self.sweeps_seen,
+        }
     }
 }

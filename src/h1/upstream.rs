@@ -334,7 +334,10 @@ where
 
     if answer.status == StatusCode::SWITCHING_PROTOCOLS {
         // Registered before the client hears of it: a revocation from then on closes it.
-        let registration = prepared.registrar(app).map(|r| r.register(true));
+        let registration = match prepared.registrar(app) {
+            Some(r) => Some(app.register(r, true).await),
+            None => None,
+        };
         answer_head(out, &answer, fields, x.request_id, false, false);
         // Frames the upstream sent right behind its answer go with it.
         out.extend_from_slice(&conn.buf);
@@ -368,10 +371,16 @@ where
     let chunked = matches!(framing, Framing::Chunked | Framing::Close);
     answer_head(out, &answer, fields, x.request_id, chunked, close_client);
 
-    // Answers without a length stream until they end: they are closed when access ends.
-    let registration = match framing {
-        Framing::Chunked | Framing::Close => prepared.registrar(app).map(|r| r.register(false)),
-        _ => None,
+    // Answers without a length stream until they end, and a long answer may take a while:
+    // they are closed when access ends. One that is all here already is simply written out.
+    let lasts = match framing {
+        Framing::Chunked | Framing::Close => true,
+        Framing::Length(n) => n > conn.buf.len() as u64,
+        Framing::Empty => false,
+    };
+    let registration = match lasts.then(|| prepared.registrar(app)).flatten() {
+        Some(r) => Some(app.register(r, false).await),
+        None => None,
     };
     let cancel = registration.as_ref().map(|r| r.cancel.clone());
     let cancelled = async {
@@ -444,11 +453,12 @@ where
         }
         conn.buf.reserve(READ_CHUNK);
         let read = tokio::select! {
-            r = conn.stream.read_buf(&mut conn.buf) => r,
+            biased;
             _ = &mut cancelled => {
                 tracing::info!(route = %route.path, "response closed: access ended");
                 return Ok(Exchanged::Done(false));
             }
+            r = conn.stream.read_buf(&mut conn.buf) => r,
         };
         match read {
             Ok(0) if framing == Framing::Close => {
@@ -505,15 +515,13 @@ impl Upgraded {
         let route = self.route;
         let mut client = crate::proxy::Touching::new(client, route.clone());
         let mut upstream = crate::proxy::Touching::new(&mut self.conn.stream, route.clone());
-        tokio::select! {
-            r = crate::proxy::pipe::copy_bidirectional(&mut client, &mut upstream) => {
-                if let Ok((up, down)) = r {
-                    tracing::debug!(to_upstream = up, to_client = down, "websocket closed");
-                }
+        let pipe = crate::proxy::pipe::copy_bidirectional(&mut client, &mut upstream);
+        match crate::proxy::cancel::until_cancelled(pipe, &cancel).await {
+            Some(Ok((up, down))) => {
+                tracing::debug!(to_upstream = up, to_client = down, "websocket closed");
             }
-            _ = cancel.cancelled() => {
-                tracing::info!(route = %route.path, "websocket closed: access ended");
-            }
+            Some(Err(_)) => {}
+            None => tracing::info!(route = %route.path, "websocket closed: access ended"),
         }
         drop(self.registration);
     }

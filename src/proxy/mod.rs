@@ -1,5 +1,6 @@
 //! Forwarding to upstreams: HTTP with streaming bodies both ways, and WebSocket upgrades.
 
+pub(crate) mod cancel;
 pub mod headers;
 pub(crate) mod pipe;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri, Version, header};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
@@ -17,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::app::App;
 use crate::clock;
 use crate::connections::{Registrar, Registration};
 use crate::error::Error;
@@ -109,14 +111,11 @@ pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Ur
 
 /// Everything `forward` needs besides the request.
 pub struct Forward<'a> {
-    pub client: &'a UpstreamClient,
+    pub app: &'a App,
     pub route: Arc<Route>,
-    pub timeout: std::time::Duration,
-    /// Present for guarded routes: WebSockets and streamed responses are registered so that
+    /// Present for guarded routes: WebSockets and long answers are registered so that
     /// revocation can close them.
     pub registrar: Option<Registrar>,
-    /// Closed with the shutdown of the process.
-    pub tracker: &'a tokio_util::task::TaskTracker,
     pub peer: SocketAddr,
 }
 
@@ -139,13 +138,13 @@ pub async fn forward(
 
     // The timeout counts from when the request body has been sent: a large upload is not an
     // upstream that is silent.
-    let timeout = f.timeout;
+    let timeout = f.app.config.upstream_timeout;
     let silent = async move {
         let _ = sent.await;
         tokio::time::sleep(timeout).await;
     };
     let mut resp = tokio::select! {
-        r = f.client.request(upstream_req) => match r {
+        r = f.app.client.request(upstream_req) => match r {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(route = %route.path, error = %e, "upstream request failed");
@@ -166,13 +165,16 @@ pub async fn forward(
             return Err(Error::UpstreamUnavailable);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let registration = f.registrar.map(|r| r.register(true));
+        let registration = match f.registrar {
+            Some(r) => Some(f.app.register(r, true).await),
+            None => None,
+        };
         let cancel = registration
             .as_ref()
             .map(|r| r.cancel.clone())
             .unwrap_or_default();
         let peer = f.peer;
-        f.tracker.spawn(async move {
+        f.app.tracker.spawn(async move {
             let _registration = registration;
             let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok(pair) => pair,
@@ -183,15 +185,13 @@ pub async fn forward(
             };
             let mut client = Touching::new(TokioIo::new(client), route.clone());
             let mut upstream = Touching::new(TokioIo::new(upstream), route.clone());
-            tokio::select! {
-                r = pipe::copy_bidirectional(&mut client, &mut upstream) => {
-                    if let Ok((up, down)) = r {
-                        tracing::debug!(%peer, to_upstream = up, to_client = down, "websocket closed");
-                    }
+            let pipe = pipe::copy_bidirectional(&mut client, &mut upstream);
+            match cancel::until_cancelled(pipe, &cancel).await {
+                Some(Ok((up, down))) => {
+                    tracing::debug!(%peer, to_upstream = up, to_client = down, "websocket closed");
                 }
-                _ = cancel.cancelled() => {
-                    tracing::info!(route = %route.path, "websocket closed: access ended");
-                }
+                Some(Err(_)) => {}
+                None => tracing::info!(route = %route.path, "websocket closed: access ended"),
             }
         });
         let (parts, body) = resp.into_parts();
@@ -202,10 +202,13 @@ pub async fn forward(
     }
 
     let (parts, body) = resp.into_parts();
-    let streaming = !parts.headers.contains_key(header::CONTENT_LENGTH);
-    let body: Body = match (f.registrar, streaming) {
+    // Answers without a length, or long ones, may outlast access.
+    let long = hyper::body::Body::size_hint(&body)
+        .exact()
+        .is_none_or(|n| n > LONG_ANSWER);
+    let body: Body = match (f.registrar, long) {
         (Some(registrar), true) => {
-            let registration = registrar.register(false);
+            let registration = f.app.register(registrar, false).await;
             Revocable {
                 inner: body.map_err(BoxError::from).boxed(),
                 cancelled: Box::pin(registration.cancel.clone().cancelled_owned()),
@@ -217,6 +220,10 @@ pub async fn forward(
     };
     Ok(Response::from_parts(parts, body))
 }
+
+/// Answers longer than this (bytes) are registered so that revocation can cut them off; shorter
+/// ones are over before it would matter.
+const LONG_ANSWER: u64 = 256 * 1024;
 
 /// A request body that says when it has been sent completely (or dropped).
 struct SignalEnd {

@@ -1068,30 +1068,9 @@ async fn a_broken_answer_closes_the_client_connection_and_is_still_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_access_ends_a_streamed_answer() {
-    // Three seconds of ticks, chunked or until the upstream closes.
-    let (_up, lk, _john) = johns_raw_server(|req| {
-        let (head, tick, end): (&[u8], &[u8], Step) = match req.target.as_str() {
-            "/user/john/chunked" => (
-                b"HTTP/1.1 200 OK\r\nX-Up: raw\r\nTransfer-Encoding: chunked\r\n\r\n",
-                b"5\r\ntick\n\r\n",
-                Step::Write(b"0\r\n\r\n".to_vec()),
-            ),
-            "/user/john/no-length" => (
-                b"HTTP/1.1 200 OK\r\nX-Up: raw\r\n\r\n",
-                b"tick\n",
-                Step::Close,
-            ),
-            _ => return echo(req),
-        };
-        let mut s = vec![Step::Write(head.to_vec())];
-        for _ in 0..150 {
-            s.push(Step::Write(tick.to_vec()));
-            s.push(Step::Sleep(ms(20)));
-        }
-        s.push(end);
-        s
-    })
-    .await;
+    // Three seconds of ticks, chunked, until the upstream closes, or as a download of a known
+    // length.
+    let (_up, lk, _john) = johns_raw_server(ticking_answers).await;
     let john = lk.signed_in("john").await;
     let nina_browser = lk.signed_in("nina").await;
     let (code, _) = john.invite("john/", json!({"role": "use"})).await;
@@ -1104,7 +1083,11 @@ async fn revoking_access_ends_a_streamed_answer() {
         ..Caller::anonymous(&lk)
     };
     let mut streams = vec![];
-    for path in ["/user/john/chunked", "/user/john/no-length"] {
+    for path in [
+        "/user/john/chunked",
+        "/user/john/no-length",
+        "/user/john/length",
+    ] {
         let mut c = nina.connect().await;
         c.send(nina.get(path)).await;
         let (status, headers, _) = c.response_head().await.unwrap();
@@ -1121,13 +1104,92 @@ async fn revoking_access_ends_a_streamed_answer() {
             "{path}: the revoked stream must end"
         );
         assert!(
-            !c.wire.buf.ends_with(b"0\r\n\r\n"),
+            !c.wire.buf.ends_with(b"0\r\n\r\n") && c.wire.buf.len() < 600,
             "{path}: cut off, not finished"
         );
     }
     let mut c = nina.connect().await;
     c.send(nina.get("/user/john/chunked")).await;
     assert_eq!(c.response().await.status, 403);
+}
+
+/// Three seconds of ticks: chunked, until the upstream closes, or with a Content-Length (the
+/// paths' names); `late-` in front: the answer starts after 600 ms.
+fn ticking_answers(req: &RawRequest) -> Vec<Step> {
+    let target = req.target.replace("/late-", "/");
+    let (head, tick, end): (&[u8], &[u8], Step) = match target.as_str() {
+        "/user/john/chunked" => (
+            b"HTTP/1.1 200 OK\r\nX-Up: raw\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"5\r\ntick\n\r\n",
+            Step::Write(b"0\r\n\r\n".to_vec()),
+        ),
+        "/user/john/no-length" => (
+            b"HTTP/1.1 200 OK\r\nX-Up: raw\r\n\r\n",
+            b"tick\n",
+            Step::Close,
+        ),
+        // 150 ticks of five bytes.
+        "/user/john/length" => (
+            b"HTTP/1.1 200 OK\r\nX-Up: raw\r\nContent-Length: 750\r\n\r\n",
+            b"tick\n",
+            Step::Sleep(ms(0)),
+        ),
+        _ => return echo(req),
+    };
+    let mut s = vec![];
+    if target != req.target {
+        s.push(Step::Sleep(ms(600)));
+    }
+    s.push(Step::Write(head.to_vec()));
+    for _ in 0..150 {
+        s.push(Step::Write(tick.to_vec()));
+        s.push(Step::Sleep(ms(20)));
+    }
+    s.push(end);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_while_the_upstream_has_not_answered_yet_still_ends_the_answer() {
+    // The access check passes, then the upstream takes 600 ms to start its answer; nina is
+    // revoked in that time, when her request has no stream to close yet.
+    let (_up, lk, _john) = johns_raw_server(ticking_answers).await;
+    let john = lk.signed_in("john").await;
+    let nina_browser = lk.signed_in("nina").await;
+    let (code, _) = john.invite("john/", json!({"role": "use"})).await;
+    assert_eq!(
+        nina_browser.accept(&code).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let nina = Caller {
+        cookie: nina_browser.cookie_header("/user/"),
+        ..Caller::anonymous(&lk)
+    };
+    for path in ["/user/john/late-chunked", "/user/john/late-length"] {
+        let mut c = nina.connect().await;
+        c.send(nina.get(path)).await;
+        tokio::time::sleep(ms(200)).await;
+        john.revoke("john/", "nina").await;
+        // The answer takes 3 s once it starts; the periodic recheck of open connections
+        // runs once a second, so this is closed at the start, not by it.
+        let (status, _, _) = c.response_head().await.unwrap();
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            c.closed_within(ms(300)).await,
+            "{path}: the answer must end as it starts"
+        );
+        assert!(
+            c.wire.buf.len() < 600,
+            "{path}: cut off: {} bytes",
+            c.wire.buf.len()
+        );
+        // Shared again for the next path.
+        let (code, _) = john.invite("john/", json!({"role": "use"})).await;
+        assert_eq!(
+            nina_browser.accept(&code).await.status(),
+            StatusCode::SEE_OTHER
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

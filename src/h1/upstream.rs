@@ -62,12 +62,16 @@ impl Upstream {
     }
 
     /// Whether the upstream has answered (or closed) while the request body was still being
-    /// sent: what it sent goes to `buf`. False when the readiness was left over.
+    /// sent: what it sent goes to `buf`. False when the readiness was left over, and while all
+    /// it sent are interim answers (1xx, such as 103 Early Hints): those ask for the rest of the
+    /// body, not for an end to it.
     fn answered_early(&mut self) -> bool {
         match self.stream.try_read_buf(&mut self.buf) {
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
         }
+        !interim_only(&self.buf)
     }
 
     /// Writes some of `data`, unless the upstream answers first (None).
@@ -666,6 +670,29 @@ async fn read_head(
     }
 }
 
+/// Whether `buf` holds nothing but interim answers (1xx other than 101), the last one perhaps
+/// not complete yet; false as soon as it holds the start of a final answer, or nonsense.
+fn interim_only(mut buf: &[u8]) -> bool {
+    loop {
+        if buf.is_empty() {
+            return true;
+        }
+        // "HTTP/1.1 1xx": decided by the first digit of the status, once it is there.
+        let Some(&first) = buf.get(9) else {
+            return b"HTTP/1.1 ".starts_with(buf);
+        };
+        if !buf.starts_with(b"HTTP/1.1 ") || first != b'1' || buf.get(9..12) == Some(b"101") {
+            return false;
+        }
+        let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match httparse::Response::new(&mut parsed).parse(buf) {
+            Ok(httparse::Status::Complete(n)) => buf = &buf[n..],
+            Ok(httparse::Status::Partial) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 fn parse_head(buf: &[u8], fields: &mut Vec<u8>) -> Result<Option<(usize, AnswerHead)>, HeadError> {
     let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut parsed);
@@ -793,6 +820,35 @@ mod tests {
         assert_eq!(h.content_length, Some(2));
         assert!(h.keep_alive);
         assert!(!h.has_request_id);
+    }
+
+    #[test]
+    fn interim_answers_do_not_count_as_an_early_answer() {
+        for interim in [
+            &b""[..],
+            b"HTTP/1",
+            b"HTTP/1.1 ",
+            b"HTTP/1.1 10",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+            b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 1",
+        ] {
+            assert!(
+                interim_only(interim),
+                "{}",
+                String::from_utf8_lossy(interim)
+            );
+        }
+        for early in [
+            &b"HTTP/1.1 4"[..],
+            b"HTTP/1.1 413 Content Too Large\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 401 Unauthorized\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\n\r\n",
+            b"garbage",
+        ] {
+            assert!(!interim_only(early), "{}", String::from_utf8_lossy(early));
+        }
     }
 
     #[test]

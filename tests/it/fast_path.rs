@@ -1666,3 +1666,62 @@ async fn a_connection_header_cannot_take_the_length_off_a_body() {
     );
     assert_eq!(seen.len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interim_answer_during_an_upload_does_not_stop_it() {
+    // An upstream that sends 103 Early Hints as soon as it has the request's head, then reads
+    // the whole body and answers with its digest.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let end = loop {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request head");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap();
+        s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = buf[end..].to_vec();
+        while body.len() < length {
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the rest of the body");
+            body.extend_from_slice(&chunk[..n]);
+        }
+        let text = digest(&body);
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nX-Up: raw\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        s.write_all(answer.as_bytes()).await.unwrap();
+    });
+    let lk = Latchkey::spawn(Backend::Memory).await;
+    route(&lk, "", &target).await;
+    let john = Caller::signed_in(&lk, "john").await;
+
+    // The head and a little of the body, then the rest once the 103 has had time to arrive.
+    let body = noise(2 * 1024 * 1024);
+    let request = john.request("POST", "/user/john/upload", &[], &body);
+    let split = request.len() - body.len() + 1000;
+    let mut c = john.connect().await;
+    c.send(&request[..split]).await;
+    tokio::time::sleep(ms(300)).await;
+    c.send(&request[split..]).await;
+    let r = c.response().await;
+    assert_fast(&r);
+    assert_eq!((r.status, r.text()), (200, digest(&body)));
+}

@@ -128,6 +128,7 @@ impl Prepared {
             user: caller.identity.name.clone(),
             login: caller.login,
             login_expires: caller.login_expires,
+            path: self.route.path.clone(),
             sweeps_seen: self.sweeps_seen,
         })
     }
@@ -663,30 +664,37 @@ impl App {
     /// that ran while the request was on its way (after its access check, before this) could
     /// not see it: then this one connection is checked again here, and closed at once if its
     /// access has ended. So is one whose server session ended meanwhile.
-    pub async fn register(&self, registrar: Registrar, websocket: bool) -> Registration {
+    pub async fn register(&self, mut registrar: Registrar, websocket: bool) -> Registration {
+        let path = std::mem::take(&mut registrar.path);
+        // The h1 path finds the route before the request reads the count of sweeps: a server
+        // session that ended in between is caught here.
+        let current = self
+            .cache
+            .routes()
+            .get(&path)
+            .is_some_and(|r| r.session == registrar.session);
         let registration = registrar.register(websocket);
+        if !current {
+            registration.cancel.cancel();
+            return registration;
+        }
+        if !registration.raced() {
+            return registration;
+        }
         let Some(c) = registration.connection() else {
             return registration;
         };
-        let session = self
-            .cache
-            .routes()
-            .server_route(&c.server)
-            .map(|r| r.session.clone());
-        if session.as_deref() != Some(c.session.as_str()) {
+        let table = self.cache.routes();
+        let session = table.get(&path).map(|r| r.session.as_str());
+        let grants = self.cache.grants(self.store.as_ref(), &c.server).await.ok();
+        // Through the cache: a sign-in that ended is no longer in it.
+        let login_ended = match &c.login {
+            Some(login) => matches!(self.cache.login(self.store.as_ref(), login).await, Ok(None)),
+            None => false,
+        };
+        if login_ended || !self.may_stay(&c, session, grants.as_deref(), clock::now()) {
+            tracing::info!(user = %c.user, "access ended while the request was on its way");
             registration.cancel.cancel();
-        } else if registration.raced() {
-            let grants = self.cache.grants(self.store.as_ref(), &c.server).await.ok();
-            let login_ended = match &c.login {
-                Some(login) => matches!(self.store.get_login(login).await, Ok(None)),
-                None => false,
-            };
-            if login_ended
-                || !self.may_stay(&c, session.as_deref(), grants.as_deref(), clock::now())
-            {
-                tracing::info!(user = %c.user, "access ended while the request was on its way");
-                registration.cancel.cancel();
-            }
         }
         registration
     }
@@ -734,7 +742,14 @@ impl App {
         self.cache.forget_login(login);
         self.connections
             .close_where(|c| c.login.as_ref() == Some(login));
-        self.store.delete_login(login).await
+        let deleted = self.store.delete_login(login).await;
+        // Again once the store has it: a request that read the sign-in before it was deleted
+        // may have cached it or opened a stream meanwhile (and one still on its way sees this
+        // sweep when it registers).
+        self.cache.forget_login(login);
+        self.connections
+            .close_where(|c| c.login.as_ref() == Some(login));
+        deleted
     }
 
     /// Acts on a change announced by any instance.

@@ -28,6 +28,9 @@ pub struct Cache {
     /// Tickets for grant reads, in the order they start.
     reads: AtomicU64,
     logins: RwLock<HashMap<TokenHash, (Arc<LoginRecord>, Timestamp)>>,
+    /// Counts sign-ins forgotten: a store read that started before one was forgotten does not
+    /// put what it read into the cache (it may be from before a sign-out).
+    login_forgets: AtomicU64,
     tokens: RwLock<HashMap<TokenHash, (ApiTokenRecord, Timestamp)>>,
     /// The store revision seen by the last poll.
     revision: AtomicU64,
@@ -142,8 +145,12 @@ impl Cache {
         {
             return Ok((rec.expires_at > now).then(|| rec.clone()));
         }
+        let forgets = self.login_forgets.load(Ordering::Acquire);
         let rec = store.get_login(id).await?.map(Arc::new);
         let mut logins = write(&self.logins);
+        if self.login_forgets.load(Ordering::Acquire) != forgets {
+            return Ok(rec);
+        }
         match &rec {
             Some(r) => {
                 if logins.len() > 100_000 {
@@ -159,11 +166,15 @@ impl Cache {
     }
 
     pub fn forget_login(&self, id: &TokenHash) {
-        write(&self.logins).remove(id);
+        let mut logins = write(&self.logins);
+        self.login_forgets.fetch_add(1, Ordering::AcqRel);
+        logins.remove(id);
     }
 
     pub fn forget_logins(&self) {
-        write(&self.logins).clear();
+        let mut logins = write(&self.logins);
+        self.login_forgets.fetch_add(1, Ordering::AcqRel);
+        logins.clear();
     }
 
     pub async fn api_token(

@@ -31,9 +31,15 @@ pub struct Connections {
     /// How many times the open connections were looked over to close some (snapshots and
     /// closes count, before they look). A request reads it when it begins; if it moved by the
     /// time the request registers its stream, a revocation may have run while the request was
-    /// on its way, without seeing it (see [`Registration::raced`]).
-    sweeps: AtomicU64,
+    /// on its way, without seeing it (see [`Registration::raced`]). Every request reads it, so
+    /// it has a cache line of its own, away from what registrations write.
+    sweeps: Padded,
 }
+
+/// A counter on a cache line of its own.
+#[derive(Default)]
+#[repr(align(64))]
+struct Padded(AtomicU64);
 
 /// Removes its connection from the registry when dropped.
 pub struct Registration {
@@ -70,19 +76,19 @@ impl Connections {
 
     /// See [`Connections::sweeps`]: read it before the access check.
     pub fn sweeps(&self) -> u64 {
-        self.sweeps.load(Ordering::SeqCst)
+        self.sweeps.0.load(Ordering::SeqCst)
     }
 
     /// A snapshot of the open connections, to decide which must close.
     pub fn snapshot(&self) -> Vec<OpenConnection> {
-        self.sweeps.fetch_add(1, Ordering::SeqCst);
+        self.sweeps.0.fetch_add(1, Ordering::SeqCst);
         self.lock().values().cloned().collect()
     }
 
     /// Closes every connection for which `doomed` holds; returns how many.
     pub fn close_where(&self, doomed: impl Fn(&OpenConnection) -> bool) -> usize {
         // Counted before the look: a connection registered after it knows it was not seen.
-        self.sweeps.fetch_add(1, Ordering::SeqCst);
+        self.sweeps.0.fetch_add(1, Ordering::SeqCst);
         let open = self.lock();
         let mut n = 0;
         for c in open.values().filter(|c| doomed(c)) {
@@ -124,6 +130,8 @@ pub struct Registrar {
     pub user: UserName,
     pub login: Option<TokenHash>,
     pub login_expires: Option<Timestamp>,
+    /// The path of the route the request took, to find that route again.
+    pub path: String,
     /// [`Connections::sweeps`] when the request began.
     pub sweeps_seen: u64,
 }

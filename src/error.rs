@@ -57,6 +57,14 @@ impl Error {
         Error::BadRequest(msg.into())
     }
 
+    /// Access ended while a WebSocket was being opened (after the access check, before the
+    /// upstream's answer).
+    pub fn access_ended_meanwhile() -> Self {
+        Error::Forbidden(
+            "Your access to this server ended while the connection was opening.".into(),
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Redirect(_) => StatusCode::FOUND,

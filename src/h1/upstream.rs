@@ -342,6 +342,14 @@ where
             Some(r) => Some(app.register(r, true).await),
             None => None,
         };
+        if registration
+            .as_ref()
+            .is_some_and(|r| r.cancel.is_cancelled())
+        {
+            // The client has not heard of the upgrade yet: it is told no, and the upstream's
+            // WebSocket is dropped unused.
+            return Err(Failure::Answer(Error::access_ended_meanwhile()));
+        }
         answer_head(out, &answer, fields, x.request_id, false, false);
         // Frames the upstream sent right behind its answer go with it.
         out.extend_from_slice(&conn.buf);
@@ -375,11 +383,12 @@ where
     let chunked = matches!(framing, Framing::Chunked | Framing::Close);
     answer_head(out, &answer, fields, x.request_id, chunked, close_client);
 
-    // Answers without a length stream until they end, and a long answer may take a while:
-    // they are closed when access ends. One that is all here already is simply written out.
+    // Answers without a length stream until they end, and a long one may take a while: they
+    // are closed when access ends. A short one, or one that is all here already, is simply
+    // written out.
     let lasts = match framing {
         Framing::Chunked | Framing::Close => true,
-        Framing::Length(n) => n > conn.buf.len() as u64,
+        Framing::Length(n) => n > crate::proxy::LONG_ANSWER && n > conn.buf.len() as u64,
         Framing::Empty => false,
     };
     let registration = match lasts.then(|| prepared.registrar(app)).flatten() {
@@ -513,6 +522,9 @@ impl Upgraded {
             .unwrap_or_default();
         // An idle WebSocket keeps no buffer.
         self.conn.buf = BytesMut::new();
+        if cancel.is_cancelled() {
+            return;
+        }
         if !early.is_empty() && self.conn.stream.write_all(early).await.is_err() {
             return;
         }

@@ -169,6 +169,12 @@ pub async fn forward(
             Some(r) => Some(f.app.register(r, true).await),
             None => None,
         };
+        if registration
+            .as_ref()
+            .is_some_and(|r| r.cancel.is_cancelled())
+        {
+            return Err(Error::access_ended_meanwhile());
+        }
         let cancel = registration
             .as_ref()
             .map(|r| r.cancel.clone())
@@ -221,9 +227,10 @@ pub async fn forward(
     Ok(Response::from_parts(parts, body))
 }
 
-/// Answers longer than this (bytes) are registered so that revocation can cut them off; shorter
-/// ones are over before it would matter.
-const LONG_ANSWER: u64 = 256 * 1024;
+/// Answers with a length above this (bytes) are registered so that revocation can cut them
+/// off; at most this much of a shorter one reaches a user whose access has just ended, and
+/// registering every answer would cost the common, small ones.
+pub(crate) const LONG_ANSWER: u64 = 64 * 1024;
 
 /// A request body that says when it has been sent completely (or dropped).
 struct SignalEnd {

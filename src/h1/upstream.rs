@@ -836,7 +836,7 @@ mod tests {
 
     #[test]
     fn interim_answers_do_not_count_as_an_early_answer() {
-        for interim in [
+        let interim = [
             &b""[..],
             b"HTTP/1",
             b"HTTP/1.1 ",
@@ -844,22 +844,23 @@ mod tests {
             b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>",
             b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
             b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 1",
-        ] {
-            assert!(
-                interim_only(interim),
-                "{}",
-                String::from_utf8_lossy(interim)
-            );
-        }
-        for early in [
+        ];
+        let early = [
             &b"HTTP/1.1 4"[..],
             b"HTTP/1.1 413 Content Too Large\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 401 Unauthorized\r\n\r\n",
             b"HTTP/1.0 200 OK\r\n\r\n",
             b"garbage",
-        ] {
-            assert!(!interim_only(early), "{}", String::from_utf8_lossy(early));
+        ];
+        let cases = interim.iter().map(|b| (b, true));
+        for (bytes, only) in cases.chain(early.iter().map(|b| (b, false))) {
+            assert_eq!(
+                interim_only(bytes),
+                only,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
         }
     }
 

@@ -1071,17 +1071,7 @@ async fn revoking_access_ends_a_streamed_answer() {
     // Three seconds of ticks, chunked, until the upstream closes, or as a download of a known
     // length.
     let (_up, lk, _john) = johns_raw_server(ticking_answers).await;
-    let john = lk.signed_in("john").await;
-    let nina_browser = lk.signed_in("nina").await;
-    let (code, _) = john.invite("john/", json!({"role": "use"})).await;
-    assert_eq!(
-        nina_browser.accept(&code).await.status(),
-        StatusCode::SEE_OTHER
-    );
-    let nina = Caller {
-        cookie: nina_browser.cookie_header("/user/"),
-        ..Caller::anonymous(&lk)
-    };
+    let (john, _, nina) = shared_with_nina(&lk).await;
     let mut streams = vec![];
     for path in [
         "/user/john/chunked",
@@ -1112,6 +1102,25 @@ async fn revoking_access_ends_a_streamed_answer() {
     let mut c = nina.connect().await;
     c.send(nina.get("/user/john/chunked")).await;
     assert_eq!(c.response().await.status, 403);
+}
+
+/// john's browser, and nina, who accepted his invite (role `use`): her browser, and a raw
+/// client with her cookie.
+async fn shared_with_nina(lk: &Latchkey) -> (Browser, Browser, Caller) {
+    let john = lk.signed_in("john").await;
+    let nina_browser = lk.signed_in("nina").await;
+    share(&john, &nina_browser).await;
+    let nina = Caller {
+        cookie: nina_browser.cookie_header("/user/"),
+        ..Caller::anonymous(lk)
+    };
+    (john, nina_browser, nina)
+}
+
+/// An invite from john to his server, accepted by `by`.
+async fn share(john: &Browser, by: &Browser) {
+    let (code, _) = john.invite("john/", json!({"role": "use"})).await;
+    assert_eq!(by.accept(&code).await.status(), StatusCode::SEE_OTHER);
 }
 
 /// Half of what `ticking_answers` sends for a path: a revoked answer ends before this.
@@ -1165,17 +1174,7 @@ async fn a_revocation_while_the_upstream_has_not_answered_yet_still_ends_the_ans
     // The access check passes, then the upstream takes 600 ms to start its answer; nina is
     // revoked in that time, when her request has no stream to close yet.
     let (_up, lk, _john) = johns_raw_server(ticking_answers).await;
-    let john = lk.signed_in("john").await;
-    let nina_browser = lk.signed_in("nina").await;
-    let (code, _) = john.invite("john/", json!({"role": "use"})).await;
-    assert_eq!(
-        nina_browser.accept(&code).await.status(),
-        StatusCode::SEE_OTHER
-    );
-    let nina = Caller {
-        cookie: nina_browser.cookie_header("/user/"),
-        ..Caller::anonymous(&lk)
-    };
+    let (john, nina_browser, nina) = shared_with_nina(&lk).await;
     for path in ["/user/john/late-chunked", "/user/john/late-length"] {
         let mut c = nina.connect().await;
         c.send(nina.get(path)).await;
@@ -1195,11 +1194,7 @@ async fn a_revocation_while_the_upstream_has_not_answered_yet_still_ends_the_ans
             c.wire.buf.len()
         );
         // Shared again for the next path.
-        let (code, _) = john.invite("john/", json!({"role": "use"})).await;
-        assert_eq!(
-            nina_browser.accept(&code).await.status(),
-            StatusCode::SEE_OTHER
-        );
+        share(&john, &nina_browser).await;
     }
 }
 
@@ -1753,17 +1748,7 @@ async fn a_websocket_whose_access_ends_while_it_opens_is_refused() {
         _ => echo(req),
     })
     .await;
-    let john = lk.signed_in("john").await;
-    let nina_browser = lk.signed_in("nina").await;
-    let (code, _) = john.invite("john/", json!({"role": "use"})).await;
-    assert_eq!(
-        nina_browser.accept(&code).await.status(),
-        StatusCode::SEE_OTHER
-    );
-    let nina = Caller {
-        cookie: nina_browser.cookie_header("/user/"),
-        ..Caller::anonymous(&lk)
-    };
+    let (john, _, nina) = shared_with_nina(&lk).await;
     let mut c = nina.connect().await;
     let mut bytes = nina.request(
         "GET",

@@ -119,6 +119,26 @@ impl Redis {
         }
     }
 
+    /// Stops the server answering (SIGSTOP) until [`resume`](Self::resume): commands sent
+    /// meanwhile wait.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.as_ref().expect("a running redis-server").id();
+        let ok = Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill {which} {pid}");
+    }
+
     /// Restarts on the same port with the same data directory (append-only file kept).
     pub async fn restart(&mut self) {
         self.kill();

@@ -696,3 +696,39 @@ async fn the_story_holds_on_a_redis_cluster_across_instances() {
         "the revocation reached the other instance"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_read_from_before_a_sign_out_is_not_kept_in_the_cache() {
+    use latchkey::secret::TokenHash;
+    use latchkey::store::LoginRecord;
+    let redis = Redis::start().await;
+    let store = latchkey::store::open_with_timeout(&redis.url(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let cache = std::sync::Arc::new(latchkey::cache::Cache::new(Duration::from_secs(30)));
+    let id = TokenHash::of("nina's session cookie");
+    let now = latchkey::clock::now();
+    let record = LoginRecord {
+        user: latchkey::ids::UserName::parse("nina").unwrap(),
+        created_at: now,
+        expires_at: now + 3600,
+    };
+    store.put_login(&id, &record).await.unwrap();
+
+    // A request reads nina's sign-in; Redis is slow to answer, and she signs out meanwhile
+    // (the instance forgets the sign-in at once, the store deletes it after).
+    redis.pause();
+    let reading = tokio::spawn({
+        let (cache, store) = (cache.clone(), store.clone());
+        async move { cache.login(store.as_ref(), &id).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cache.forget_login(&id);
+    redis.resume();
+    let read = reading.await.unwrap().unwrap();
+    assert!(read.is_some(), "the read is from before the sign-out");
+    store.delete_login(&id).await.unwrap();
+
+    // What that read found must not be served from the cache now.
+    assert!(cache.login(store.as_ref(), &id).await.unwrap().is_none());
+}

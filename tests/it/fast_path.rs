@@ -1771,3 +1771,18 @@ async fn a_websocket_whose_access_ends_while_it_opens_is_refused() {
     let seen: Vec<String> = up.seen().iter().map(|r| r.target.clone()).collect();
     assert_eq!(seen, ["/user/john/late-ws"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_its_sending_side_after_its_request_still_gets_the_answer() {
+    // Some clients (nc -N, health checkers) shut down their side once the request is sent.
+    let (_up, _lk, john) = johns_raw_server(echo).await;
+    for path in ["/user/john/x", "/healthz", "/hub/api/user"] {
+        let mut c = john.connect().await;
+        c.send(john.get(path)).await;
+        tokio::io::AsyncWriteExt::shutdown(&mut c.wire.stream)
+            .await
+            .unwrap();
+        let r = c.response().await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+}

@@ -1786,3 +1786,39 @@ async fn a_client_that_closes_its_sending_side_after_its_request_still_gets_the_
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_access_ends_a_long_download_over_http2() {
+    // HTTP/2 requests take hyper's path, not latchkey's own: there too a download with a
+    // Content-Length (150 KiB over 3 s) is cut off when access ends.
+    let (_up, lk, _john) = johns_raw_server(ticking_answers).await;
+    let (john, _, nina) = shared_with_nina(&lk).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut r = h2
+        .get(lk.url("/user/john/length"))
+        .header("cookie", &nina.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut got = r.chunk().await.unwrap().map_or(0, |c| c.len());
+    assert!(got > 0, "the download flows");
+    john.revoke("john/", "nina").await;
+    let ended = tokio::time::timeout(ms(1500), async {
+        loop {
+            match r.chunk().await {
+                Ok(Some(c)) => got += c.len(),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the revoked download must end");
+    assert!(ended.is_err(), "cut off, not finished");
+    assert!(got < half_of("/user/john/length"), "{got} bytes");
+}

@@ -124,11 +124,10 @@ impl Prepared {
         Some(Registrar {
             registry: app.connections.clone(),
             server: server.clone(),
-            session: self.route.session.clone(),
+            route: self.route.clone(),
             user: caller.identity.name.clone(),
             login: caller.login,
             login_expires: caller.login_expires,
-            path: self.route.path.clone(),
             sweeps_seen: self.sweeps_seen,
         })
     }
@@ -396,7 +395,6 @@ impl App {
                         app: self,
                         route: p.route,
                         registrar,
-                        peer: ctx.peer,
                     },
                 )
                 .await
@@ -662,30 +660,23 @@ impl App {
 
     /// Registers a WebSocket or a long answer, so that revocation closes it. A revocation
     /// that ran while the request was on its way (after its access check, before this) could
-    /// not see it: then this one connection is checked again here, and closed at once if its
-    /// access has ended. So is one whose server session ended meanwhile.
-    pub async fn register(&self, mut registrar: Registrar, websocket: bool) -> Registration {
-        let path = std::mem::take(&mut registrar.path);
-        // The h1 path finds the route before the request reads the count of sweeps: a server
-        // session that ended in between is caught here.
-        let current = self
-            .cache
-            .routes()
-            .get(&path)
-            .is_some_and(|r| r.session == registrar.session);
+    /// not see it: then this one connection is checked again here. If its access has ended, or
+    /// its server session (the h1 path finds the route before the request reads the count of
+    /// sweeps), nothing of the answer goes to the client: 403.
+    pub async fn register(&self, registrar: Registrar, websocket: bool) -> Result<Registration> {
+        let table = self.cache.routes();
+        let session = table.get(&registrar.route.path).map(|r| r.session.as_str());
+        let current = session == Some(registrar.route.session.as_str());
         let registration = registrar.register(websocket);
         if !current {
-            registration.cancel.cancel();
-            return registration;
+            return Err(Error::access_ended_meanwhile());
         }
         if !registration.raced() {
-            return registration;
+            return Ok(registration);
         }
         let Some(c) = registration.connection() else {
-            return registration;
+            return Ok(registration);
         };
-        let table = self.cache.routes();
-        let session = table.get(&path).map(|r| r.session.as_str());
         let grants = self.cache.grants(self.store.as_ref(), &c.server).await.ok();
         // Through the cache: a sign-in that ended is no longer in it.
         let login_ended = match &c.login {
@@ -694,9 +685,9 @@ impl App {
         };
         if login_ended || !self.may_stay(&c, session, grants.as_deref(), clock::now()) {
             tracing::info!(user = %c.user, "access ended while the request was on its way");
-            registration.cancel.cancel();
+            return Err(Error::access_ended_meanwhile());
         }
-        registration
+        Ok(registration)
     }
 
     /// After a local change to a server's sharing: refresh its cached grants and close what

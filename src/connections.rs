@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Timestamp;
 use crate::ids::{ServerRef, UserName};
+use crate::routes::Route;
 use crate::secret::TokenHash;
 
 /// One open connection to a guarded server.
@@ -126,12 +127,11 @@ impl Connections {
 pub struct Registrar {
     pub registry: Arc<Connections>,
     pub server: ServerRef,
-    pub session: String,
+    /// The route the request took (its server session is the connection's).
+    pub route: Arc<Route>,
     pub user: UserName,
     pub login: Option<TokenHash>,
     pub login_expires: Option<Timestamp>,
-    /// The path of the route the request took, to find that route again.
-    pub path: String,
     /// [`Connections::sweeps`] when the request began.
     pub sweeps_seen: u64,
 }
@@ -145,7 +145,7 @@ impl Registrar {
             id,
             OpenConnection {
                 server: self.server,
-                session: self.session,
+                session: self.route.session.clone(),
                 user: self.user,
                 login: self.login,
                 login_expires: self.login_expires,

@@ -57,11 +57,10 @@ impl Error {
         Error::BadRequest(msg.into())
     }
 
-    /// Access ended while a WebSocket was being opened (after the access check, before the
-    /// upstream's answer).
+    /// Access ended after the request's access check, before the upstream's answer.
     pub fn access_ended_meanwhile() -> Self {
         Error::Forbidden(
-            "Your access to this server ended while the connection was opening.".into(),
+            "Your access to this server ended while the request was on its way.".into(),
         )
     }
 

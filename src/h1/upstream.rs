@@ -339,17 +339,9 @@ where
     if answer.status == StatusCode::SWITCHING_PROTOCOLS {
         // Registered before the client hears of it: a revocation from then on closes it.
         let registration = match prepared.registrar(app) {
-            Some(r) => Some(app.register(r, true).await),
+            Some(r) => Some(app.register(r, true).await.map_err(Failure::Answer)?),
             None => None,
         };
-        if registration
-            .as_ref()
-            .is_some_and(|r| r.cancel.is_cancelled())
-        {
-            // The client has not heard of the upgrade yet: it is told no, and the upstream's
-            // WebSocket is dropped unused.
-            return Err(Failure::Answer(Error::access_ended_meanwhile()));
-        }
         answer_head(out, &answer, fields, x.request_id, false, false);
         // Frames the upstream sent right behind its answer go with it.
         out.extend_from_slice(&conn.buf);
@@ -380,21 +372,23 @@ where
     let mut reusable = answer.keep_alive && framing != Framing::Close && !cut_short;
     let close_client = x.client_close || cut_short;
 
-    let chunked = matches!(framing, Framing::Chunked | Framing::Close);
-    answer_head(out, &answer, fields, x.request_id, chunked, close_client);
-
     // Answers without a length stream until they end, and a long one may take a while: they
     // are closed when access ends. A short one, or one that is all here already, is simply
     // written out.
     let lasts = match framing {
         Framing::Chunked | Framing::Close => true,
-        Framing::Length(n) => n > crate::proxy::LONG_ANSWER && n > conn.buf.len() as u64,
+        Framing::Length(n) => {
+            crate::proxy::may_outlast_access(Some(n)) && n > conn.buf.len() as u64
+        }
         Framing::Empty => false,
     };
     let registration = match lasts.then(|| prepared.registrar(app)).flatten() {
-        Some(r) => Some(app.register(r, false).await),
+        Some(r) => Some(app.register(r, false).await.map_err(Failure::Answer)?),
         None => None,
     };
+
+    let chunked = matches!(framing, Framing::Chunked | Framing::Close);
+    answer_head(out, &answer, fields, x.request_id, chunked, close_client);
     let cancel = registration.as_ref().map(|r| r.cancel.clone());
     let cancelled = async {
         match &cancel {
@@ -522,23 +516,7 @@ impl Upgraded {
             .unwrap_or_default();
         // An idle WebSocket keeps no buffer.
         self.conn.buf = BytesMut::new();
-        if cancel.is_cancelled() {
-            return;
-        }
-        if !early.is_empty() && self.conn.stream.write_all(early).await.is_err() {
-            return;
-        }
-        let route = self.route;
-        let mut client = crate::proxy::Touching::new(client, route.clone());
-        let mut upstream = crate::proxy::Touching::new(&mut self.conn.stream, route.clone());
-        let pipe = crate::proxy::pipe::copy_bidirectional(&mut client, &mut upstream);
-        match crate::proxy::cancel::until_cancelled(pipe, &cancel).await {
-            Some(Ok((up, down))) => {
-                tracing::debug!(to_upstream = up, to_client = down, "websocket closed");
-            }
-            Some(Err(_)) => {}
-            None => tracing::info!(route = %route.path, "websocket closed: access ended"),
-        }
+        crate::proxy::tunnel(client, &mut self.conn.stream, early, &self.route, &cancel).await;
         drop(self.registration);
     }
 }

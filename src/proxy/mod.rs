@@ -4,7 +4,6 @@ pub(crate) mod cancel;
 pub mod headers;
 pub(crate) mod pipe;
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -116,7 +115,6 @@ pub struct Forward<'a> {
     /// Present for guarded routes: WebSockets and long answers are registered so that
     /// revocation can close them.
     pub registrar: Option<Registrar>,
-    pub peer: SocketAddr,
 }
 
 /// Sends the request upstream and streams the answer back. WebSocket upgrades are joined into a
@@ -166,20 +164,13 @@ pub async fn forward(
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let registration = match f.registrar {
-            Some(r) => Some(f.app.register(r, true).await),
+            Some(r) => Some(f.app.register(r, true).await?),
             None => None,
         };
-        if registration
-            .as_ref()
-            .is_some_and(|r| r.cancel.is_cancelled())
-        {
-            return Err(Error::access_ended_meanwhile());
-        }
         let cancel = registration
             .as_ref()
             .map(|r| r.cancel.clone())
             .unwrap_or_default();
-        let peer = f.peer;
         f.app.tracker.spawn(async move {
             let _registration = registration;
             let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -189,16 +180,14 @@ pub async fn forward(
                     return;
                 }
             };
-            let mut client = Touching::new(TokioIo::new(client), route.clone());
-            let mut upstream = Touching::new(TokioIo::new(upstream), route.clone());
-            let pipe = pipe::copy_bidirectional(&mut client, &mut upstream);
-            match cancel::until_cancelled(pipe, &cancel).await {
-                Some(Ok((up, down))) => {
-                    tracing::debug!(%peer, to_upstream = up, to_client = down, "websocket closed");
-                }
-                Some(Err(_)) => {}
-                None => tracing::info!(route = %route.path, "websocket closed: access ended"),
-            }
+            tunnel(
+                TokioIo::new(client),
+                TokioIo::new(upstream),
+                &[],
+                &route,
+                &cancel,
+            )
+            .await;
         });
         let (parts, body) = resp.into_parts();
         return Ok(Response::from_parts(
@@ -208,13 +197,10 @@ pub async fn forward(
     }
 
     let (parts, body) = resp.into_parts();
-    // Answers without a length, or long ones, may outlast access.
-    let long = hyper::body::Body::size_hint(&body)
-        .exact()
-        .is_none_or(|n| n > LONG_ANSWER);
+    let long = may_outlast_access(hyper::body::Body::size_hint(&body).exact());
     let body: Body = match (f.registrar, long) {
         (Some(registrar), true) => {
-            let registration = f.app.register(registrar, false).await;
+            let registration = f.app.register(registrar, false).await?;
             Revocable {
                 inner: body.map_err(BoxError::from).boxed(),
                 cancelled: Box::pin(registration.cancel.clone().cancelled_owned()),
@@ -227,10 +213,43 @@ pub async fn forward(
     Ok(Response::from_parts(parts, body))
 }
 
+/// Joins a client's WebSocket and its upstream until either side closes or access ends
+/// (`cancel`). `early`: bytes the client sent behind its request, for the upstream first.
+pub(crate) async fn tunnel<C, U>(
+    client: C,
+    upstream: U,
+    early: &[u8],
+    route: &Arc<Route>,
+    cancel: &tokio_util::sync::CancellationToken,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut client = Touching::new(client, route.clone());
+    let mut upstream = Touching::new(upstream, route.clone());
+    let joined = async {
+        tokio::io::AsyncWriteExt::write_all(&mut upstream, early).await?;
+        pipe::copy_bidirectional(&mut client, &mut upstream).await
+    };
+    match cancel::until_cancelled(joined, cancel).await {
+        Some(Ok((up, down))) => {
+            tracing::debug!(to_upstream = up, to_client = down, "websocket closed");
+        }
+        Some(Err(_)) => {}
+        None => tracing::info!(route = %route.path, "websocket closed: access ended"),
+    }
+}
+
+/// Whether an answer of this length (None: not known) may outlast its user's access, and is
+/// registered so that revocation cuts it off.
+pub(crate) fn may_outlast_access(length: Option<u64>) -> bool {
+    length.is_none_or(|n| n > LONG_ANSWER)
+}
+
 /// Answers with a length above this (bytes) are registered so that revocation can cut them
 /// off; at most this much of a shorter one reaches a user whose access has just ended, and
 /// registering every answer would cost the common, small ones.
-pub(crate) const LONG_ANSWER: u64 = 64 * 1024;
+const LONG_ANSWER: u64 = 64 * 1024;
 
 /// A request body that says when it has been sent completely (or dropped).
 struct SignalEnd {

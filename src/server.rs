@@ -61,6 +61,9 @@ fn builder() -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        // A client may shut down its sending side once its request is out (nc -N, health
+        // checkers): it still gets its answer.
+        .half_close(true)
         .max_headers(128)
         .max_buf_size(64 * 1024);
     b.http2()

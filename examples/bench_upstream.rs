@@ -1,28 +1,34 @@
-//! The upstream of `bench/run`: a small, fast HTTP/1.1 server on a single-threaded tokio runtime
-//! (it shares the load core with the load generator, so it should spend as little of it as it
-//! can).
+//! The upstream of `bench/run`: a small, fast HTTP/1.1 server on a single-threaded tokio runtime.
+//! It shares the load core with the load generator, so whatever it spends per request is
+//! capacity the proxy under test cannot show: it answers from pre-built bytes, parses heads with
+//! `httparse` and nothing else, and answers every complete request of a read with one write.
 //!
 //! - any path ending in `/big`: 1 MiB (`Content-Length: 1048576`);
-//! - a WebSocket upgrade on any path: echoes every text and binary message;
+//! - a WebSocket upgrade on any path: echoes every text and binary message (by hand, below);
 //! - anything else: a small 128-byte answer.
+//!
+//! Keep-alive as HTTP/1.1 says (`Connection: close` and HTTP/1.0 without `keep-alive` end the
+//! connection after the answer); request bodies with a `Content-Length` are read and dropped; a
+//! chunked request body or a head that does not parse gets 400 and the connection is closed.
 //!
 //! Usage: `bench_upstream [ADDR]` (default `127.0.0.1:0`). Prints `listening ADDR` once ready.
 
-use std::convert::Infallible;
 use std::io::Write;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-const SMALL: &[u8; 128] = b"Hello from the latchkey bench upstream. This answer is exactly one hundred and twenty-eight bytes long, newline included.......\n";
-static BIG: [u8; 1 << 20] = [b'x'; 1 << 20];
+/// The small answer's 128 bytes of body (checked at compile time below).
+const SMALL_BODY: &[u8] = b"Hello from the latchkey bench upstream. This answer is exactly one hundred and twenty-eight bytes long, newline included.......\n";
+const _: () = assert!(SMALL_BODY.len() == 128);
+/// The heads, up to the blank line that ends them.
+const SMALL_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 128\r\n";
+const BIG_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1048576\r\n";
+static BIG_BODY: [u8; 1 << 20] = [b'x'; 1 << 20];
+const BAD_REQUEST: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 12\r\nconnection: close\r\n\r\nbad request\n";
 
 fn main() {
     let addr = std::env::args()
@@ -46,54 +52,166 @@ async fn serve(addr: &str) {
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service_fn(answer))
-                .with_upgrades()
-                .await;
+            let _ = serve_connection(stream).await;
         });
     }
 }
 
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.headers().contains_key(header::UPGRADE) {
-        return Ok(websocket_echo(req));
-    }
-    let body = if req.uri().path().ends_with("/big") {
-        Bytes::from_static(&BIG)
-    } else {
-        Bytes::from_static(SMALL)
-    };
-    let mut r = Response::new(Full::new(body));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    Ok(r)
+/// What one request head asks for.
+enum Ask {
+    Small,
+    Big,
+    /// A WebSocket upgrade with this `Sec-WebSocket-Accept`.
+    Upgrade(String),
+    Bad,
 }
 
-fn websocket_echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"no Sec-WebSocket-Key\n")));
-        *r.status_mut() = StatusCode::BAD_REQUEST;
-        return r;
+struct Head {
+    ask: Ask,
+    head_only: bool,
+    http10: bool,
+    keep_alive: bool,
+    body: usize,
+    len: usize,
+}
+
+fn parse(buf: &[u8]) -> Option<Head> {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return None,
+        Err(_) => {
+            return Some(Head {
+                ask: Ask::Bad,
+                head_only: false,
+                http10: false,
+                keep_alive: false,
+                body: 0,
+                len: buf.len(),
+            });
+        }
     };
-    let accept = derive_accept_key(key.as_bytes());
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
-        // The plain TCP stream back from hyper, so the echo loop works on it directly.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            return;
-        };
-        let _ = echo_frames(parts.io.into_inner(), parts.read_buf.to_vec()).await;
-    });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    let mut keep_alive = req.version == Some(1);
+    let (mut body, mut upgrade, mut key, mut chunked) = (0, false, None, false);
+    for f in req.headers.iter() {
+        let value = std::str::from_utf8(f.value).unwrap_or("");
+        if f.name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if f.name.eq_ignore_ascii_case("content-length") {
+            match value.trim().parse() {
+                Ok(n) => body = n,
+                Err(_) => chunked = true,
+            }
+        } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        } else if f.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = value.eq_ignore_ascii_case("websocket");
+        } else if f.name.eq_ignore_ascii_case("sec-websocket-key") {
+            key = Some(derive_accept_key(f.value));
+        }
     }
-    r
+    let ask = match (chunked, upgrade, key) {
+        (true, _, _) | (_, true, None) => Ask::Bad,
+        (false, true, Some(accept)) => Ask::Upgrade(accept),
+        _ if req.path.unwrap_or("").ends_with("/big") => Ask::Big,
+        _ => Ask::Small,
+    };
+    Some(Head {
+        ask,
+        head_only: req.method == Some("HEAD"),
+        http10: req.version == Some(0),
+        keep_alive,
+        body,
+        len,
+    })
+}
+
+/// One client connection: every complete request in a read answered, in order, with one write
+/// (the 1 MiB answer written on its own).
+async fn serve_connection(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    // Body bytes of the last request still to be read and dropped.
+    let mut skip = 0usize;
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        let mut at = 0;
+        let mut close = false;
+        loop {
+            let dropped = skip.min(buf.len() - at);
+            at += dropped;
+            skip -= dropped;
+            if skip > 0 || at == buf.len() {
+                break;
+            }
+            let Some(head) = parse(&buf[at..]) else { break };
+            at += head.len;
+            skip = head.body;
+            let (head_bytes, body): (&[u8], &[u8]) = match head.ask {
+                Ask::Bad => {
+                    out.extend_from_slice(BAD_REQUEST);
+                    close = true;
+                    break;
+                }
+                Ask::Upgrade(accept) => {
+                    out.extend_from_slice(
+                        format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {accept}\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    );
+                    stream.write_all(&out).await?;
+                    buf.drain(..at);
+                    return echo_frames(stream, buf).await;
+                }
+                Ask::Small => (SMALL_HEAD, SMALL_BODY),
+                Ask::Big => (BIG_HEAD, &BIG_BODY),
+            };
+            out.extend_from_slice(head_bytes);
+            // Said in the answer too, so that a client does not put the connection back in its
+            // pool (and send the next request into a closed socket).
+            if !head.keep_alive {
+                out.extend_from_slice(b"connection: close\r\n");
+            } else if head.http10 {
+                out.extend_from_slice(b"connection: keep-alive\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            if !head.head_only {
+                if body.len() > 64 * 1024 {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                    stream.write_all(body).await?;
+                } else {
+                    out.extend_from_slice(body);
+                }
+            }
+            if !head.keep_alive {
+                close = true;
+                break;
+            }
+        }
+        buf.drain(..at);
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if close {
+            return stream.shutdown().await;
+        }
+        if buf.len() > 64 * 1024 {
+            stream.write_all(BAD_REQUEST).await?;
+            return stream.shutdown().await;
+        }
+    }
 }
 
 /// Echoes WebSocket frames by hand: each data frame goes back unmasked with its opcode, a ping

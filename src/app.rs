@@ -39,6 +39,8 @@ pub struct App {
     /// Idle keep-alive connections of latchkey's own HTTP/1.1 path.
     pub pool: crate::h1::Pool,
     pub limiter: FailureLimiter,
+    /// Password checks of sign-ins, a few at a time.
+    pub password_checks: crate::auth::password::Checks,
     pub cookies: CookiePolicy,
     /// Where latchkey's pages and API live for clients.
     pub hub: paths::HubPrefix,
@@ -182,6 +184,7 @@ impl App {
             },
             hub: paths::HubPrefix::new(&config.hub_prefix),
             limiter: FailureLimiter::new(config.max_failures, config.failure_window),
+            password_checks: crate::auth::password::Checks::per_core(),
             client: proxy::client(&config.upstream_ca),
             pool: Default::default(),
             config,

@@ -43,6 +43,11 @@ pub enum Error {
     TooManyRequests {
         retry_after: u64,
     },
+    /// Too much of one kind of work at once (sign-ins waiting for a password check); the client
+    /// may try again after `retry_after` seconds.
+    Busy {
+        retry_after: u64,
+    },
     /// The server exists but is not running (no route), so it cannot be shared right now.
     ServerNotRunning(String),
     UpstreamUnavailable,
@@ -80,6 +85,7 @@ impl Error {
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UriTooLong => StatusCode::URI_TOO_LONG,
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::ServerNotRunning(_) => StatusCode::CONFLICT,
             Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -108,6 +114,7 @@ impl Error {
             Error::PayloadTooLarge => "Request too large",
             Error::UriTooLong => "Address too long",
             Error::TooManyRequests { .. } => "Too many attempts",
+            Error::Busy { .. } => "Too busy",
             Error::ServerNotRunning(_) => "Server not running",
             Error::UpstreamUnavailable => "Server not reachable",
             Error::UpstreamTimeout => "Server did not answer",
@@ -147,6 +154,9 @@ impl Error {
             Error::TooManyRequests { retry_after } => {
                 format!("Too many failed attempts. Try again in {retry_after} seconds.")
             }
+            Error::Busy { retry_after } => format!(
+                "Too many people are signing in at once. Try again in {retry_after} seconds."
+            ),
             Error::ServerNotRunning(server) => {
                 format!("{server} is not running, so it cannot be shared right now.")
             }
@@ -191,7 +201,7 @@ impl Error {
             pages::error_page(self, request_id, prefix)
         };
         *resp.status_mut() = status;
-        if let Error::TooManyRequests { retry_after } = self {
+        if let Error::TooManyRequests { retry_after } | Error::Busy { retry_after } = self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
@@ -213,3 +223,21 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_is_503_with_retry_after_and_the_request_id() {
+        let e = Error::Busy { retry_after: 10 };
+        for json in [true, false] {
+            let r = e.render("req-1", json);
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(r.headers()[header::RETRY_AFTER], "10");
+            assert_eq!(r.headers()["x-request-id"], "req-1");
+            assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        }
+        assert!(e.message().contains("Try again in 10 seconds"));
+    }
+}

@@ -1,6 +1,10 @@
 //! Local passwords, hashed with argon2id.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use tokio::sync::Semaphore;
 
 /// Hashes a password into a PHC string (argon2id, random salt).
 pub fn hash(password: &str) -> Result<String, String> {
@@ -19,6 +23,55 @@ pub fn verify(password: &str, phc: &str) -> bool {
     Argon2::default()
         .verify_password(password.as_bytes(), phc)
         .is_ok()
+}
+
+/// The password checks of sign-ins, a few at a time. Each argon2id check takes about 19 MiB and
+/// a core for some 20 ms; unbounded, a burst of sign-in posts (before any of them has failed and
+/// the per-client limit counts it) would start one blocking thread and 19 MiB for each, and take
+/// every core from the proxied traffic. Here at most one check per core runs at once, the others
+/// wait for their turn, and one that waited too long is answered "busy" instead.
+pub struct Checks {
+    turns: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl Checks {
+    /// At most `at_once` checks at a time (at least one); a check waits at most `wait` for its turn.
+    pub fn new(at_once: usize, wait: Duration) -> Checks {
+        Checks {
+            turns: Arc::new(Semaphore::new(at_once.max(1))),
+            wait,
+        }
+    }
+
+    /// One check per available core; a turn waited for at most 10 s.
+    pub fn per_core() -> Checks {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Checks::new(cores, Duration::from_secs(10))
+    }
+
+    /// Whether `password` matches `phc`, checked on the blocking pool once it is this check's
+    /// turn; `None` when no turn came within the wait. The turn is held by the check itself, so
+    /// a client that goes away does not free it while its hash still runs.
+    pub async fn verify(&self, password: String, phc: String) -> Option<bool> {
+        let turn = tokio::time::timeout(self.wait, self.turns.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        let verified = tokio::task::spawn_blocking(move || {
+            let verified = verify(&password, &phc);
+            drop(turn);
+            verified
+        })
+        .await
+        .unwrap_or(false);
+        Some(verified)
+    }
+
+    /// Seconds a client is told to wait before trying again after a `None` from [`verify`].
+    pub fn retry_after(&self) -> u64 {
+        self.wait.as_secs().max(1)
+    }
 }
 
 /// A hash of a random password, verified against when the user does not exist, so that the
@@ -40,5 +93,58 @@ mod tests {
         assert!(verify("correct horse", &h));
         assert!(!verify("battery staple", &h));
         assert!(!is_valid_hash("plain"));
+    }
+
+    #[tokio::test]
+    async fn checks_wait_for_a_turn_and_give_up_after_the_wait() {
+        let phc = hash("correct horse").unwrap();
+        let checks = Checks::new(1, Duration::from_millis(50));
+        // Every turn taken (as by a check still running): the next one gives up.
+        let held = checks.turns.clone().acquire_owned().await.unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            checks.verify("correct horse".into(), phc.clone()).await,
+            None
+        );
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // Freed while a check waits: that check gets the turn.
+        let waiting = tokio::spawn({
+            let checks = Checks {
+                turns: checks.turns.clone(),
+                wait: Duration::from_secs(30),
+            };
+            let phc = phc.clone();
+            async move { checks.verify("correct horse".into(), phc).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        drop(held);
+        assert_eq!(waiting.await.unwrap(), Some(true));
+        assert_eq!(checks.verify("wrong".into(), phc).await, Some(false));
+        // Every turn is back once the checks are done.
+        assert_eq!(checks.turns.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn checks_take_turns_and_give_them_back() {
+        let phc = hash("correct horse").unwrap();
+        let checks = Arc::new(Checks::new(2, Duration::from_secs(60)));
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let (checks, phc) = (checks.clone(), phc.clone());
+                tokio::spawn(async move { checks.verify("correct horse".into(), phc).await })
+            })
+            .collect();
+        let mut least = 2;
+        while tasks.iter().any(|t| !t.is_finished()) {
+            least = least.min(checks.turns.available_permits());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Some(true));
+        }
+        // Both turns were in use at some point (the checks took them), and all came back.
+        assert_eq!(least, 0);
+        assert_eq!(checks.turns.available_permits(), 2);
     }
 }

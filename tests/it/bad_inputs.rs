@@ -421,3 +421,19 @@ async fn malformed_framing_and_oversized_heads_are_refused_before_the_upstream()
         Some("5")
     );
 }
+
+/// A burst of sign-ins queues for the password checks (a few at a time, each about 19 MiB and
+/// a core for a moment) and every one of them gets through.
+#[tokio::test]
+async fn a_burst_of_sign_ins_waits_its_turn_and_all_get_in() {
+    let lk = Latchkey::spawn(Backend::Memory).await;
+    let browsers: Vec<Browser> = (0..12).map(|_| lk.browser()).collect();
+    let signed_in = futures_util::future::join_all(browsers.iter().enumerate().map(
+        |(i, b)| async move {
+            b.login(if i % 2 == 0 { "john" } else { "nina" }).await;
+            b.get("/hub/api/user").await.status()
+        },
+    ))
+    .await;
+    assert!(signed_in.iter().all(|s| *s == StatusCode::OK), "{signed_in:?}");
+}

@@ -130,6 +130,7 @@ impl Prepared {
             user: caller.identity.name.clone(),
             login: caller.login,
             login_expires: caller.login_expires,
+            token: caller.token,
             sweeps_seen: self.sweeps_seen,
         })
     }
@@ -168,6 +169,8 @@ pub struct Caller {
     pub login: Option<TokenHash>,
     /// When that sign-in session ends by itself.
     pub login_expires: Option<crate::clock::Timestamp>,
+    /// The hashed API token, when called with one.
+    pub token: Option<TokenHash>,
 }
 
 impl App {
@@ -569,6 +572,7 @@ impl App {
                     credential: Credential::Token,
                     login: None,
                     login_expires: None,
+                    token: Some(hash),
                 }));
             }
         }
@@ -590,6 +594,7 @@ impl App {
             credential: Credential::Cookie,
             login: Some(hash),
             login_expires: Some(rec.expires_at),
+            token: None,
         }))
     }
 
@@ -760,6 +765,7 @@ impl App {
                 self.cache.forget_login(&login);
                 self.connections.close_where(|c| c.login == Some(login));
             }
+            StoreEvent::ApiTokenDeleted(token) => self.forget_api_token(&token),
             StoreEvent::Resync => self.revalidate().await,
             StoreEvent::Seen(revision) => {
                 if self.cache.note_announced(revision) {
@@ -781,13 +787,10 @@ impl App {
         }
         self.cache.forget_grants();
         self.cache.forget_logins();
+        self.cache.forget_api_tokens();
         self.recheck_connections(None).await;
-        let mut logins: Vec<TokenHash> = self
-            .connections
-            .snapshot()
-            .into_iter()
-            .filter_map(|c| c.login)
-            .collect();
+        let open = self.connections.snapshot();
+        let mut logins: Vec<TokenHash> = open.iter().filter_map(|c| c.login).collect();
         logins.sort_by_key(|l| l.to_hex());
         logins.dedup();
         for login in logins {
@@ -795,6 +798,35 @@ impl App {
                 self.connections.close_where(|c| c.login == Some(login));
             }
         }
+        let mut tokens: Vec<TokenHash> = open.iter().filter_map(|c| c.token).collect();
+        tokens.sort_by_key(|t| t.to_hex());
+        tokens.dedup();
+        for token in tokens {
+            if let Ok(None) = self.store.get_api_token(&token).await {
+                self.connections.close_where(|c| c.token == Some(token));
+            }
+        }
+    }
+
+    /// Deletes one of `user`'s API tokens: refused from now on, here and (through the store's
+    /// announcement) on every instance, and what was opened with it is closed. False when the
+    /// user has no such token.
+    pub async fn delete_api_token(
+        &self,
+        user: &crate::ids::UserName,
+        token: &TokenHash,
+    ) -> Result<bool> {
+        let deleted = self.store.delete_api_token(user, token).await?;
+        if deleted {
+            self.forget_api_token(token);
+        }
+        Ok(deleted)
+    }
+
+    fn forget_api_token(&self, token: &TokenHash) {
+        self.cache.forget_api_token(token);
+        self.connections
+            .close_where(|c| c.token.as_ref() == Some(token));
     }
 
     /// Keeps the cache coherent with the store (announcements, and a revision poll every second

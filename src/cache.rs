@@ -28,9 +28,10 @@ pub struct Cache {
     /// Tickets for grant reads, in the order they start.
     reads: AtomicU64,
     logins: RwLock<HashMap<TokenHash, (Arc<LoginRecord>, Timestamp)>>,
-    /// Counts sign-ins forgotten: a store read that started before one was forgotten does not
-    /// put what it read into the cache (it may be from before a sign-out).
-    login_forgets: AtomicU64,
+    /// Counts sign-ins and API tokens forgotten: a store read that started before one was
+    /// forgotten does not put what it read into the cache (it may be from before a sign-out or
+    /// the token's deletion).
+    forgets: AtomicU64,
     tokens: RwLock<HashMap<TokenHash, (ApiTokenRecord, Timestamp)>>,
     /// The store revision seen by the last poll.
     revision: AtomicU64,
@@ -145,10 +146,10 @@ impl Cache {
         {
             return Ok((rec.expires_at > now).then(|| rec.clone()));
         }
-        let forgets = self.login_forgets.load(Ordering::Acquire);
+        let forgets = self.forgets.load(Ordering::Acquire);
         let rec = store.get_login(id).await?.map(Arc::new);
         let mut logins = write(&self.logins);
-        if self.login_forgets.load(Ordering::Acquire) != forgets {
+        if self.forgets.load(Ordering::Acquire) != forgets {
             return Ok(rec);
         }
         match &rec {
@@ -167,13 +168,13 @@ impl Cache {
 
     pub fn forget_login(&self, id: &TokenHash) {
         let mut logins = write(&self.logins);
-        self.login_forgets.fetch_add(1, Ordering::AcqRel);
+        self.forgets.fetch_add(1, Ordering::AcqRel);
         logins.remove(id);
     }
 
     pub fn forget_logins(&self) {
         let mut logins = write(&self.logins);
-        self.login_forgets.fetch_add(1, Ordering::AcqRel);
+        self.forgets.fetch_add(1, Ordering::AcqRel);
         logins.clear();
     }
 
@@ -189,15 +190,37 @@ impl Cache {
         {
             return Ok(rec.is_live(clock::now()).then(|| rec.clone()));
         }
+        let forgets = self.forgets.load(Ordering::Acquire);
         let rec = store.get_api_token(token).await?;
-        if let Some(r) = &rec {
-            let mut tokens = write(&self.tokens);
-            if tokens.len() > 100_000 {
-                tokens.retain(|_, (_, at)| now - *at < CREDENTIAL_TTL);
+        let mut tokens = write(&self.tokens);
+        if self.forgets.load(Ordering::Acquire) != forgets {
+            return Ok(rec);
+        }
+        match &rec {
+            Some(r) => {
+                if tokens.len() > 100_000 {
+                    tokens.retain(|_, (_, at)| now - *at < CREDENTIAL_TTL);
+                }
+                tokens.insert(*token, (r.clone(), now));
             }
-            tokens.insert(*token, (r.clone(), now));
+            None => {
+                tokens.remove(token);
+            }
         }
         Ok(rec)
+    }
+
+    /// Forgets a deleted API token.
+    pub fn forget_api_token(&self, token: &TokenHash) {
+        let mut tokens = write(&self.tokens);
+        self.forgets.fetch_add(1, Ordering::AcqRel);
+        tokens.remove(token);
+    }
+
+    pub fn forget_api_tokens(&self) {
+        let mut tokens = write(&self.tokens);
+        self.forgets.fetch_add(1, Ordering::AcqRel);
+        tokens.clear();
     }
 
     /// Notes that the announcement of `revision` arrived. True when revisions were skipped:

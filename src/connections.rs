@@ -19,6 +19,8 @@ pub struct OpenConnection {
     pub user: UserName,
     /// The sign-in session it was opened with, so that logout closes it.
     pub login: Option<TokenHash>,
+    /// The API token it was opened with, so that deleting the token closes it.
+    pub token: Option<TokenHash>,
     /// When that sign-in session ends by itself.
     pub login_expires: Option<Timestamp>,
     pub websocket: bool,
@@ -132,6 +134,7 @@ pub struct Registrar {
     pub user: UserName,
     pub login: Option<TokenHash>,
     pub login_expires: Option<Timestamp>,
+    pub token: Option<TokenHash>,
     /// [`Connections::sweeps`] when the request began.
     pub sweeps_seen: u64,
 }
@@ -149,6 +152,7 @@ impl Registrar {
                 user: self.user,
                 login: self.login,
                 login_expires: self.login_expires,
+                token: self.token,
                 websocket,
                 cancel: cancel.clone(),
             },

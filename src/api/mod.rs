@@ -17,7 +17,7 @@ use crate::clock;
 use crate::error::{Error, Result};
 use crate::http_util::{self, Body, json_response, no_content};
 use crate::ids::{GroupName, ServerName, ServerRef, UserName};
-use crate::secret::Secret;
+use crate::secret::{Secret, TokenHash};
 use crate::sharing::{Grantee, Role};
 use crate::store::ApiTokenRecord;
 use json::{Page, grant_json, invite_json, server_json};
@@ -85,25 +85,45 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
             let token = Secret::generate();
             let now = clock::now();
             let expires_at = now + lifetime as i64;
-            app.store
-                .put_api_token(
-                    &token.hash(),
-                    &ApiTokenRecord {
-                        user: name.clone(),
-                        created_at: now,
-                        note: req.note.unwrap_or_default(),
-                        expires_at: Some(expires_at),
-                    },
-                )
-                .await?;
-            Ok(json_response(
-                StatusCode::CREATED,
-                &json!({
-                    "token": token.expose(),
-                    "user": name.as_str(),
-                    "expires_at": clock::iso(expires_at),
-                }),
-            ))
+            let record = ApiTokenRecord {
+                user: name.clone(),
+                created_at: now,
+                note: req.note.unwrap_or_default(),
+                expires_at: Some(expires_at),
+            };
+            app.store.put_api_token(&token.hash(), &record).await?;
+            let mut answer = token_json(&token.hash(), &record);
+            answer["token"] = json!(token.expose());
+            answer["user"] = json!(name.as_str());
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
+        (Method::GET, ["users", name, "tokens"]) => {
+            let name = user_param(name)?;
+            require_self(&caller, &name)?;
+            let items: Vec<Value> = app
+                .store
+                .list_api_tokens(&name)
+                .await?
+                .iter()
+                .map(|(hash, record)| token_json(hash, record))
+                .collect();
+            Ok(Page::from_query(query.as_deref())?.respond(items, &path))
+        }
+        (Method::DELETE, ["users", name, "tokens", id]) => {
+            let name = user_param(name)?;
+            require_self(&caller, &name)?;
+            let not_found = || Error::NotFound(format!("{name} has no API token {id}."));
+            if id.len() != TOKEN_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(not_found());
+            }
+            let tokens = app.store.list_api_tokens(&name).await?;
+            let Some((hash, _)) = tokens.iter().find(|(hash, _)| token_id(hash) == *id) else {
+                return Err(not_found());
+            };
+            if !app.delete_api_token(&name, hash).await? {
+                return Err(not_found());
+            }
+            Ok(no_content())
         }
         (Method::GET, ["users", name, "shared"]) => {
             let name = user_param(name)?;
@@ -311,6 +331,24 @@ fn whoami(caller: &Caller) -> Value {
         "kind": "user",
         "name": caller.identity.name.as_str(),
         "groups": caller.identity.groups,
+    })
+}
+
+/// Hex digits of an API token's hash that name it in the API: enough to tell a user's tokens
+/// apart, and the token cannot be derived from its hash.
+const TOKEN_ID_LEN: usize = 16;
+
+fn token_id(hash: &TokenHash) -> String {
+    hash.to_hex()[..TOKEN_ID_LEN].to_owned()
+}
+
+/// An API token as listed: never the token itself.
+fn token_json(hash: &TokenHash, record: &ApiTokenRecord) -> Value {
+    json!({
+        "id": token_id(hash),
+        "note": record.note,
+        "created_at": clock::iso(record.created_at),
+        "expires_at": record.expires_at.map(clock::iso),
     })
 }
 

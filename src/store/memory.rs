@@ -236,6 +236,34 @@ impl Store for MemoryStore {
             .cloned())
     }
 
+    async fn list_api_tokens(&self, user: &UserName) -> Result<Vec<(TokenHash, ApiTokenRecord)>> {
+        let now = clock::now();
+        let mut inner = self.lock();
+        inner.tokens.retain(|_, r| r.is_live(now));
+        let mut list: Vec<(TokenHash, ApiTokenRecord)> = inner
+            .tokens
+            .iter()
+            .filter(|(_, r)| &r.user == user)
+            .map(|(h, r)| (*h, r.clone()))
+            .collect();
+        drop(inner);
+        super::newest_first(&mut list);
+        Ok(list)
+    }
+
+    async fn delete_api_token(&self, user: &UserName, token: &TokenHash) -> Result<bool> {
+        let now = clock::now();
+        let mut inner = self.lock();
+        let theirs = inner
+            .tokens
+            .get(token)
+            .is_some_and(|r| &r.user == user && r.is_live(now));
+        if theirs {
+            inner.tokens.remove(token);
+        }
+        Ok(theirs)
+    }
+
     async fn create_invite(
         &self,
         server: &ServerRef,

@@ -103,6 +103,16 @@ impl Store for MeteredStore {
             .await
     }
 
+    async fn list_api_tokens(&self, user: &UserName) -> Result<Vec<(TokenHash, ApiTokenRecord)>> {
+        self.timed("list_api_tokens", self.inner.list_api_tokens(user))
+            .await
+    }
+
+    async fn delete_api_token(&self, user: &UserName, token: &TokenHash) -> Result<bool> {
+        self.timed("delete_api_token", self.inner.delete_api_token(user, token))
+            .await
+    }
+
     async fn create_invite(
         &self,
         server: &ServerRef,

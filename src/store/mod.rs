@@ -98,6 +98,8 @@ pub enum StoreEvent {
     Server(ServerRef),
     /// This sign-in session ended.
     LoginEnded(TokenHash),
+    /// This API token was deleted.
+    ApiTokenDeleted(TokenHash),
     /// Announcements may have been missed (the subscription was (re)established): revalidate
     /// everything.
     Resync,
@@ -149,6 +151,11 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_login(&self, id: &TokenHash) -> Result<()>;
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()>;
     async fn get_api_token(&self, token: &TokenHash) -> Result<Option<ApiTokenRecord>>;
+    /// The user's live API tokens with their hashes, newest first.
+    async fn list_api_tokens(&self, user: &UserName) -> Result<Vec<(TokenHash, ApiTokenRecord)>>;
+    /// Deletes one of the user's API tokens and announces it, so that every instance refuses it
+    /// at once; false when the user has no such live token.
+    async fn delete_api_token(&self, user: &UserName, token: &TokenHash) -> Result<bool>;
 
     /// Stores an invite for `session`; fails with `ServerNotRunning` if that session has ended.
     async fn create_invite(
@@ -212,6 +219,15 @@ pub async fn open_with_timeout(
         let store = redis::RedisStore::connect_with_timeout(url, timeout).await?;
         Ok(Arc::new(store))
     }
+}
+
+/// API tokens newest first (ties in hash order, so that a listing is stable).
+fn newest_first(list: &mut [(TokenHash, ApiTokenRecord)]) {
+    list.sort_by(|(ha, a), (hb, b)| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| ha.to_hex().cmp(&hb.to_hex()))
+    });
 }
 
 /// The role a re-accepted or re-shared grant ends up with: never a silent downgrade.

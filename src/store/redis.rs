@@ -92,6 +92,16 @@ fn shared_key(grantee: &Grantee) -> String {
     format!("lk:shared:{}", grantee.key())
 }
 
+/// An API token's record.
+fn token_key(hex: &str) -> String {
+    format!("lk:token:{hex}")
+}
+
+/// The set of a user's API token hashes.
+fn tokens_of_key(user: &UserName) -> String {
+    format!("lk:tokens-of:{}", user.as_str())
+}
+
 fn unavailable(e: redis::RedisError) -> Error {
     tracing::warn!(error = %e, "redis command failed");
     Error::StoreUnavailable
@@ -133,7 +143,8 @@ impl RedisStore {
         self.endpoint.conn()
     }
 
-    /// Bumps the revision and announces what changed (`r`, `s <server>`, `l <login>`), so that
+    /// Bumps the revision and announces what changed (`r`, `s <server>`, `l <login>`,
+    /// `t <api token>`), so that
     /// every instance acts on it at once. The change itself is already stored: if announcing
     /// fails, it is retried in the background until it lands, and the caller is not failed for
     /// it (other instances also revalidate every 30 s).
@@ -266,13 +277,15 @@ async fn listen(
             let Ok(payload) = msg.get_payload::<String>() else {
                 continue;
             };
-            // "<revision> r" | "<revision> s <server>" | "<revision> l <login hash>"
+            // "<revision> r" | "<revision> s <server>" | "<revision> l <login hash>" |
+            // "<revision> t <api token hash>"
             let mut parts = payload.splitn(3, ' ');
             let revision = parts.next().and_then(|r| r.parse::<u64>().ok());
             let event = match (parts.next(), parts.next()) {
                 (Some("r"), None) => Some(StoreEvent::Routes),
                 (Some("s"), Some(server)) => ServerRef::parse(server).ok().map(StoreEvent::Server),
                 (Some("l"), Some(hex)) => TokenHash::from_hex(hex).map(StoreEvent::LoginEnded),
+                (Some("t"), Some(hex)) => TokenHash::from_hex(hex).map(StoreEvent::ApiTokenDeleted),
                 _ => None,
             };
             if let (Some(revision), Some(event)) = (revision, event)
@@ -493,28 +506,88 @@ impl Store for RedisStore {
     }
 
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {
-        let key = format!("lk:token:{}", token.to_hex());
-        match record.expires_at {
-            Some(at) => redis::cmd("SET")
-                .arg(key)
-                .arg(encode(record))
-                .arg("EXAT")
-                .arg(at.max(1))
-                .query_async::<()>(&mut self.conn())
-                .await
-                .map_err(unavailable),
-            None => self
-                .conn()
-                .set::<_, _, ()>(key, encode(record))
-                .await
-                .map_err(unavailable),
+        let hex = token.to_hex();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let set = pipe.cmd("SET").arg(token_key(&hex)).arg(encode(record));
+        if let Some(at) = record.expires_at {
+            set.arg("EXAT").arg(at.max(1));
         }
+        set.ignore();
+        // The user's index, for listing and deleting; members whose token expired are dropped
+        // when the list is read.
+        pipe.cmd("SADD")
+            .arg(tokens_of_key(&record.user))
+            .arg(&hex)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn list_api_tokens(&self, user: &UserName) -> Result<Vec<(TokenHash, ApiTokenRecord)>> {
+        let index = tokens_of_key(user);
+        let members: Vec<String> = self.conn().smembers(&index).await.map_err(unavailable)?;
+        if members.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys: Vec<String> = members.iter().map(|hex| token_key(hex)).collect();
+        let raw: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let now = clock::now();
+        let (mut live, mut gone) = (vec![], vec![]);
+        for (hex, raw) in members.iter().zip(raw) {
+            let record = raw
+                .map(|r| decode::<ApiTokenRecord>(&r, "api token"))
+                .transpose()?
+                .filter(|r| r.is_live(now) && &r.user == user);
+            match (TokenHash::from_hex(hex), record) {
+                (Some(hash), Some(record)) => live.push((hash, record)),
+                _ => gone.push(hex.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            self.conn()
+                .srem::<_, _, ()>(&index, gone)
+                .await
+                .map_err(unavailable)?;
+        }
+        super::newest_first(&mut live);
+        Ok(live)
+    }
+
+    async fn delete_api_token(&self, user: &UserName, token: &TokenHash) -> Result<bool> {
+        let hex = token.to_hex();
+        let Some(record) = self.get_api_token(token).await? else {
+            return Ok(false);
+        };
+        if &record.user != user {
+            return Ok(false);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("DEL")
+            .arg(token_key(&hex))
+            .ignore()
+            .cmd("SREM")
+            .arg(tokens_of_key(user))
+            .arg(&hex)
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        // Announced, so that every instance forgets it and closes what was opened with it.
+        self.announce(&[format!("t {hex}")]).await?;
+        Ok(true)
     }
 
     async fn get_api_token(&self, token: &TokenHash) -> Result<Option<ApiTokenRecord>> {
         let raw: Option<String> = self
             .conn()
-            .get(format!("lk:token:{}", token.to_hex()))
+            .get(token_key(&token.to_hex()))
             .await
             .map_err(unavailable)?;
         let record: Option<ApiTokenRecord> = raw.map(|r| decode(&r, "api token")).transpose()?;

@@ -428,12 +428,14 @@ async fn malformed_framing_and_oversized_heads_are_refused_before_the_upstream()
 async fn a_burst_of_sign_ins_waits_its_turn_and_all_get_in() {
     let lk = Latchkey::spawn(Backend::Memory).await;
     let browsers: Vec<Browser> = (0..12).map(|_| lk.browser()).collect();
-    let signed_in = futures_util::future::join_all(browsers.iter().enumerate().map(
-        |(i, b)| async move {
+    let signed_in =
+        futures_util::future::join_all(browsers.iter().enumerate().map(|(i, b)| async move {
             b.login(if i % 2 == 0 { "john" } else { "nina" }).await;
             b.get("/hub/api/user").await.status()
-        },
-    ))
-    .await;
-    assert!(signed_in.iter().all(|s| *s == StatusCode::OK), "{signed_in:?}");
+        }))
+        .await;
+    assert!(
+        signed_in.iter().all(|s| *s == StatusCode::OK),
+        "{signed_in:?}"
+    );
 }

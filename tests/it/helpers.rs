@@ -672,6 +672,40 @@ impl Browser {
     }
 }
 
+/// Opens a WebSocket through latchkey at `base` with an API token, as a script would.
+pub async fn token_websocket(
+    base: &str,
+    path: &str,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{base}{path}").replacen("http://", "ws://", 1);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("token {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the WebSocket opens with the token")
+        .0
+}
+
+/// Creates an API token for the signed-in `owner` (a [`Browser`]); returns (token, id).
+pub async fn new_api_token(owner: &Browser, user: &str, note: &str) -> (String, String) {
+    let r = owner
+        .api(
+            reqwest::Method::POST,
+            &format!("/hub/api/users/{user}/tokens"),
+            Some(serde_json::json!({"note": note})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: serde_json::Value = r.json().await.unwrap();
+    (
+        v["token"].as_str().unwrap().to_owned(),
+        v["id"].as_str().unwrap().to_owned(),
+    )
+}
+
 /// Waits until `cond` holds, polling every 10 ms for at most `within`.
 pub async fn eventually(within: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;

@@ -732,3 +732,50 @@ async fn a_sign_in_read_from_before_a_sign_out_is_not_kept_in_the_cache() {
     // What that read found must not be served from the cache now.
     assert!(cache.login(store.as_ref(), &id).await.unwrap().is_none());
 }
+
+/// An API token deleted through one instance is refused at once by another that had it cached,
+/// and a WebSocket opened with it there is closed.
+#[tokio::test]
+async fn a_token_deleted_on_one_instance_is_refused_and_closed_on_another() {
+    let rig = Rig::start(2).await;
+    let upstream = Upstream::spawn().await;
+    rig.instances[0].register_john(&upstream).await;
+    let john = rig.instances[0].signed_in("john").await;
+    let (token, id) = new_api_token(&john, "john", "laptop").await;
+    let on_b = rig.instances[1].url("/hub/api/user");
+    let status_on_b = async || {
+        reqwest::Client::new()
+            .get(&on_b)
+            .header("authorization", format!("token {token}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(status_on_b().await, StatusCode::OK);
+    let mut ws = token_websocket(&rig.instances[1].base, "/user/john/ws", &token).await;
+
+    let r = john
+        .api(
+            Method::DELETE,
+            &format!("/hub/api/users/john/tokens/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let deleted = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), async || {
+            status_on_b().await == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "the other instance still takes the deleted token"
+    );
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the WebSocket on the other instance is closed"
+    );
+    assert!(deleted.elapsed() < Duration::from_secs(2));
+}

@@ -412,6 +412,96 @@ async fn api_tokens_work_for_scripts_and_never_reach_the_upstream(backend: Backe
 }
 both_stores!(api_tokens_work_for_scripts_and_never_reach_the_upstream);
 
+async fn a_deleted_api_token_is_refused_at_once_and_its_websocket_closed(backend: Backend) {
+    let (_upstream, lk) = johns_server(backend).await;
+    let john = lk.signed_in("john").await;
+    let (leaked, leaked_id) = new_api_token(&john, "john", "laptop").await;
+    let (kept, kept_id) = new_api_token(&john, "john", "ci").await;
+    assert_eq!(leaked_id.len(), 16);
+    let script = reqwest::Client::new();
+    let me = |token: String| {
+        let script = script.clone();
+        let url = lk.url("/hub/api/user");
+        async move {
+            script
+                .get(url)
+                .header("authorization", format!("token {token}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(me(leaked.clone()).await, StatusCode::OK);
+    let mut ws = token_websocket(&lk.base, "/user/john/ws", &leaked).await;
+
+    // Listed newest first, with id, note and dates, never the token.
+    let r = john.get("/hub/api/users/john/tokens").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(&leaked) && !text.contains(&kept));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&leaked_id.as_str()) && ids.contains(&kept_id.as_str()));
+    assert!(v["items"][0]["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    // Nobody else lists or deletes them.
+    let nina = lk.signed_in("nina").await;
+    assert_eq!(
+        nina.get("/hub/api/users/john/tokens").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let path = format!("/hub/api/users/john/tokens/{leaked_id}");
+    assert_eq!(
+        nina.api(Method::DELETE, &path, None).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(me(leaked.clone()).await, StatusCode::OK);
+
+    assert!(
+        closed_within(&mut ws, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the WebSocket is open before the token is deleted"
+    );
+    let r = john.api(Method::DELETE, &path, None).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(me(leaked.clone()).await, StatusCode::UNAUTHORIZED);
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the WebSocket opened with the deleted token is closed"
+    );
+    assert_eq!(me(kept.clone()).await, StatusCode::OK);
+    let v: serde_json::Value = john
+        .get("/hub/api/users/john/tokens")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["items"][0]["id"], kept_id.as_str());
+    assert_eq!(v["_pagination"]["total"], 1);
+    // Gone is gone; a malformed id is not found either.
+    for bad in [leaked_id.as_str(), "zz", "0123456789abcdef0"] {
+        let r = john
+            .api(
+                Method::DELETE,
+                &format!("/hub/api/users/john/tokens/{bad}"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{bad}");
+    }
+}
+both_stores!(a_deleted_api_token_is_refused_at_once_and_its_websocket_closed);
+
 async fn unauthenticated_and_unauthorised_requests_never_reach_the_upstream(backend: Backend) {
     let (upstream, lk) = johns_server(backend).await;
     let anon = lk.browser();

@@ -62,6 +62,7 @@ contract!(
     logins_are_stored_read_and_deleted,
     an_expired_login_is_not_returned,
     api_tokens_are_stored_and_read,
+    api_tokens_are_listed_and_deleted_per_user,
     the_revision_increases_with_every_change,
     recorded_activity_shows_in_the_route_list,
     grant_writes_for_an_ended_session_change_nothing,
@@ -1370,4 +1371,67 @@ async fn grant_writes_for_an_ended_session_change_nothing(store: &dyn Store) {
     assert_eq!(grants.len(), 1);
     assert_eq!(grants[0].grantee, nina_grantee());
     assert_eq!(grants[0].role, Role::View);
+}
+
+async fn api_tokens_are_listed_and_deleted_per_user(store: &dyn Store) {
+    let now = store.now().await.unwrap();
+    let token = |user_name: &str, created_at: Timestamp, expires_at: Timestamp| {
+        (
+            Secret::generate().hash(),
+            ApiTokenRecord {
+                user: user(user_name),
+                created_at,
+                note: format!("{user_name} at {created_at}"),
+                expires_at: Some(expires_at),
+            },
+        )
+    };
+    let older = token("nina", now - 100, now + 3600);
+    let newer = token("nina", now - 10, now + 3600);
+    let expired = token("nina", now - 50, now - 1);
+    let ottos = token("otto", now - 5, now + 3600);
+    for (hash, record) in [&older, &newer, &expired, &ottos] {
+        store.put_api_token(hash, record).await.unwrap();
+    }
+    assert_eq!(
+        store.list_api_tokens(&user("nina")).await.unwrap(),
+        vec![newer.clone(), older.clone()]
+    );
+    assert_eq!(
+        store.list_api_tokens(&user("otto")).await.unwrap(),
+        vec![ottos.clone()]
+    );
+    assert_eq!(store.list_api_tokens(&user("john")).await.unwrap(), vec![]);
+
+    // Only its owner's deletion counts; an expired or deleted token is not there to delete.
+    assert!(
+        !store
+            .delete_api_token(&user("otto"), &older.0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_api_token(&user("nina"), &expired.0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete_api_token(&user("nina"), &older.0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_api_token(&user("nina"), &older.0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_api_token(&older.0).await.unwrap(), None);
+    assert_eq!(
+        store.list_api_tokens(&user("nina")).await.unwrap(),
+        vec![newer.clone()]
+    );
+    assert_eq!(store.get_api_token(&ottos.0).await.unwrap(), Some(ottos.1));
 }

@@ -790,18 +790,12 @@ impl App {
         self.cache.forget_api_tokens();
         self.recheck_connections(None).await;
         let open = self.connections.snapshot();
-        let mut logins: Vec<TokenHash> = open.iter().filter_map(|c| c.login).collect();
-        logins.sort_by_key(|l| l.to_hex());
-        logins.dedup();
-        for login in logins {
+        for login in distinct(open.iter().filter_map(|c| c.login)) {
             if let Ok(None) = self.store.get_login(&login).await {
                 self.connections.close_where(|c| c.login == Some(login));
             }
         }
-        let mut tokens: Vec<TokenHash> = open.iter().filter_map(|c| c.token).collect();
-        tokens.sort_by_key(|t| t.to_hex());
-        tokens.dedup();
-        for token in tokens {
+        for token in distinct(open.iter().filter_map(|c| c.token)) {
             if let Ok(None) = self.store.get_api_token(&token).await {
                 self.connections.close_where(|c| c.token == Some(token));
             }
@@ -931,4 +925,12 @@ pub fn bearer_token(headers: &impl Fields) -> Option<&str> {
     let (scheme, token) = v.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer"))
         .then(|| token.trim())
+}
+
+/// Each hash once.
+fn distinct(hashes: impl Iterator<Item = TokenHash>) -> Vec<TokenHash> {
+    let mut list: Vec<TokenHash> = hashes.collect();
+    list.sort_by_key(TokenHash::to_hex);
+    list.dedup();
+    list
 }

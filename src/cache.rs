@@ -20,6 +20,9 @@ use crate::store::{ApiTokenRecord, LoginRecord, ServerGrants, Store};
 /// How long a cached sign-in or token is trusted before the store is asked again.
 const CREDENTIAL_TTL: Timestamp = 30;
 
+/// Sign-ins or API tokens by hash, each with the time it was read from the store.
+type Credentials<V> = RwLock<HashMap<TokenHash, (V, Timestamp)>>;
+
 #[derive(Default)]
 pub struct Cache {
     routes: RwLock<Arc<RouteTable>>,
@@ -27,12 +30,12 @@ pub struct Cache {
     grants: RwLock<HashMap<ServerRef, (Arc<ServerGrants>, u64)>>,
     /// Tickets for grant reads, in the order they start.
     reads: AtomicU64,
-    logins: RwLock<HashMap<TokenHash, (Arc<LoginRecord>, Timestamp)>>,
+    logins: Credentials<Arc<LoginRecord>>,
     /// Counts sign-ins and API tokens forgotten: a store read that started before one was
     /// forgotten does not put what it read into the cache (it may be from before a sign-out or
     /// the token's deletion).
     forgets: AtomicU64,
-    tokens: RwLock<HashMap<TokenHash, (ApiTokenRecord, Timestamp)>>,
+    tokens: Credentials<ApiTokenRecord>,
     /// The store revision seen by the last poll.
     revision: AtomicU64,
     /// The highest revision whose announcement arrived.
@@ -139,43 +142,21 @@ impl Cache {
         store: &dyn Store,
         id: &TokenHash,
     ) -> Result<Option<Arc<LoginRecord>>> {
-        let now = clock::now();
-        if self.is_fresh()
-            && let Some((rec, at)) = read(&self.logins).get(id)
-            && now - at < CREDENTIAL_TTL
-        {
-            return Ok((rec.expires_at > now).then(|| rec.clone()));
-        }
-        let forgets = self.forgets.load(Ordering::Acquire);
-        let rec = store.get_login(id).await?.map(Arc::new);
-        let mut logins = write(&self.logins);
-        if self.forgets.load(Ordering::Acquire) != forgets {
-            return Ok(rec);
-        }
-        match &rec {
-            Some(r) => {
-                if logins.len() > 100_000 {
-                    logins.retain(|_, (_, at)| now - *at < CREDENTIAL_TTL);
-                }
-                logins.insert(*id, (r.clone(), now));
-            }
-            None => {
-                logins.remove(id);
-            }
-        }
-        Ok(rec)
+        self.credential(
+            &self.logins,
+            id,
+            |r, now| r.expires_at > now,
+            || async { Ok(store.get_login(id).await?.map(Arc::new)) },
+        )
+        .await
     }
 
     pub fn forget_login(&self, id: &TokenHash) {
-        let mut logins = write(&self.logins);
-        self.forgets.fetch_add(1, Ordering::AcqRel);
-        logins.remove(id);
+        self.forget(&self.logins, Some(id));
     }
 
     pub fn forget_logins(&self) {
-        let mut logins = write(&self.logins);
-        self.forgets.fetch_add(1, Ordering::AcqRel);
-        logins.clear();
+        self.forget(&self.logins, None);
     }
 
     pub async fn api_token(
@@ -183,44 +164,75 @@ impl Cache {
         store: &dyn Store,
         token: &TokenHash,
     ) -> Result<Option<ApiTokenRecord>> {
+        self.credential(
+            &self.tokens,
+            token,
+            |r, now| r.is_live(now),
+            || store.get_api_token(token),
+        )
+        .await
+    }
+
+    /// Forgets a deleted API token.
+    pub fn forget_api_token(&self, token: &TokenHash) {
+        self.forget(&self.tokens, Some(token));
+    }
+
+    pub fn forget_api_tokens(&self) {
+        self.forget(&self.tokens, None);
+    }
+
+    /// A sign-in or API token: the cached record while the cache is fresh and the record was
+    /// read less than `CREDENTIAL_TTL` ago (none once `live` says it ended), else what `fetch`
+    /// reads from the store, kept unless a credential was forgotten while it was read.
+    async fn credential<V, F>(
+        &self,
+        cached: &Credentials<V>,
+        key: &TokenHash,
+        live: impl Fn(&V, Timestamp) -> bool,
+        fetch: impl FnOnce() -> F,
+    ) -> Result<Option<V>>
+    where
+        V: Clone,
+        F: Future<Output = Result<Option<V>>>,
+    {
         let now = clock::now();
         if self.is_fresh()
-            && let Some((rec, at)) = read(&self.tokens).get(token)
+            && let Some((rec, at)) = read(cached).get(key)
             && now - at < CREDENTIAL_TTL
         {
-            return Ok(rec.is_live(clock::now()).then(|| rec.clone()));
+            return Ok(live(rec, now).then(|| rec.clone()));
         }
         let forgets = self.forgets.load(Ordering::Acquire);
-        let rec = store.get_api_token(token).await?;
-        let mut tokens = write(&self.tokens);
+        let rec = fetch().await?;
+        let mut map = write(cached);
         if self.forgets.load(Ordering::Acquire) != forgets {
             return Ok(rec);
         }
         match &rec {
             Some(r) => {
-                if tokens.len() > 100_000 {
-                    tokens.retain(|_, (_, at)| now - *at < CREDENTIAL_TTL);
+                if map.len() > 100_000 {
+                    map.retain(|_, (_, at)| now - *at < CREDENTIAL_TTL);
                 }
-                tokens.insert(*token, (r.clone(), now));
+                map.insert(*key, (r.clone(), now));
             }
             None => {
-                tokens.remove(token);
+                map.remove(key);
             }
         }
         Ok(rec)
     }
 
-    /// Forgets a deleted API token.
-    pub fn forget_api_token(&self, token: &TokenHash) {
-        let mut tokens = write(&self.tokens);
+    /// Forgets one credential (or all of them, with `None`).
+    fn forget<V>(&self, cached: &Credentials<V>, key: Option<&TokenHash>) {
+        let mut map = write(cached);
         self.forgets.fetch_add(1, Ordering::AcqRel);
-        tokens.remove(token);
-    }
-
-    pub fn forget_api_tokens(&self) {
-        let mut tokens = write(&self.tokens);
-        self.forgets.fetch_add(1, Ordering::AcqRel);
-        tokens.clear();
+        match key {
+            Some(key) => {
+                map.remove(key);
+            }
+            None => map.clear(),
+        }
     }
 
     /// Notes that the announcement of `revision` arrived. True when revisions were skipped:

@@ -167,7 +167,7 @@ pub struct Caller {
     pub credential: Credential,
     /// The hashed sign-in session id, when signed in with the cookie.
     pub login: Option<TokenHash>,
-    /// When that sign-in session ends by itself.
+    /// When that sign-in session, or the API token, ends by itself.
     pub login_expires: Option<crate::clock::Timestamp>,
     /// The hashed API token, when called with one.
     pub token: Option<TokenHash>,
@@ -571,7 +571,8 @@ impl App {
                     identity,
                     credential: Credential::Token,
                     login: None,
-                    login_expires: None,
+                    // What was opened with a token closes when the token expires.
+                    login_expires: rec.expires_at,
                     token: Some(hash),
                 }));
             }
@@ -686,12 +687,24 @@ impl App {
             return Ok(registration);
         };
         let grants = self.cache.grants(self.store.as_ref(), &c.server).await.ok();
-        // Through the cache: a sign-in that ended is no longer in it.
+        // Through the cache: a sign-in that ended or a deleted API token is no longer in it.
         let login_ended = match &c.login {
             Some(login) => matches!(self.cache.login(self.store.as_ref(), login).await, Ok(None)),
             None => false,
         };
-        if login_ended || !self.may_stay(&c, session, grants.as_deref(), clock::now()) {
+        let token_deleted = match &c.token {
+            Some(token) => {
+                matches!(
+                    self.cache.api_token(self.store.as_ref(), token).await,
+                    Ok(None)
+                )
+            }
+            None => false,
+        };
+        if login_ended
+            || token_deleted
+            || !self.may_stay(&c, session, grants.as_deref(), clock::now())
+        {
             tracing::info!(user = %c.user, "access ended while the request was on its way");
             return Err(Error::access_ended_meanwhile());
         }

@@ -21,7 +21,7 @@ pub struct OpenConnection {
     pub login: Option<TokenHash>,
     /// The API token it was opened with, so that deleting the token closes it.
     pub token: Option<TokenHash>,
-    /// When that sign-in session ends by itself.
+    /// When that sign-in session (or API token) ends by itself.
     pub login_expires: Option<Timestamp>,
     pub websocket: bool,
     cancel: CancellationToken,

@@ -155,7 +155,7 @@ impl Error {
                 format!("Too many failed attempts. Try again in {retry_after} seconds.")
             }
             Error::Busy { retry_after } => format!(
-                "Too many people are signing in at once. Try again in {retry_after} seconds."
+                "Too many sign-ins are waiting to be checked. Try again in {retry_after} seconds."
             ),
             Error::ServerNotRunning(server) => {
                 format!("{server} is not running, so it cannot be shared right now.")

@@ -99,7 +99,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         }
         (Method::GET, ["users", name, "tokens"]) => {
             let name = user_param(name)?;
-            require_self(&caller, &name)?;
+            require_self(&caller, &name, TOKENS_ARE_OWN)?;
             let items: Vec<Value> = app
                 .store
                 .list_api_tokens(&name)
@@ -111,13 +111,17 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         }
         (Method::DELETE, ["users", name, "tokens", id]) => {
             let name = user_param(name)?;
-            require_self(&caller, &name)?;
-            let not_found = || Error::NotFound(format!("{name} has no API token {id}."));
+            require_self(&caller, &name, TOKENS_ARE_OWN)?;
+            let id = id.to_ascii_lowercase();
             if id.len() != TOKEN_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(not_found());
+                return Err(Error::NotFound(format!(
+                    "An API token id is {TOKEN_ID_LEN} hexadecimal digits, as listed by GET {prefix}api/users/{name}/tokens.",
+                    prefix = app.hub.as_str()
+                )));
             }
+            let not_found = || Error::NotFound(format!("{name} has no API token {id}."));
             let tokens = app.store.list_api_tokens(&name).await?;
-            let Some((hash, _)) = tokens.iter().find(|(hash, _)| token_id(hash) == *id) else {
+            let Some((hash, _)) = tokens.iter().find(|(hash, _)| token_id(hash) == id) else {
                 return Err(not_found());
             };
             if !app.delete_api_token(&name, hash).await? {
@@ -127,7 +131,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         }
         (Method::GET, ["users", name, "shared"]) => {
             let name = user_param(name)?;
-            require_self(&caller, &name)?;
+            require_self(&caller, &name, SHARES_ARE_OWN)?;
             let shared = app.shared_with(&caller.identity).await?;
             let items: Vec<Value> = shared
                 .iter()
@@ -145,7 +149,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         }
         (Method::DELETE, ["users", name, "shared", owner, server @ ..]) => {
             let name = user_param(name)?;
-            require_self(&caller, &name)?;
+            require_self(&caller, &name, SHARES_ARE_OWN)?;
             let server = server_param(owner, server)?;
             app.leave(&name, &server).await?;
             Ok(no_content())
@@ -352,13 +356,15 @@ fn token_json(hash: &TokenHash, record: &ApiTokenRecord) -> Value {
     })
 }
 
-fn require_self(caller: &Caller, name: &UserName) -> Result<()> {
+/// What a caller is told who asks for someone else's shares or tokens.
+const SHARES_ARE_OWN: &str = "You may only look at or change your own shares.";
+const TOKENS_ARE_OWN: &str = "You may only look at or delete your own API tokens.";
+
+fn require_self(caller: &Caller, name: &UserName, refusal: &str) -> Result<()> {
     if &caller.identity.name == name {
         Ok(())
     } else {
-        Err(Error::Forbidden(
-            "You may only look at or change your own shares.".into(),
-        ))
+        Err(Error::Forbidden(refusal.into()))
     }
 }
 

@@ -97,6 +97,10 @@ fn token_key(hex: &str) -> String {
     format!("lk:token:{hex}")
 }
 
+/// Seconds the index of a user's API tokens lives after a token is added: a token lives at
+/// most a year.
+const TOKEN_INDEX_TTL: u64 = 366 * 86_400;
+
 /// The set of a user's API token hashes.
 fn tokens_of_key(user: &UserName) -> String {
     format!("lk:tokens-of:{}", user.as_str())
@@ -507,20 +511,28 @@ impl Store for RedisStore {
 
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {
         let hex = token.to_hex();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let set = pipe.cmd("SET").arg(token_key(&hex)).arg(encode(record));
+        // The user's index first, for listing and deleting (in a cluster the two keys live in
+        // different slots, so these are separate commands): a listing drops members whose token
+        // is gone, never misses a live one. The index outlives every token in it.
+        let index = tokens_of_key(&record.user);
+        redis::pipe()
+            .cmd("SADD")
+            .arg(&index)
+            .arg(&hex)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&index)
+            .arg(TOKEN_INDEX_TTL)
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut set = redis::cmd("SET");
+        set.arg(token_key(&hex)).arg(encode(record));
         if let Some(at) = record.expires_at {
             set.arg("EXAT").arg(at.max(1));
         }
-        set.ignore();
-        // The user's index, for listing and deleting; members whose token expired are dropped
-        // when the list is read.
-        pipe.cmd("SADD")
-            .arg(tokens_of_key(&record.user))
-            .arg(&hex)
-            .ignore();
-        pipe.query_async::<()>(&mut self.conn())
+        set.query_async::<()>(&mut self.conn())
             .await
             .map_err(unavailable)
     }
@@ -528,25 +540,22 @@ impl Store for RedisStore {
     async fn list_api_tokens(&self, user: &UserName) -> Result<Vec<(TokenHash, ApiTokenRecord)>> {
         let index = tokens_of_key(user);
         let members: Vec<String> = self.conn().smembers(&index).await.map_err(unavailable)?;
-        if members.is_empty() {
-            return Ok(vec![]);
-        }
-        let keys: Vec<String> = members.iter().map(|hex| token_key(hex)).collect();
-        let raw: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
         let now = clock::now();
         let (mut live, mut gone) = (vec![], vec![]);
-        for (hex, raw) in members.iter().zip(raw) {
+        // One GET per token: in a cluster they live in different slots.
+        for hex in members {
+            let raw: Option<String> = self
+                .conn()
+                .get(token_key(&hex))
+                .await
+                .map_err(unavailable)?;
+            // An unreadable record (logged by decode) must not hide the others.
             let record = raw
-                .map(|r| decode::<ApiTokenRecord>(&r, "api token"))
-                .transpose()?
+                .and_then(|r| decode::<ApiTokenRecord>(&r, "api token").ok())
                 .filter(|r| r.is_live(now) && &r.user == user);
-            match (TokenHash::from_hex(hex), record) {
+            match (TokenHash::from_hex(&hex), record) {
                 (Some(hash), Some(record)) => live.push((hash, record)),
-                _ => gone.push(hex.clone()),
+                _ => gone.push(hex),
             }
         }
         if !gone.is_empty() {
@@ -567,16 +576,13 @@ impl Store for RedisStore {
         if &record.user != user {
             return Ok(false);
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("DEL")
-            .arg(token_key(&hex))
-            .ignore()
-            .cmd("SREM")
-            .arg(tokens_of_key(user))
-            .arg(&hex)
-            .ignore();
-        pipe.query_async::<()>(&mut self.conn())
+        // The token first, then its index entry (different slots in a cluster).
+        self.conn()
+            .del::<_, ()>(token_key(&hex))
+            .await
+            .map_err(unavailable)?;
+        self.conn()
+            .srem::<_, _, ()>(tokens_of_key(user), &hex)
             .await
             .map_err(unavailable)?;
         // Announced, so that every instance forgets it and closes what was opened with it.

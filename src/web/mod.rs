@@ -215,7 +215,11 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
     let hash = app.users.password_hash(&username).map(str::to_owned);
     let known = hash.is_some();
     let phc = hash.unwrap_or_else(|| crate::auth::password::decoy_hash().to_owned());
-    let Some(verified) = app.password_checks.verify(password, phc).await else {
+    let Some(verified) = app
+        .password_checks
+        .verify(ctx.client_ip, password, phc)
+        .await
+    else {
         tracing::info!(client = %ctx.client_ip, "sign-in refused: too many password checks waiting");
         return Err(Error::Busy {
             retry_after: app.password_checks.retry_after(),

@@ -695,6 +695,40 @@ async fn the_story_holds_on_a_redis_cluster_across_instances() {
         .await,
         "the revocation reached the other instance"
     );
+
+    // API tokens: made, listed and deleted across slots, refused on the other instance.
+    let (token, id) = new_api_token(&john, "john", "cluster").await;
+    let listed: serde_json::Value = john
+        .get("/hub/api/users/john/tokens")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"][0]["id"], id.as_str());
+    let status_on_b = async || {
+        reqwest::Client::new()
+            .get(b.url("/hub/api/user"))
+            .header("authorization", format!("token {token}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(status_on_b().await, StatusCode::OK);
+    let r = john
+        .api(
+            Method::DELETE,
+            &format!("/hub/api/users/john/tokens/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(
+        eventually(Duration::from_secs(1), async || {
+            status_on_b().await == StatusCode::UNAUTHORIZED
+        })
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -502,6 +502,36 @@ async fn a_deleted_api_token_is_refused_at_once_and_its_websocket_closed(backend
 }
 both_stores!(a_deleted_api_token_is_refused_at_once_and_its_websocket_closed);
 
+async fn a_websocket_opened_with_an_api_token_closes_when_the_token_expires(backend: Backend) {
+    let (_upstream, lk) = johns_server(backend).await;
+    let john = lk.signed_in("john").await;
+    let r = john
+        .api(
+            Method::POST,
+            "/hub/api/users/john/tokens",
+            Some(json!({"expires_in": 2})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let token = r.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = token_websocket(&lk.base, "/user/john/ws", &token).await;
+    assert!(
+        closed_within(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(4))
+            .await
+            .is_some(),
+        "the WebSocket outlived its token"
+    );
+}
+both_stores!(a_websocket_opened_with_an_api_token_closes_when_the_token_expires);
+
 async fn unauthenticated_and_unauthorised_requests_never_reach_the_upstream(backend: Backend) {
     let (upstream, lk) = johns_server(backend).await;
     let anon = lk.browser();

@@ -689,13 +689,18 @@ pub async fn token_websocket(
         .0
 }
 
-/// Creates an API token for the signed-in `owner` (a [`Browser`]); returns (token, id).
-pub async fn new_api_token(owner: &Browser, user: &str, note: &str) -> (String, String) {
+/// Creates an API token for the signed-in `owner` (a [`Browser`]) with this body (note,
+/// expiry); returns (token, id).
+pub async fn new_api_token(
+    owner: &Browser,
+    user: &str,
+    body: serde_json::Value,
+) -> (String, String) {
     let r = owner
         .api(
             reqwest::Method::POST,
             &format!("/hub/api/users/{user}/tokens"),
-            Some(serde_json::json!({"note": note})),
+            Some(body),
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
@@ -704,6 +709,29 @@ pub async fn new_api_token(owner: &Browser, user: &str, note: &str) -> (String, 
         v["token"].as_str().unwrap().to_owned(),
         v["id"].as_str().unwrap().to_owned(),
     )
+}
+
+/// Deletes one of `user`'s API tokens through `owner`'s session; the status answered.
+pub async fn delete_api_token(owner: &Browser, user: &str, id: &str) -> StatusCode {
+    owner
+        .api(
+            reqwest::Method::DELETE,
+            &format!("/hub/api/users/{user}/tokens/{id}"),
+            None,
+        )
+        .await
+        .status()
+}
+
+/// The status of a GET of `url` with an API token and nothing else, as a script sends it.
+pub async fn status_with_token(url: &str, token: &str) -> StatusCode {
+    reqwest::Client::new()
+        .get(url)
+        .header("authorization", format!("token {token}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
 }
 
 /// Waits until `cond` holds, polling every 10 ms for at most `within`.

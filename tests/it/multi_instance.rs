@@ -697,7 +697,7 @@ async fn the_story_holds_on_a_redis_cluster_across_instances() {
     );
 
     // API tokens: made, listed and deleted across slots, refused on the other instance.
-    let (token, id) = new_api_token(&john, "john", "cluster").await;
+    let (token, id) = new_api_token(&john, "john", json!({"note": "cluster"})).await;
     let listed: serde_json::Value = john
         .get("/hub/api/users/john/tokens")
         .await
@@ -705,24 +705,13 @@ async fn the_story_holds_on_a_redis_cluster_across_instances() {
         .await
         .unwrap();
     assert_eq!(listed["items"][0]["id"], id.as_str());
-    let status_on_b = async || {
-        reqwest::Client::new()
-            .get(b.url("/hub/api/user"))
-            .header("authorization", format!("token {token}"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    };
+    let on_b = b.url("/hub/api/user");
+    let status_on_b = async || status_with_token(&on_b, &token).await;
     assert_eq!(status_on_b().await, StatusCode::OK);
-    let r = john
-        .api(
-            Method::DELETE,
-            &format!("/hub/api/users/john/tokens/{id}"),
-            None,
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        delete_api_token(&john, "john", &id).await,
+        StatusCode::NO_CONTENT
+    );
     assert!(
         eventually(Duration::from_secs(1), async || {
             status_on_b().await == StatusCode::UNAUTHORIZED
@@ -775,28 +764,16 @@ async fn a_token_deleted_on_one_instance_is_refused_and_closed_on_another() {
     let upstream = Upstream::spawn().await;
     rig.instances[0].register_john(&upstream).await;
     let john = rig.instances[0].signed_in("john").await;
-    let (token, id) = new_api_token(&john, "john", "laptop").await;
+    let (token, id) = new_api_token(&john, "john", json!({"note": "laptop"})).await;
     let on_b = rig.instances[1].url("/hub/api/user");
-    let status_on_b = async || {
-        reqwest::Client::new()
-            .get(&on_b)
-            .header("authorization", format!("token {token}"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    };
+    let status_on_b = async || status_with_token(&on_b, &token).await;
     assert_eq!(status_on_b().await, StatusCode::OK);
     let mut ws = token_websocket(&rig.instances[1].base, "/user/john/ws", &token).await;
 
-    let r = john
-        .api(
-            Method::DELETE,
-            &format!("/hub/api/users/john/tokens/{id}"),
-            None,
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        delete_api_token(&john, "john", &id).await,
+        StatusCode::NO_CONTENT
+    );
     let deleted = Instant::now();
     assert!(
         eventually(Duration::from_secs(1), async || {

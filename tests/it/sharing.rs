@@ -332,18 +332,7 @@ both_stores!(the_openeo_endpoint_shares_and_unshares_a_named_server);
 async fn api_tokens_work_for_scripts_and_never_reach_the_upstream(backend: Backend) {
     let (upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
-    let r = john
-        .api(
-            Method::POST,
-            "/hub/api/users/john/tokens",
-            Some(json!({"note": "ci"})),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let token = r.json::<serde_json::Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (token, _) = new_api_token(&john, "john", json!({"note": "ci"})).await;
     // No cookie, no XSRF: the token alone.
     let script = reqwest::Client::new();
     let me: serde_json::Value = script
@@ -415,24 +404,11 @@ both_stores!(api_tokens_work_for_scripts_and_never_reach_the_upstream);
 async fn a_deleted_api_token_is_refused_at_once_and_its_websocket_closed(backend: Backend) {
     let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
-    let (leaked, leaked_id) = new_api_token(&john, "john", "laptop").await;
-    let (kept, kept_id) = new_api_token(&john, "john", "ci").await;
+    let (leaked, leaked_id) = new_api_token(&john, "john", json!({"note": "laptop"})).await;
+    let (kept, kept_id) = new_api_token(&john, "john", json!({"note": "ci"})).await;
     assert_eq!(leaked_id.len(), 16);
-    let script = reqwest::Client::new();
-    let me = |token: String| {
-        let script = script.clone();
-        let url = lk.url("/hub/api/user");
-        async move {
-            script
-                .get(url)
-                .header("authorization", format!("token {token}"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
-    assert_eq!(me(leaked.clone()).await, StatusCode::OK);
+    let me = lk.url("/hub/api/user");
+    assert_eq!(status_with_token(&me, &leaked).await, StatusCode::OK);
     let mut ws = token_websocket(&lk.base, "/user/john/ws", &leaked).await;
 
     // Listed newest first, with id, note and dates, never the token.
@@ -457,12 +433,11 @@ async fn a_deleted_api_token_is_refused_at_once_and_its_websocket_closed(backend
         nina.get("/hub/api/users/john/tokens").await.status(),
         StatusCode::FORBIDDEN
     );
-    let path = format!("/hub/api/users/john/tokens/{leaked_id}");
     assert_eq!(
-        nina.api(Method::DELETE, &path, None).await.status(),
+        delete_api_token(&nina, "john", &leaked_id).await,
         StatusCode::FORBIDDEN
     );
-    assert_eq!(me(leaked.clone()).await, StatusCode::OK);
+    assert_eq!(status_with_token(&me, &leaked).await, StatusCode::OK);
 
     assert!(
         closed_within(&mut ws, Duration::from_millis(300))
@@ -470,16 +445,21 @@ async fn a_deleted_api_token_is_refused_at_once_and_its_websocket_closed(backend
             .is_none(),
         "the WebSocket is open before the token is deleted"
     );
-    let r = john.api(Method::DELETE, &path, None).await;
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(me(leaked.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        delete_api_token(&john, "john", &leaked_id).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        status_with_token(&me, &leaked).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert!(
         closed_within(&mut ws, Duration::from_secs(2))
             .await
             .is_some(),
         "the WebSocket opened with the deleted token is closed"
     );
-    assert_eq!(me(kept.clone()).await, StatusCode::OK);
+    assert_eq!(status_with_token(&me, &kept).await, StatusCode::OK);
     let v: serde_json::Value = john
         .get("/hub/api/users/john/tokens")
         .await
@@ -490,14 +470,11 @@ async fn a_deleted_api_token_is_refused_at_once_and_its_websocket_closed(backend
     assert_eq!(v["_pagination"]["total"], 1);
     // Gone is gone; a malformed id is not found either.
     for bad in [leaked_id.as_str(), "zz", "0123456789abcdef0"] {
-        let r = john
-            .api(
-                Method::DELETE,
-                &format!("/hub/api/users/john/tokens/{bad}"),
-                None,
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{bad}");
+        assert_eq!(
+            delete_api_token(&john, "john", bad).await,
+            StatusCode::NOT_FOUND,
+            "{bad}"
+        );
     }
 }
 both_stores!(a_deleted_api_token_is_refused_at_once_and_its_websocket_closed);
@@ -505,18 +482,7 @@ both_stores!(a_deleted_api_token_is_refused_at_once_and_its_websocket_closed);
 async fn a_websocket_opened_with_an_api_token_closes_when_the_token_expires(backend: Backend) {
     let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
-    let r = john
-        .api(
-            Method::POST,
-            "/hub/api/users/john/tokens",
-            Some(json!({"expires_in": 2})),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let token = r.json::<serde_json::Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (token, _) = new_api_token(&john, "john", json!({"expires_in": 2})).await;
     let mut ws = token_websocket(&lk.base, "/user/john/ws", &token).await;
     assert!(
         closed_within(&mut ws, Duration::from_millis(500))

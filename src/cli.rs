@@ -1,5 +1,5 @@
 //! Subcommands: `serve`, `demo`, `check-config`, `hash-password`, and the sharing commands
-//! (`sharing`, `invite`, `revoke`, `list`, `routes`), which are clients of the APIs.
+//! (`sharing`, `invite`, `revoke`, `list`, `tokens`, `routes`), which are clients of the APIs.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -67,6 +67,9 @@ enum Command {
         #[command(flatten)]
         what: crate::remote::RevokeWhat,
     },
+    /// List your API tokens, or delete one.
+    #[command(subcommand)]
+    Tokens(crate::remote::Tokens),
     /// List what is shared with you (`--shared`).
     List {
         #[arg(long, required = true)]
@@ -98,6 +101,7 @@ fn run(cli: Cli) -> ExitCode {
             runtime().block_on(crate::remote::revoke(remote, server, what))
         }
         Command::List { .. } => runtime().block_on(crate::remote::list_shared(remote)),
+        Command::Tokens(cmd) => runtime().block_on(crate::remote::tokens(remote, cmd)),
         Command::Routes { api, command } => {
             let json = remote.json;
             runtime().block_on(crate::remote::routes(api, json, command))

@@ -93,6 +93,15 @@ pub struct RevokeWhat {
 }
 
 #[derive(Subcommand)]
+pub enum Tokens {
+    /// Your API tokens: id, when made, when they expire, note (never the tokens themselves).
+    List,
+    /// Delete one of your API tokens by its id: every instance refuses it at once, and what was
+    /// opened with it is closed.
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
 pub enum Routes {
     /// List routes with their last activity.
     List,
@@ -418,6 +427,53 @@ pub async fn list_shared(remote: Remote) -> ExitCode {
                     .collect::<Vec<_>>()
                     .join("\n")
             });
+            Ok(())
+        }
+        .await,
+    )
+}
+
+pub async fn tokens(remote: Remote, cmd: Tokens) -> ExitCode {
+    finish(
+        async {
+            let me = remote.api(Method::GET, "user", None).await?;
+            let name = me["name"]
+                .as_str()
+                .ok_or("the API did not say who you are")?;
+            match cmd {
+                Tokens::List => {
+                    let v = remote
+                        .api(Method::GET, &format!("users/{name}/tokens"), None)
+                        .await?;
+                    remote.print(&v, |v| {
+                        let items = v["items"].as_array().cloned().unwrap_or_default();
+                        if items.is_empty() {
+                            return "you have no API tokens".into();
+                        }
+                        items
+                            .iter()
+                            .map(|t| {
+                                format!(
+                                    "{}  made {}  expires {}  {}",
+                                    t["id"].as_str().unwrap_or("?"),
+                                    t["created_at"].as_str().unwrap_or("?"),
+                                    t["expires_at"].as_str().unwrap_or("never"),
+                                    t["note"].as_str().unwrap_or("")
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    });
+                }
+                Tokens::Delete { id } => {
+                    let path = format!(
+                        "users/{name}/tokens/{}",
+                        crate::http_util::percent_encode(&id)
+                    );
+                    remote.api(Method::DELETE, &path, None).await?;
+                    println!("deleted API token {id}");
+                }
+            }
             Ok(())
         }
         .await,

@@ -173,3 +173,44 @@ async fn the_cli_shares_invites_shows_and_revokes_through_the_api() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn the_cli_lists_and_deletes_your_api_tokens() {
+    let lk = Latchkey::spawn(Backend::Memory).await;
+    let john = lk.signed_in("john").await;
+    let (cli_token, cli_id) = new_api_token(&john, "john", json!({"note": "cli"})).await;
+    let (laptop, laptop_id) = new_api_token(&john, "john", json!({"note": "old laptop"})).await;
+    let env = [
+        ("LATCHKEY_URL", lk.base.as_str()),
+        ("LATCHKEY_TOKEN", cli_token.as_str()),
+    ];
+    let (ok, out, err) = latchkey(&["tokens", "list"], &env).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&cli_id) && out.contains(&laptop_id), "{out}");
+    assert!(
+        out.contains("old laptop") && out.contains("expires 20"),
+        "{out}"
+    );
+    assert!(!out.contains(&cli_token) && !out.contains(&laptop), "{out}");
+
+    let (ok, out, err) = latchkey(&["tokens", "delete", &laptop_id], &env).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("deleted API token {laptop_id}")),
+        "{out}"
+    );
+    assert_eq!(
+        status_with_token(&lk.url("/hub/api/user"), &laptop).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let (ok, out, _) = latchkey(&["tokens", "list", "--json"], &env).await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["_pagination"]["total"], 1);
+    assert_eq!(v["items"][0]["id"], cli_id.as_str());
+
+    // Deleting it again says why it failed, with the API's status.
+    let (ok, _, err) = latchkey(&["tokens", "delete", &laptop_id], &env).await;
+    assert!(!ok);
+    assert!(err.contains("404") && err.contains("no API token"), "{err}");
+}

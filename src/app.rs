@@ -129,7 +129,7 @@ impl Prepared {
             route: self.route.clone(),
             user: caller.identity.name.clone(),
             login: caller.login,
-            login_expires: caller.login_expires,
+            expires: caller.expires,
             token: caller.token,
             sweeps_seen: self.sweeps_seen,
         })
@@ -168,7 +168,7 @@ pub struct Caller {
     /// The hashed sign-in session id, when signed in with the cookie.
     pub login: Option<TokenHash>,
     /// When that sign-in session, or the API token, ends by itself.
-    pub login_expires: Option<crate::clock::Timestamp>,
+    pub expires: Option<crate::clock::Timestamp>,
     /// The hashed API token, when called with one.
     pub token: Option<TokenHash>,
 }
@@ -572,7 +572,7 @@ impl App {
                     credential: Credential::Token,
                     login: None,
                     // What was opened with a token closes when the token expires.
-                    login_expires: rec.expires_at,
+                    expires: rec.expires_at,
                     token: Some(hash),
                 }));
             }
@@ -594,7 +594,7 @@ impl App {
             identity,
             credential: Credential::Cookie,
             login: Some(hash),
-            login_expires: Some(rec.expires_at),
+            expires: Some(rec.expires_at),
             token: None,
         }))
     }
@@ -642,7 +642,7 @@ impl App {
         if session != Some(c.session.as_str()) {
             return false;
         }
-        if c.login_expires.is_some_and(|e| e <= now) {
+        if c.expires.is_some_and(|e| e <= now) {
             return false;
         }
         let Some(identity) = self.users.identity(&c.user) else {
@@ -687,28 +687,36 @@ impl App {
             return Ok(registration);
         };
         let grants = self.cache.grants(self.store.as_ref(), &c.server).await.ok();
-        // Through the cache: a sign-in that ended or a deleted API token is no longer in it.
-        let login_ended = match &c.login {
-            Some(login) => matches!(self.cache.login(self.store.as_ref(), login).await, Ok(None)),
-            None => false,
-        };
-        let token_deleted = match &c.token {
-            Some(token) => {
-                matches!(
-                    self.cache.api_token(self.store.as_ref(), token).await,
-                    Ok(None)
-                )
-            }
-            None => false,
-        };
-        if login_ended
-            || token_deleted
+        if self.credential_ended(&c).await
             || !self.may_stay(&c, session, grants.as_deref(), clock::now())
         {
             tracing::info!(user = %c.user, "access ended while the request was on its way");
             return Err(Error::access_ended_meanwhile());
         }
         Ok(registration)
+    }
+
+    /// [`register`](Self::register) when there may be nothing to register (an open route).
+    pub async fn register_any(
+        &self,
+        registrar: Option<Registrar>,
+        websocket: bool,
+    ) -> Result<Option<Registration>> {
+        match registrar {
+            Some(r) => self.register(r, websocket).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the sign-in or API token a connection was opened with has ended, read through
+    /// the cache (which forgets either as it ends); false while the store cannot tell.
+    async fn credential_ended(&self, c: &OpenConnection) -> bool {
+        let store = self.store.as_ref();
+        match (&c.login, &c.token) {
+            (Some(login), _) => matches!(self.cache.login(store, login).await, Ok(None)),
+            (None, Some(token)) => matches!(self.cache.api_token(store, token).await, Ok(None)),
+            (None, None) => false,
+        }
     }
 
     /// After a local change to a server's sharing: refresh its cached grants and close what
@@ -751,16 +759,12 @@ impl App {
     /// Ends a sign-in session and closes the connections opened with it.
     pub async fn end_login(&self, login: &TokenHash) -> Result<()> {
         // Here at once, whatever the store says.
-        self.cache.forget_login(login);
-        self.connections
-            .close_where(|c| c.login.as_ref() == Some(login));
+        self.forget_login(login);
         let deleted = self.store.delete_login(login).await;
         // Again once the store has it: a request that read the sign-in before it was deleted
         // may have cached it or opened a stream meanwhile (and one still on its way sees this
         // sweep when it registers).
-        self.cache.forget_login(login);
-        self.connections
-            .close_where(|c| c.login.as_ref() == Some(login));
+        self.forget_login(login);
         deleted
     }
 
@@ -774,10 +778,7 @@ impl App {
                 self.recheck_connections(None).await;
             }
             StoreEvent::Server(server) => self.sharing_changed(&server).await,
-            StoreEvent::LoginEnded(login) => {
-                self.cache.forget_login(&login);
-                self.connections.close_where(|c| c.login == Some(login));
-            }
+            StoreEvent::LoginEnded(login) => self.forget_login(&login),
             StoreEvent::ApiTokenDeleted(token) => self.forget_api_token(&token),
             StoreEvent::Resync => self.revalidate().await,
             StoreEvent::Seen(revision) => {
@@ -830,6 +831,14 @@ impl App {
         Ok(deleted)
     }
 
+    /// Forgets an ended sign-in and closes what was opened with it.
+    fn forget_login(&self, login: &TokenHash) {
+        self.cache.forget_login(login);
+        self.connections
+            .close_where(|c| c.login.as_ref() == Some(login));
+    }
+
+    /// Forgets a deleted API token and closes what was opened with it.
     fn forget_api_token(&self, token: &TokenHash) {
         self.cache.forget_api_token(token);
         self.connections
@@ -943,7 +952,7 @@ pub fn bearer_token(headers: &impl Fields) -> Option<&str> {
 /// Each hash once.
 fn distinct(hashes: impl Iterator<Item = TokenHash>) -> Vec<TokenHash> {
     let mut list: Vec<TokenHash> = hashes.collect();
-    list.sort_by_key(TokenHash::to_hex);
+    list.sort_unstable();
     list.dedup();
     list
 }

@@ -22,7 +22,7 @@ pub struct OpenConnection {
     /// The API token it was opened with, so that deleting the token closes it.
     pub token: Option<TokenHash>,
     /// When that sign-in session (or API token) ends by itself.
-    pub login_expires: Option<Timestamp>,
+    pub expires: Option<Timestamp>,
     pub websocket: bool,
     cancel: CancellationToken,
 }
@@ -133,7 +133,7 @@ pub struct Registrar {
     pub route: Arc<Route>,
     pub user: UserName,
     pub login: Option<TokenHash>,
-    pub login_expires: Option<Timestamp>,
+    pub expires: Option<Timestamp>,
     pub token: Option<TokenHash>,
     /// [`Connections::sweeps`] when the request began.
     pub sweeps_seen: u64,
@@ -151,7 +151,7 @@ impl Registrar {
                 session: self.route.session.clone(),
                 user: self.user,
                 login: self.login,
-                login_expires: self.login_expires,
+                expires: self.expires,
                 token: self.token,
                 websocket,
                 cancel: cancel.clone(),

@@ -202,6 +202,26 @@ impl Remote {
             .map(|a| a.body)
     }
 
+    /// Who the API token belongs to.
+    async fn my_name(&self) -> Result<String, String> {
+        let me = self.api(Method::GET, "user", None).await?;
+        me["name"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "the API did not say who you are".to_owned())
+    }
+
+    /// Prints a list envelope: one line per item, or `empty` when there is none.
+    fn print_items(&self, value: &Value, empty: &str, line: impl Fn(&Value) -> String) {
+        self.print(value, |v| {
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                return empty.to_owned();
+            }
+            items.iter().map(line).collect::<Vec<_>>().join("\n")
+        });
+    }
+
     fn print(&self, value: &Value, summary: impl FnOnce(&Value) -> String) {
         if self.json {
             println!(
@@ -401,31 +421,18 @@ pub async fn revoke(remote: Remote, server: String, what: RevokeWhat) -> ExitCod
 pub async fn list_shared(remote: Remote) -> ExitCode {
     finish(
         async {
-            let me = remote.api(Method::GET, "user", None).await?;
-            let name = me["name"]
-                .as_str()
-                .ok_or("the API did not say who you are")?;
+            let name = remote.my_name().await?;
             let v = remote
                 .api(Method::GET, &format!("users/{name}/shared"), None)
                 .await?;
-            remote.print(&v, |v| {
-                let items = v["items"].as_array().cloned().unwrap_or_default();
-                if items.is_empty() {
-                    return "nothing is shared with you".into();
-                }
-                items
-                    .iter()
-                    .map(|s| {
-                        format!(
-                            "{:<24} {:<6} since {}  {}",
-                            s["server"]["full_name"].as_str().unwrap_or("?"),
-                            s["role"].as_str().unwrap_or("?"),
-                            s["created_at"].as_str().unwrap_or("?"),
-                            s["server"]["url"].as_str().unwrap_or("?")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
+            remote.print_items(&v, "nothing is shared with you", |s| {
+                format!(
+                    "{:<24} {:<6} since {}  {}",
+                    s["server"]["full_name"].as_str().unwrap_or("?"),
+                    s["role"].as_str().unwrap_or("?"),
+                    s["created_at"].as_str().unwrap_or("?"),
+                    s["server"]["url"].as_str().unwrap_or("?")
+                )
             });
             Ok(())
         }
@@ -436,33 +443,20 @@ pub async fn list_shared(remote: Remote) -> ExitCode {
 pub async fn tokens(remote: Remote, cmd: Tokens) -> ExitCode {
     finish(
         async {
-            let me = remote.api(Method::GET, "user", None).await?;
-            let name = me["name"]
-                .as_str()
-                .ok_or("the API did not say who you are")?;
+            let name = remote.my_name().await?;
             match cmd {
                 Tokens::List => {
                     let v = remote
                         .api(Method::GET, &format!("users/{name}/tokens"), None)
                         .await?;
-                    remote.print(&v, |v| {
-                        let items = v["items"].as_array().cloned().unwrap_or_default();
-                        if items.is_empty() {
-                            return "you have no API tokens".into();
-                        }
-                        items
-                            .iter()
-                            .map(|t| {
-                                format!(
-                                    "{}  made {}  expires {}  {}",
-                                    t["id"].as_str().unwrap_or("?"),
-                                    t["created_at"].as_str().unwrap_or("?"),
-                                    t["expires_at"].as_str().unwrap_or("never"),
-                                    t["note"].as_str().unwrap_or("")
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join("\n")
+                    remote.print_items(&v, "you have no API tokens", |t| {
+                        format!(
+                            "{}  made {}  expires {}  {}",
+                            t["id"].as_str().unwrap_or("?"),
+                            t["created_at"].as_str().unwrap_or("?"),
+                            t["expires_at"].as_str().unwrap_or("never"),
+                            t["note"].as_str().unwrap_or("")
+                        )
                     });
                 }
                 Tokens::Delete { id } => {

@@ -65,7 +65,7 @@ pub fn random_id() -> String {
 }
 
 /// SHA-256 of a token, the only form in which tokens are stored or used as keys.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TokenHash([u8; 32]);
 
 impl TokenHash {

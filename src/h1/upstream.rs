@@ -338,10 +338,10 @@ where
 
     if answer.status == StatusCode::SWITCHING_PROTOCOLS {
         // Registered before the client hears of it: a revocation from then on closes it.
-        let registration = match prepared.registrar(app) {
-            Some(r) => Some(app.register(r, true).await.map_err(Failure::Answer)?),
-            None => None,
-        };
+        let registration = app
+            .register_any(prepared.registrar(app), true)
+            .await
+            .map_err(Failure::Answer)?;
         answer_head(out, &answer, fields, x.request_id, false, false);
         // Frames the upstream sent right behind its answer go with it.
         out.extend_from_slice(&conn.buf);
@@ -382,10 +382,11 @@ where
         }
         Framing::Empty => false,
     };
-    let registration = match lasts.then(|| prepared.registrar(app)).flatten() {
-        Some(r) => Some(app.register(r, false).await.map_err(Failure::Answer)?),
-        None => None,
-    };
+    let registrar = lasts.then(|| prepared.registrar(app)).flatten();
+    let registration = app
+        .register_any(registrar, false)
+        .await
+        .map_err(Failure::Answer)?;
 
     let chunked = matches!(framing, Framing::Chunked | Framing::Close);
     answer_head(out, &answer, fields, x.request_id, chunked, close_client);

@@ -163,10 +163,7 @@ pub async fn forward(
             return Err(Error::UpstreamUnavailable);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let registration = match f.registrar {
-            Some(r) => Some(f.app.register(r, true).await?),
-            None => None,
-        };
+        let registration = f.app.register_any(f.registrar, true).await?;
         let cancel = registration
             .as_ref()
             .map(|r| r.cancel.clone())

@@ -223,11 +223,7 @@ pub async fn open_with_timeout(
 
 /// API tokens newest first (ties in hash order, so that a listing is stable).
 fn newest_first(list: &mut [(TokenHash, ApiTokenRecord)]) {
-    list.sort_by(|(ha, a), (hb, b)| {
-        b.created_at
-            .cmp(&a.created_at)
-            .then_with(|| ha.to_hex().cmp(&hb.to_hex()))
-    });
+    list.sort_by(|(ha, a), (hb, b)| b.created_at.cmp(&a.created_at).then_with(|| ha.cmp(hb)));
 }
 
 /// The role a re-accepted or re-shared grant ends up with: never a silent downgrade.

@@ -1190,6 +1190,33 @@ async fn a_revocation_while_the_upstream_has_not_answered_yet_refuses_the_answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_deleted_while_the_upstream_has_not_answered_yet_refuses_the_answer() {
+    // john's own server, so only his API token can end his access: he deletes it while the
+    // upstream takes 600 ms to start its answer to a request made with it.
+    let (_up, lk, _) = johns_raw_server(ticking_answers).await;
+    let john = lk.signed_in("john").await;
+    let (token, id) = new_api_token(&john, "john", json!({"note": "script"})).await;
+    let script = Caller::anonymous(&lk);
+    let auth = format!("Authorization: token {token}");
+    let mut c = script.connect().await;
+    c.send(script.request("GET", "/user/john/late-chunked", &[&auth], b""))
+        .await;
+    tokio::time::sleep(ms(200)).await;
+    assert_eq!(
+        delete_api_token(&john, "john", &id).await,
+        StatusCode::NO_CONTENT
+    );
+    let r = c.response().await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("on its way"), "{}", r.text());
+    assert!(
+        !r.headers.iter().any(|(n, _)| n == "X-Up"),
+        "{:?}",
+        r.headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_kept_across_client_connections_and_routes() {
     let (up, lk, john) = johns_raw_server(echo).await;
     let other = RawUpstream::spawn(echo).await;

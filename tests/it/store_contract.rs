@@ -1435,3 +1435,33 @@ async fn api_tokens_are_listed_and_deleted_per_user(store: &dyn Store) {
     );
     assert_eq!(store.get_api_token(&ottos.0).await.unwrap(), Some(ottos.1));
 }
+
+/// Redis only: one unreadable token record (a bad write, a version skew) is left out of its
+/// user's list, which still shows and deletes the others.
+#[tokio::test]
+async fn an_unreadable_token_record_does_not_hide_the_others() {
+    let redis = Redis::start().await;
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    let now = store.now().await.unwrap();
+    let record = |note: &str| ApiTokenRecord {
+        user: user("nina"),
+        created_at: now,
+        note: note.into(),
+        expires_at: Some(now + 3600),
+    };
+    let (good, bad) = (Secret::generate().hash(), Secret::generate().hash());
+    store.put_api_token(&good, &record("good")).await.unwrap();
+    store.put_api_token(&bad, &record("bad")).await.unwrap();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(["SET", &format!("lk:token:{}", bad.to_hex()), "{not json"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    assert_eq!(
+        store.list_api_tokens(&user("nina")).await.unwrap(),
+        vec![(good, record("good"))]
+    );
+    assert!(store.delete_api_token(&user("nina"), &good).await.unwrap());
+    assert_eq!(store.list_api_tokens(&user("nina")).await.unwrap(), vec![]);
+}

@@ -6,6 +6,7 @@ mod procs;
 mod report;
 mod sharing;
 mod targets;
+mod upstream;
 mod web;
 mod wrk;
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use procs::{LOAD_CORE, Proc};
+use procs::LOAD_CORE;
 
 pub struct Opts {
     pub latchkey: PathBuf,
@@ -30,6 +31,8 @@ pub struct Opts {
     /// Which measurements to make: small, big, close, ws, hold (all by default).
     pub figures: Vec<String>,
     pub hold: usize,
+    /// Messages each echo WebSocket keeps on their way (1: one, then wait for its echo).
+    pub ws_window: usize,
     pub sharing: bool,
     pub note: String,
     /// Record a `perf` profile of each proxy during the small GET run, into this directory.
@@ -62,6 +65,7 @@ fn parse_opts() -> Opts {
             .map(String::from)
             .to_vec(),
         hold: 9000,
+        ws_window: 1,
         sharing: true,
         note: String::new(),
         perf: None,
@@ -88,6 +92,13 @@ fn parse_opts() -> Opts {
             }
             "--figures" => o.figures = value().split(',').map(String::from).collect(),
             "--hold" => o.hold = value().parse().expect("--hold CONNECTIONS"),
+            "--ws-window" => {
+                o.ws_window = value()
+                    .parse()
+                    .ok()
+                    .filter(|&w| w > 0)
+                    .expect("--ws-window MESSAGES (1 or more)")
+            }
             "--no-sharing" => o.sharing = false,
             "--note" => o.note = value(),
             "--perf" => o.perf = Some(value().into()),
@@ -144,24 +155,12 @@ async fn run(o: Opts) {
     let load_before = loadavg();
     eprintln!("load average before: {load_before}");
 
-    let upstream_port = procs::free_port();
-    let _upstream = Proc::spawn(
-        "upstream",
-        LOAD_CORE,
-        &o.upstream,
-        &[format!("127.0.0.1:{upstream_port}")],
-        &[],
-        &o.work.join("upstream.log"),
-    );
-    assert!(
-        procs::wait_port(upstream_port, Duration::from_secs(10)),
-        "the upstream did not start"
-    );
+    let upstream = upstream::Upstream::start(&o);
     let env = targets::Env {
         work: o.work.clone(),
         latchkey: o.latchkey.clone(),
         chp: o.chp.clone(),
-        upstream_port,
+        upstream_port: upstream.port,
         password_hash: hash_password(&o.latchkey),
     };
 
@@ -172,7 +171,7 @@ async fn run(o: Opts) {
         for (i, name) in o.targets.iter().enumerate() {
             eprintln!("== {name} (round {} of {})", round + 1, o.rounds);
             let mut running = targets::start(name, &env).await;
-            let m = measure(&mut running, &o, ticks, round == 0);
+            let m = measure(&mut running, &o, &upstream, ticks, round == 0);
             drop(running);
             rounds[i].push(m);
             // Let sockets in TIME_WAIT and the like settle between proxies.
@@ -187,7 +186,7 @@ async fn run(o: Opts) {
     let soak = if o.soak > 0 {
         eprintln!("== latchkey soak, {} s", o.soak);
         let running = targets::start("latchkey", &env).await;
-        let v = soak(&running, &o);
+        let v = soak(&running, &o, &upstream);
         drop(running);
         v
     } else {
@@ -212,6 +211,8 @@ async fn run(o: Opts) {
 struct Meter {
     proxy: (u64, u64),
     core: u64,
+    /// Ticks the proxy core and the load core were not idle.
+    nonidle: (u64, u64),
     at: std::time::Instant,
 }
 
@@ -224,6 +225,9 @@ struct Used {
     system: u64,
     /// The share of the proxy core used by other processes.
     others: f64,
+    /// The share of time the proxy core and the load core were not idle: the one near 1.0
+    /// bounds the figure.
+    busy: (f64, f64),
 }
 
 impl Meter {
@@ -231,6 +235,10 @@ impl Meter {
         Meter {
             proxy: run.proc.cpu_ticks_split(),
             core: procs::core_busy_ticks(procs::PROXY_CORE),
+            nonidle: (
+                procs::core_nonidle_ticks(procs::PROXY_CORE),
+                procs::core_nonidle_ticks(LOAD_CORE),
+            ),
             at: std::time::Instant::now(),
         }
     }
@@ -239,14 +247,56 @@ impl Meter {
         let (user, system) = run.proc.cpu_ticks_split();
         let (user, system) = (user - self.proxy.0, system - self.proxy.1);
         let core = procs::core_busy_ticks(procs::PROXY_CORE) - self.core;
-        let others =
-            core.saturating_sub(user + system) as f64 / ticks / self.at.elapsed().as_secs_f64();
+        let elapsed = self.at.elapsed().as_secs_f64();
+        let others = core.saturating_sub(user + system) as f64 / ticks / elapsed;
+        let share = |now: u64, then: u64| now.saturating_sub(then) as f64 / ticks / elapsed;
         Used {
             ticks: user + system,
             system,
             others,
+            busy: (
+                share(procs::core_nonidle_ticks(procs::PROXY_CORE), self.nonidle.0),
+                share(procs::core_nonidle_ticks(LOAD_CORE), self.nonidle.1),
+            ),
         }
     }
+}
+
+/// With `--perf DIR`, in the first round: a `perf record` of the proxy's processes for the
+/// next `seconds`, into DIR/PROXY.FIGURE.perf.data (perf itself on the load core).
+fn record_perf(
+    o: &Opts,
+    run: &targets::Running,
+    first: bool,
+    figure: &str,
+    seconds: u64,
+) -> Option<std::process::Child> {
+    let dir = o.perf.as_ref().filter(|_| first)?;
+    std::fs::create_dir_all(dir).expect("the perf directory");
+    let pids: Vec<String> = run.proc.tree().iter().map(u32::to_string).collect();
+    let child = Command::new("taskset")
+        .args([
+            "-c",
+            LOAD_CORE,
+            "perf",
+            "record",
+            "-q",
+            "-F",
+            "999",
+            "--call-graph",
+            "dwarf,8192",
+            "-p",
+        ])
+        .arg(pids.join(","))
+        .arg("-o")
+        .arg(dir.join(format!("{}.{figure}.perf.data", run.name)))
+        .arg("--")
+        .args(["sleep", &seconds.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("perf runs");
+    Some(child)
 }
 
 fn wrk_value(r: &wrk::WrkResult, used: Used, ticks: f64) -> Value {
@@ -260,6 +310,8 @@ fn wrk_value(r: &wrk::WrkResult, used: Used, ticks: f64) -> Value {
     };
     let mut v = serde_json::to_value(r).expect("serialisable");
     v["others_on_proxy_core"] = json!(used.others);
+    v["proxy_core_busy"] = json!(used.busy.0);
+    v["load_core_busy"] = json!(used.busy.1);
     v["proxy_cpu_us_per_request"] = json!(per_request(cpu_us));
     v["proxy_system_cpu_us_per_request"] = json!(per_request(used.system as f64 / ticks * 1e6));
     v["proxy_cpu_share"] = json!(cpu_us / 1e6 / r.seconds.max(1e-9));
@@ -308,7 +360,13 @@ fn median_of_rounds(mut rounds: Vec<Value>) -> Value {
 }
 
 /// Every figure of one proxy, in a fixed order; after the first round, only the rates.
-fn measure(run: &mut targets::Running, o: &Opts, ticks: f64, first: bool) -> Value {
+fn measure(
+    run: &mut targets::Running,
+    o: &Opts,
+    upstream: &upstream::Upstream,
+    ticks: f64,
+    first: bool,
+) -> Value {
     let d = o.duration;
     let mut errors: Vec<String> = vec![];
     let mut m = Map::new();
@@ -336,32 +394,7 @@ fn measure(run: &mut targets::Running, o: &Opts, ticks: f64, first: bool) -> Val
     let want = |figure: &str| o.figures.iter().any(|f| f == figure);
     if want("small") {
         wrk::run(&small, SMALL_CONNS, 2, &run.headers); // warm-up
-        let perf = o.perf.as_ref().filter(|_| first).map(|dir| {
-            std::fs::create_dir_all(dir).expect("the perf directory");
-            let pids: Vec<String> = run.proc.tree().iter().map(u32::to_string).collect();
-            Command::new("taskset")
-                .args([
-                    "-c",
-                    LOAD_CORE,
-                    "perf",
-                    "record",
-                    "-q",
-                    "-F",
-                    "999",
-                    "--call-graph",
-                    "dwarf,8192",
-                    "-p",
-                ])
-                .arg(pids.join(","))
-                .arg("-o")
-                .arg(dir.join(format!("{}.perf.data", run.name)))
-                .arg("--")
-                .args(["sleep", &d.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("perf runs")
-        });
+        let perf = record_perf(o, run, first, "small", d);
         let meter = Meter::start(run);
         let r = wrk::run(&small, SMALL_CONNS, d, &run.headers);
         let used = meter.stop(run, ticks);
@@ -370,13 +403,15 @@ fn measure(run: &mut targets::Running, o: &Opts, ticks: f64, first: bool) -> Val
         }
         check("small GET", &r);
         eprintln!(
-            "  small GET: {:.0} req/s, p50 {:.0} us, p99 {:.0} us, {:.1} us CPU/request, {:.1} of it system (others used {:.0}% of the proxy core)",
+            "  small GET: {:.0} req/s, p50 {:.0} us, p99 {:.0} us, {:.1} us CPU/request, {:.1} of it system (others used {:.0}% of the proxy core; cores busy: proxy {:.0}%, load {:.0}%)",
             r.rps,
             r.p50_us,
             r.p99_us,
             used.ticks as f64 / ticks * 1e6 / r.requests.max(1) as f64,
             used.system as f64 / ticks * 1e6 / r.requests.max(1) as f64,
-            used.others * 100.0
+            used.others * 100.0,
+            used.busy.0 * 100.0,
+            used.busy.1 * 100.0
         );
         m.insert("small".into(), wrk_value(&r, used, ticks));
     }
@@ -409,11 +444,18 @@ fn measure(run: &mut targets::Running, o: &Opts, ticks: f64, first: bool) -> Val
     let ws_url = run.url("/user/john/ws").replacen("http://", "ws://", 1);
     if want("ws") {
         // Warm-up, as for wrk: the first WebSockets after start cost more on every proxy.
-        let _ = ws_echo(o, &ws_url, &run.ws_headers, 2);
+        let _ = upstream.echo(&ws_url, &run.ws_headers, (WS_CONNS, o.ws_window), 2);
+        let perf = record_perf(o, run, first, "ws", d);
         let meter = Meter::start(run);
-        let echo = ws_echo(o, &ws_url, &run.ws_headers, d);
+        let echo = upstream.echo(&ws_url, &run.ws_headers, (WS_CONNS, o.ws_window), d);
+        if let Some(mut p) = perf {
+            let _ = p.wait();
+        }
         let Used {
-            ticks: c, others, ..
+            ticks: c,
+            others,
+            busy,
+            ..
         } = meter.stop(run, ticks);
         let mut echo = echo.unwrap_or_else(|e| {
             errors.push(format!("WebSocket echo: {e}"));
@@ -424,16 +466,20 @@ fn measure(run: &mut targets::Running, o: &Opts, ticks: f64, first: bool) -> Val
         {
             echo["proxy_cpu_us_per_message"] = json!(c as f64 / ticks * 1e6 / n);
             echo["others_on_proxy_core"] = json!(others);
+            echo["proxy_core_busy"] = json!(busy.0);
+            echo["load_core_busy"] = json!(busy.1);
         }
         if echo["errors"].as_u64().unwrap_or(0) > 0 {
             errors.push(format!("WebSocket echo: {} errors", echo["errors"]));
         }
         eprintln!(
-            "  WebSocket echo: {:.0} msg/s, p50 {} us, p99 {} us (others {:.0}%)",
+            "  WebSocket echo: {:.0} msg/s, p50 {} us, p99 {} us (others {:.0}%; cores busy: proxy {:.0}%, load {:.0}%)",
             echo["rate"].as_f64().unwrap_or(0.0),
             echo["p50_us"],
             echo["p99_us"],
-            others * 100.0
+            others * 100.0,
+            busy.0 * 100.0,
+            busy.1 * 100.0
         );
         m.insert("ws_echo".into(), echo);
     }
@@ -468,35 +514,17 @@ fn measure(run: &mut targets::Running, o: &Opts, ticks: f64, first: bool) -> Val
     Value::Object(m)
 }
 
-fn ws_args(o: &Opts, mode: &str, url: &str, conns: usize) -> Command {
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", LOAD_CORE])
-        .arg(&o.ws_client)
-        .arg(mode)
-        .arg(url)
-        .arg(conns.to_string());
-    cmd
-}
-
-fn ws_echo(o: &Opts, url: &str, headers: &[String], seconds: u64) -> Result<Value, String> {
-    let mut cmd = ws_args(o, "echo", url, WS_CONNS);
-    cmd.arg(seconds.to_string());
-    for h in headers {
-        cmd.arg("-H").arg(h);
-    }
-    let out = cmd.output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-}
-
 /// Opens `o.hold` idle WebSockets through the proxy and reads how much its resident memory grew.
 fn ws_hold(o: &Opts, run: &targets::Running, url: &str) -> Result<Value, String> {
     std::thread::sleep(Duration::from_secs(1));
     let before = run.proc.rss_kb();
     let fds_before = run.proc.fds();
-    let mut cmd = ws_args(o, "hold", url, o.hold);
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", LOAD_CORE])
+        .arg(&o.ws_client)
+        .arg("hold")
+        .arg(url)
+        .arg(o.hold.to_string());
     for h in &run.ws_headers {
         cmd.arg("-H").arg(h);
     }
@@ -536,7 +564,7 @@ fn ws_hold(o: &Opts, run: &targets::Running, url: &str) -> Result<Value, String>
 /// Mixed load for `o.soak` seconds in slices of 10: 8 s of small GETs (64 connections), then 2 s
 /// of WebSocket echo on 100 new WebSockets (opened and closed each slice). Memory and open files
 /// are sampled after every slice.
-fn soak(run: &targets::Running, o: &Opts) -> Value {
+fn soak(run: &targets::Running, o: &Opts, upstream: &upstream::Upstream) -> Value {
     let small = run.url("/user/john/small");
     let ws_url = run.url("/user/john/ws").replacen("http://", "ws://", 1);
     let started = std::time::Instant::now();
@@ -547,7 +575,7 @@ fn soak(run: &targets::Running, o: &Opts) -> Value {
         let r = wrk::run(&small, SMALL_CONNS, 8, &run.headers);
         requests += r.requests;
         errors += r.non_2xx;
-        match ws_echo(o, &ws_url, &run.ws_headers, 2) {
+        match upstream.echo(&ws_url, &run.ws_headers, (WS_CONNS, o.ws_window), 2) {
             Ok(v) => errors += v["errors"].as_u64().unwrap_or(0),
             Err(_) => errors += 1,
         }

@@ -1,7 +1,7 @@
 //! Processes under test: spawned on a given core, measured through /proc, stopped when dropped.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The core of the proxy under test, and the core of everything else (load, upstream, Redis).
@@ -26,22 +26,42 @@ impl Proc {
         let out = std::fs::File::create(log)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let err = out.try_clone().expect("a second handle on the log");
-        let mut cmd = Command::new("taskset");
-        cmd.arg("-c").arg(core).arg(program).args(args);
-        cmd.env_remove("RUST_LOG");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
+        let mut cmd = command(core, program, args, envs);
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        Proc::start(name, cmd, program)
+    }
+
+    /// Like `spawn`, with the child's standard input and output piped to us (`pipes`); its
+    /// errors go to the log.
+    pub fn spawn_piped(
+        name: &str,
+        core: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> Proc {
+        let err = std::fs::File::create(log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let mut cmd = command(core, program, args, &[]);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(err);
+        Proc::start(name, cmd, program)
+    }
+
+    fn start(name: &str, mut cmd: Command, program: &Path) -> Proc {
         let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         Proc {
             name: name.to_owned(),
             child,
         }
+    }
+
+    /// The standard input and output of a child started with `spawn_piped` (once).
+    pub fn pipes(&mut self) -> (ChildStdin, ChildStdout) {
+        let input = self.child.stdin.take().expect("a piped standard input");
+        let output = self.child.stdout.take().expect("a piped standard output");
+        (input, output)
     }
 
     pub fn pid(&self) -> u32 {
@@ -142,6 +162,17 @@ fn status_kb(pid: u32, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// `program args` under `taskset -c core`, with `envs` and without our RUST_LOG.
+fn command(core: &str, program: &Path, args: &[String], envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(core).arg(program).args(args);
+    cmd.env_remove("RUST_LOG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 fn tree(root: u32) -> Vec<u32> {
     let mut parents = vec![];
     if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -167,6 +198,17 @@ fn tree(root: u32) -> Vec<u32> {
 /// /proc/stat. Interrupt and softirq time is left out: on loopback much of it is the proxy's own
 /// networking, accounted to no process.
 pub fn core_busy_ticks(core: &str) -> u64 {
+    core_ticks(core, &[0, 1, 2, 7])
+}
+
+/// Clock ticks one core was not idle so far (everything but idle and I/O wait).
+pub fn core_nonidle_ticks(core: &str) -> u64 {
+    core_ticks(core, &[0, 1, 2, 5, 6, 7])
+}
+
+/// The sum of these columns of the core's line in /proc/stat (0: user, 1: nice, 2: system,
+/// 3: idle, 4: iowait, 5: irq, 6: softirq, 7: steal).
+fn core_ticks(core: &str, columns: &[usize]) -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let prefix = format!("cpu{core} ");
     stat.lines()
@@ -175,7 +217,7 @@ pub fn core_busy_ticks(core: &str) -> u64 {
             l.split_whitespace()
                 .skip(1)
                 .enumerate()
-                .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 7))
+                .filter(|(i, _)| columns.contains(i))
                 .filter_map(|(_, v)| v.parse::<u64>().ok())
                 .sum()
         })

@@ -183,7 +183,11 @@ pub fn document(
             "small_get": format!("wrk -t1 -c{} (128-byte answer)", crate::SMALL_CONNS),
             "big_get": format!("wrk -t1 -c{} (1 MiB answer)", crate::BIG_CONNS),
             "new_connection": format!("wrk -t1 -c{} -H 'Connection: close'", crate::CLOSE_CONNS),
-            "websocket_echo": format!("{} connections, one 32-byte message in flight each", crate::WS_CONNS),
+            "websocket_echo": format!(
+                "{} connections, {} 32-byte message(s) in flight each; client and echo upstream on one thread of one process",
+                crate::WS_CONNS,
+                o.ws_window
+            ),
             "idle_websockets": o.hold,
             "latchkey_caller": "nina, signed in with the login form, with a grant from an accepted invite to john's server (memory store)",
         },

@@ -12,6 +12,10 @@
 //! chunked request body or a head that does not parse gets 400 and the connection is closed.
 //!
 //! Usage: `bench_upstream [ADDR]` (default `127.0.0.1:0`). Prints `listening ADDR` once ready.
+//! It is also the WebSocket echo's load client, on the same thread: see `echo.rs` for the
+//! commands it takes on standard input.
+
+mod echo;
 
 use std::io::Write;
 
@@ -46,6 +50,7 @@ async fn serve(addr: &str) {
     let local = listener.local_addr().expect("a bound address");
     println!("listening {local}");
     let _ = std::io::stdout().flush();
+    tokio::spawn(echo::control());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

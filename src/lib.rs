@@ -28,6 +28,7 @@ pub mod server;
 pub mod sharing;
 pub mod store;
 pub mod tls;
+pub mod tokens;
 pub mod web;
 
 pub use app::App;

@@ -8,6 +8,8 @@ pub const HOME: &str = "/hub/home";
 /// The sharing menu: `/hub/sharing/{owner}/{server}`.
 pub const SHARING: &str = "/hub/sharing/";
 pub const ACCEPT_SHARE: &str = "/hub/accept-share";
+/// The user's API tokens (JupyterHub's page of the same name).
+pub const TOKENS: &str = "/hub/token";
 pub const STATIC: &str = "/hub/static/";
 pub const API: &str = "/hub/api/";
 pub const HEALTHZ: &str = "/healthz";

@@ -17,7 +17,7 @@ use crate::clock;
 use crate::error::{Error, Result};
 use crate::http_util::{self, Body, json_response, no_content};
 use crate::ids::{GroupName, ServerName, ServerRef, UserName};
-use crate::secret::{Secret, TokenHash};
+use crate::secret::TokenHash;
 use crate::sharing::{Grantee, Role};
 use crate::store::ApiTokenRecord;
 use json::{Page, grant_json, invite_json, server_json};
@@ -73,25 +73,10 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
                 #[serde(default)]
                 expires_in: Option<u64>,
             }
-            const DEFAULT_TOKEN_LIFETIME: u64 = 30 * 86400;
-            const MAX_TOKEN_LIFETIME: u64 = 365 * 86400;
             let req: NewToken = parse_json_or_default(&body)?;
-            let lifetime = req.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME);
-            if lifetime == 0 || lifetime > MAX_TOKEN_LIFETIME {
-                return Err(Error::bad_request(format!(
-                    "expires_in must be between 1 and {MAX_TOKEN_LIFETIME} seconds."
-                )));
-            }
-            let token = Secret::generate();
-            let now = clock::now();
-            let expires_at = now + lifetime as i64;
-            let record = ApiTokenRecord {
-                user: name.clone(),
-                created_at: now,
-                note: req.note.unwrap_or_default(),
-                expires_at: Some(expires_at),
-            };
-            app.store.put_api_token(&token.hash(), &record).await?;
+            let (token, record) = app
+                .create_api_token(&name, req.note.as_deref().unwrap_or(""), req.expires_in)
+                .await?;
             let mut answer = token_json(&token.hash(), &record);
             answer["token"] = json!(token.expose());
             answer["user"] = json!(name.as_str());
@@ -112,21 +97,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         (Method::DELETE, ["users", name, "tokens", id]) => {
             let name = user_param(name)?;
             require_self(&caller, &name, TOKENS_ARE_OWN)?;
-            let id = id.to_ascii_lowercase();
-            if id.len() != TOKEN_ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(Error::NotFound(format!(
-                    "An API token id is {TOKEN_ID_LEN} hexadecimal digits, as listed by GET {prefix}api/users/{name}/tokens.",
-                    prefix = app.hub.as_str()
-                )));
-            }
-            let not_found = || Error::NotFound(format!("{name} has no API token {id}."));
-            let tokens = app.store.list_api_tokens(&name).await?;
-            let Some((hash, _)) = tokens.iter().find(|(hash, _)| token_id(hash) == id) else {
-                return Err(not_found());
-            };
-            if !app.delete_api_token(&name, hash).await? {
-                return Err(not_found());
-            }
+            app.delete_api_token_by_id(&name, id).await?;
             Ok(no_content())
         }
         (Method::GET, ["users", name, "shared"]) => {
@@ -338,18 +309,10 @@ fn whoami(caller: &Caller) -> Value {
     })
 }
 
-/// Hex digits of an API token's hash that name it in the API: enough to tell a user's tokens
-/// apart, and the token cannot be derived from its hash.
-const TOKEN_ID_LEN: usize = 16;
-
-fn token_id(hash: &TokenHash) -> String {
-    hash.to_hex()[..TOKEN_ID_LEN].to_owned()
-}
-
 /// An API token as listed: never the token itself.
 fn token_json(hash: &TokenHash, record: &ApiTokenRecord) -> Value {
     json!({
-        "id": token_id(hash),
+        "id": crate::tokens::id(hash),
         "note": record.note,
         "created_at": clock::iso(record.created_at),
         "expires_at": record.expires_at.map(clock::iso),

@@ -40,7 +40,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
             sharing_page(app, req).await
         }
         (Method::POST, p) if p.starts_with(paths::SHARING) => sharing_action(app, req, ctx).await,
-        (_, paths::LOGIN | paths::HOME | paths::ACCEPT_SHARE | "/hub/leave") => {
+        (Method::GET | Method::HEAD, paths::TOKENS) => tokens_page(app, req, ctx).await,
+        (Method::POST, paths::TOKENS) => tokens_action(app, req, ctx).await,
+        (_, paths::LOGIN | paths::HOME | paths::ACCEPT_SHARE | paths::TOKENS | "/hub/leave") => {
             Err(Error::MethodNotAllowed)
         }
         _ => Err(Error::NotFound("There is no such page.".into())),
@@ -469,6 +471,140 @@ async fn render_sharing(
     Ok(resp)
 }
 
+async fn tokens_page(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let caller = signed_in(app, &req).await?;
+    let xsrf = Xsrf::of(req.headers());
+    let notice = http_util::query_value(req.uri().query(), "done");
+    let origin = app.own_origin(req.headers(), ctx.tls);
+    let view = TokensView {
+        caller: &caller,
+        xsrf: &xsrf,
+        origin,
+    };
+    render_tokens(app, view, None, notice, None, StatusCode::OK).await
+}
+
+/// What every rendering of the tokens page needs.
+struct TokensView<'a> {
+    caller: &'a Caller,
+    xsrf: &'a Xsrf,
+    origin: Option<String>,
+}
+
+async fn tokens_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let caller = signed_in(app, &req).await?;
+    let origin = app.own_origin(req.headers(), ctx.tls);
+    let (headers, form) = read_form(app, req, ctx).await?;
+    let xsrf = Xsrf::of(&headers);
+    let view = TokensView {
+        caller: &caller,
+        xsrf: &xsrf,
+        origin,
+    };
+    let me = &caller.identity.name;
+    let result = match form_value(&form, "action").unwrap_or("") {
+        "create" => {
+            let note = form_value(&form, "note").unwrap_or("");
+            let created = match lifetime(&form) {
+                Ok(lifetime) => app.create_api_token(me, note, lifetime).await,
+                Err(e) => Err(e),
+            };
+            match created {
+                Ok((token, record)) => {
+                    let created = NewToken {
+                        token: token.expose().to_owned(),
+                        id: crate::tokens::id(&token.hash()),
+                        note: record.note,
+                        expires_iso: record.expires_at.map(clock::iso).unwrap_or_default(),
+                    };
+                    return render_tokens(app, view, Some(created), None, None, StatusCode::OK)
+                        .await;
+                }
+                Err(e) => Err(e),
+            }
+        }
+        "delete" => {
+            let id = form_value(&form, "id").unwrap_or("");
+            app.delete_api_token_by_id(me, id).await.map(|()| {
+                format!("Token {id} was deleted: it is refused from now on, and what was opened with it is closed.")
+            })
+        }
+        _ => Err(Error::bad_request("Unknown action.")),
+    };
+    match result {
+        Ok(notice) => Ok(redirect(&format!(
+            "{}?done={}",
+            app.hub.external(paths::TOKENS),
+            http_util::percent_encode(&notice)
+        ))),
+        // Input mistakes are shown on the page itself, where they can be corrected.
+        Err(e @ (Error::BadRequest(_) | Error::NotFound(_))) => {
+            render_tokens(app, view, None, None, Some(e.message()), e.status()).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn render_tokens(
+    app: &App,
+    view: TokensView<'_>,
+    new_token: Option<NewToken>,
+    notice: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<Response<Body>> {
+    let tokens = app
+        .store
+        .list_api_tokens(&view.caller.identity.name)
+        .await?
+        .into_iter()
+        .map(|(hash, record)| TokenRow {
+            id: crate::tokens::id(&hash),
+            note: record.note,
+            created: clock::iso(record.created_at),
+            expires: record.expires_at.map(clock::iso),
+        })
+        .collect();
+    let lifetimes = [86400u64, 7 * 86400, 30 * 86400, 90 * 86400, 365 * 86400]
+        .into_iter()
+        .map(|s| Lifetime {
+            seconds: s,
+            label: describe_duration(s),
+            selected: s == crate::tokens::DEFAULT_LIFETIME,
+        })
+        .collect();
+    let mut resp = page(
+        app,
+        view.xsrf,
+        status,
+        &TokensPage {
+            prefix: app.hub.as_str().to_owned(),
+            user: Some(view.caller.identity.name.to_string()),
+            xsrf: view.xsrf.value.clone(),
+            origin: view.origin.unwrap_or_default(),
+            action_url: app.hub.external(paths::TOKENS),
+            error,
+            notice,
+            new_token,
+            max_note: crate::tokens::MAX_NOTE,
+            lifetimes,
+            tokens,
+        },
+    );
+    mark_sensitive(resp.headers_mut());
+    Ok(resp)
+}
+
+/// The form's `expires_in`, a number of seconds, if it has one.
+fn lifetime(form: &[(String, String)]) -> Result<Option<u64>> {
+    form_value(form, "expires_in")
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| Error::bad_request("The lifetime must be a number of seconds."))
+        })
+        .transpose()
+}
+
 fn describe_duration(s: u64) -> String {
     match s {
         s if s % 86400 == 0 => format!("{} day{}", s / 86400, if s == 86400 { "" } else { "s" }),
@@ -495,13 +631,7 @@ async fn sharing_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<
     let result = match action {
         "create-link" => {
             let role = parse_role(form_value(&form, "role"))?;
-            let expires_in = form_value(&form, "expires_in")
-                .map(|v| {
-                    v.parse::<u64>().map_err(|_| {
-                        Error::bad_request("The lifetime must be a number of seconds.")
-                    })
-                })
-                .transpose()?;
+            let expires_in = lifetime(&form)?;
             match app
                 .create_invite(&caller, &server, Some(role), expires_in, vec![])
                 .await

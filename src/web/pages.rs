@@ -99,6 +99,37 @@ pub struct SharingPage {
     pub grants: Vec<GrantRow>,
 }
 
+pub struct NewToken {
+    pub token: String,
+    pub id: String,
+    pub note: String,
+    pub expires_iso: String,
+}
+
+pub struct TokenRow {
+    pub id: String,
+    pub note: String,
+    pub created: String,
+    pub expires: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "tokens.html")]
+pub struct TokensPage {
+    pub prefix: String,
+    pub user: Option<String>,
+    pub xsrf: String,
+    /// latchkey's own origin, for the command line's `LATCHKEY_URL`.
+    pub origin: String,
+    pub action_url: String,
+    pub error: Option<String>,
+    pub notice: Option<String>,
+    pub new_token: Option<NewToken>,
+    pub max_note: usize,
+    pub lifetimes: Vec<Lifetime>,
+    pub tokens: Vec<TokenRow>,
+}
+
 #[derive(Template)]
 #[template(path = "accept.html")]
 pub struct AcceptPage {

@@ -1,7 +1,8 @@
 // Every latchkey page in Chromium: sign-in, dashboard, sharing menu (create a link, copy it,
-// revoke one, revoke all users, revoke all links, share directly), accept page, leave, and each
-// error page a browser can reach. Keyboard use and basic accessibility are checked on the way,
-// and every page is saved as a screenshot under target/e2e-artifacts/pages/.
+// revoke one, revoke all users, revoke all links, share directly), accept page, leave, API
+// tokens (make one, copy it, delete it), and each error page a browser can reach. Keyboard use
+// and basic accessibility are checked on the way, and every page is saved as a screenshot under
+// target/e2e-artifacts/pages/.
 //
 // john's server here is Python's http.server (a real HTTP server; the Jupyter story is in
 // jupyter.test.mjs).
@@ -249,6 +250,47 @@ test('revoke one link, revoke all users, revoke all links', async () => {
     resp = await ninaPage.goto(link);
     assert.equal(resp.status(), 404);
   }
+});
+
+test('the tokens page makes a token by keyboard, shows it once, and deletes it', async () => {
+  await johnPage.goto(lk.hub('home'));
+  await johnPage.getByRole('link', { name: 'API tokens' }).click();
+  await johnPage.getByRole('heading', { name: 'API tokens', level: 1 }).waitFor();
+  assert.match(await johnPage.locator('section[aria-labelledby=tokens]').innerText(), /You have no API tokens/);
+  await checkAccessible(johnPage);
+  await johnPage.getByLabel('Note').fill('laptop');
+  await johnPage.getByLabel('Valid for').selectOption({ label: '7 days' });
+  await johnPage.getByLabel('Note').focus();
+  await tabTo(johnPage, 'Create token');
+  const [created] = await Promise.all([johnPage.waitForNavigation(), johnPage.keyboard.press('Enter')]);
+  assert.match(created.headers()['cache-control'] || '', /no-store/);
+  assert.equal(created.headers()['referrer-policy'], 'no-referrer');
+  const token = await johnPage.locator('#new-token').inputValue();
+  assert.match(token, /^[A-Za-z0-9_-]{43}$/);
+  await johnPage.getByRole('button', { name: 'Copy token' }).click();
+  await johnPage.getByRole('button', { name: 'Copied' }).waitFor();
+  assert.equal(await johnPage.evaluate(() => navigator.clipboard.readText()), token);
+  const shown = await johnPage.locator('#newtoken').locator('..').innerText();
+  assert.match(shown, /shown only once/);
+  assert.match(shown, new RegExp(`LATCHKEY_URL=${lk.base} LATCHKEY_TOKEN=`));
+  const row = johnPage.locator('section[aria-labelledby=tokens] tbody tr');
+  assert.equal(await row.count(), 1);
+  assert.match(await row.innerText(), /laptop/);
+  await checkAccessible(johnPage);
+  await shot(johnPage, dir, 'tokens-new');
+
+  const me = lk.hub('api/user');
+  const asScript = () => request(me, { headers: { authorization: `token ${token}` } });
+  assert.equal((await asScript()).status, 200);
+  // Shown once: the page does not have it any more.
+  await johnPage.goto(lk.hub('token'));
+  assert.ok(!(await johnPage.content()).includes(token));
+
+  await Promise.all([johnPage.waitForNavigation(), row.getByRole('button', { name: /Delete token/ }).click()]);
+  await johnPage.getByRole('status').filter({ hasText: /was deleted/ }).waitFor();
+  assert.match(await johnPage.locator('section[aria-labelledby=tokens]').innerText(), /You have no API tokens/);
+  assert.equal((await asScript()).status, 401);
+  await shot(johnPage, dir, 'tokens-deleted');
 });
 
 test('error pages: not shared, no such server or page, server not reachable, not running, form expired', async () => {

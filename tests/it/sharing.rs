@@ -499,6 +499,177 @@ async fn a_websocket_opened_with_an_api_token_closes_when_the_token_expires(back
 }
 both_stores!(a_websocket_opened_with_an_api_token_closes_when_the_token_expires);
 
+/// Posts the tokens page's form with the browser's XSRF token (unless `_xsrf` is given).
+async fn tokens_form(b: &Browser, fields: &[(&str, &str)]) -> reqwest::Response {
+    let xsrf = b.xsrf().await;
+    let mut form: Vec<(&str, &str)> = fields.to_vec();
+    if !fields.iter().any(|(k, _)| *k == "_xsrf") {
+        form.push(("_xsrf", &xsrf));
+    }
+    b.client
+        .post(b.url("/hub/token"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The token shown on the page that answers a create.
+fn shown_token(page: &str) -> String {
+    let start = page
+        .find(r#"id="new-token" class="mono" readonly value=""#)
+        .expect("the new token is on the page")
+        + r#"id="new-token" class="mono" readonly value=""#.len();
+    page[start..].split('"').next().unwrap().to_owned()
+}
+
+async fn the_tokens_page_makes_shows_once_and_deletes_tokens(backend: Backend) {
+    let (_upstream, lk) = johns_server(backend).await;
+    let r = lk.browser().get("/hub/token").await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FOUND,
+        "signed out: to the sign-in page"
+    );
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/hub/login?next=")
+    );
+
+    let john = lk.signed_in("john").await;
+    let home = john.get("/hub/home").await.text().await.unwrap();
+    assert!(
+        home.contains(r#"href="/hub/token""#),
+        "the page is linked from every page"
+    );
+    let r = john.get("/hub/token").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert!(r.text().await.unwrap().contains("You have no API tokens."));
+
+    let r = tokens_form(
+        &john,
+        &[
+            ("action", "create"),
+            ("note", "laptop"),
+            ("expires_in", "86400"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    let token = shown_token(&r.text().await.unwrap());
+    assert_eq!(token.len(), 43);
+    let me = lk.url("/hub/api/user");
+    assert_eq!(status_with_token(&me, &token).await, StatusCode::OK);
+    let list = || async {
+        let v: serde_json::Value = john
+            .get("/hub/api/users/john/tokens")
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["items"].as_array().unwrap().clone()
+    };
+    let items = list().await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["note"], "laptop");
+    let id = items[0]["id"].as_str().unwrap().to_owned();
+    let created = items[0]["created_at"].as_str().unwrap();
+    let expires = items[0]["expires_at"].as_str().unwrap();
+    let ms = |iso: &str| latchkey::clock::parse_iso_millis(iso).unwrap();
+    assert_eq!(
+        ms(expires) - ms(created),
+        86_400_000,
+        "valid for the day asked for"
+    );
+
+    // Listed, never shown again.
+    let page = john.get("/hub/token").await.text().await.unwrap();
+    assert!(page.contains(&id) && page.contains("laptop"));
+    assert!(!page.contains(&token));
+
+    // Bad input is refused with a message and changes nothing.
+    let long_note = "n".repeat(201);
+    let no_xsrf = tokens_form(&john, &[("action", "create"), ("_xsrf", "")]).await;
+    assert_eq!(no_xsrf.status(), StatusCode::FORBIDDEN);
+    for (fields, status, says) in [
+        (
+            vec![("action", "create"), ("expires_in", "0")],
+            StatusCode::BAD_REQUEST,
+            "between 1 and",
+        ),
+        (
+            vec![("action", "create"), ("expires_in", "31536001")],
+            StatusCode::BAD_REQUEST,
+            "between 1 and",
+        ),
+        (
+            vec![("action", "create"), ("expires_in", "soon")],
+            StatusCode::BAD_REQUEST,
+            "number of seconds",
+        ),
+        (
+            vec![("action", "create"), ("note", long_note.as_str())],
+            StatusCode::BAD_REQUEST,
+            "at most 200",
+        ),
+        (
+            vec![("action", "create"), ("note", "a\u{7}b")],
+            StatusCode::BAD_REQUEST,
+            "control characters",
+        ),
+        (
+            vec![("action", "shred")],
+            StatusCode::BAD_REQUEST,
+            "Unknown action",
+        ),
+        (
+            vec![("action", "delete"), ("id", "xyz")],
+            StatusCode::NOT_FOUND,
+            "16 hexadecimal digits",
+        ),
+        (
+            vec![("action", "delete"), ("id", "0123456789abcdef")],
+            StatusCode::NOT_FOUND,
+            "john has no API token 0123456789abcdef",
+        ),
+    ] {
+        let r = tokens_form(&john, &fields).await;
+        assert_eq!(r.status(), status, "{fields:?}");
+        let page = r.text().await.unwrap();
+        assert!(page.contains(says), "{fields:?}: {page}");
+        assert!(
+            page.contains(&id),
+            "the page still lists the token: {fields:?}"
+        );
+    }
+    assert_eq!(list().await.len(), 1);
+
+    // Another user's token id is not john's to delete.
+    let nina = lk.signed_in("nina").await;
+    let (ninas, ninas_id) = new_api_token(&nina, "nina", json!({})).await;
+    let r = tokens_form(&john, &[("action", "delete"), ("id", &ninas_id)]).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(status_with_token(&me, &ninas).await, StatusCode::OK);
+
+    let r = tokens_form(&john, &[("action", "delete"), ("id", &id)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let back = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(back.starts_with("/hub/token?done="), "{back}");
+    assert_eq!(
+        status_with_token(&me, &token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let page = john.get(&back).await.text().await.unwrap();
+    assert!(page.contains("was deleted") && page.contains("You have no API tokens."));
+    assert!(list().await.is_empty());
+}
+both_stores!(the_tokens_page_makes_shows_once_and_deletes_tokens);
+
 async fn unauthenticated_and_unauthorised_requests_never_reach_the_upstream(backend: Backend) {
     let (upstream, lk) = johns_server(backend).await;
     let anon = lk.browser();

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::cookies::{self, CookiePolicy};
-use crate::auth::ratelimit::FailureLimiter;
+use crate::auth::ratelimit::{FailureLimiter, SignInLimit};
 use crate::auth::{Credential, Identity, Users};
 use crate::cache::Cache;
 use crate::clock;
@@ -38,7 +38,10 @@ pub struct App {
     pub client: UpstreamClient,
     /// Idle keep-alive connections of latchkey's own HTTP/1.1 path.
     pub pool: crate::h1::Pool,
+    /// Failed invite codes per client, on this instance.
     pub limiter: FailureLimiter,
+    /// Failed sign-ins per client, on the store (shared by every instance).
+    pub sign_ins: SignInLimit,
     /// Password checks of sign-ins, a few at a time.
     pub password_checks: crate::auth::password::Checks,
     pub cookies: CookiePolicy,
@@ -187,6 +190,10 @@ impl App {
             },
             hub: paths::HubPrefix::new(&config.hub_prefix),
             limiter: FailureLimiter::new(config.max_failures, config.failure_window),
+            sign_ins: SignInLimit {
+                max: config.max_failures,
+                window: config.failure_window,
+            },
             password_checks: crate::auth::password::Checks::per_core(),
             client: proxy::client(&config.upstream_ca),
             pool: Default::default(),

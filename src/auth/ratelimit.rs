@@ -1,11 +1,44 @@
-//! Failed attempts per client (sign-ins, invite codes): a fixed window counter in memory.
+//! Failed attempts per client, in fixed windows.
+//!
+//! - Sign-ins ([`SignInLimit`]) are counted on the store, so every instance on one Redis sees a
+//!   client's failures: more instances behind a load balancer do not mean more password guesses.
+//! - Invite codes ([`FailureLimiter`]) are counted in memory, per instance. A code is 256 random
+//!   bits, so guessing one is hopeless however many tries there are; the limit only sheds
+//!   clients that keep sending bad codes, and the accept path keeps its store round trips few.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
 use crate::clock::Timestamp;
+use crate::error::Result;
+use crate::store::Store;
 
+/// At most `max` failed sign-ins per client address in a window of `window` seconds, counted on
+/// the store.
+pub struct SignInLimit {
+    pub max: u32,
+    pub window: u64,
+}
+
+impl SignInLimit {
+    /// Seconds the client must wait before it may try again, if it has used up its attempts.
+    pub async fn blocked_for(&self, store: &dyn Store, client: IpAddr) -> Result<Option<u64>> {
+        let failures = store.sign_in_failures(&client.to_string()).await?;
+        Ok(failures
+            .filter(|f| f.count >= u64::from(self.max))
+            .map(|f| f.ends_in))
+    }
+
+    pub async fn record_failure(&self, store: &dyn Store, client: IpAddr) -> Result<()> {
+        store
+            .add_sign_in_failure(&client.to_string(), self.window)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Failed invite codes per client address, in memory.
 pub struct FailureLimiter {
     max: u32,
     window: u64,

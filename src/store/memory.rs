@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    Accepted, ApiTokenRecord, InviteView, LoginRecord, NewRoute, RouteChange, ServerGrants, Store,
-    StoredRoute, merged_role,
+    Accepted, ApiTokenRecord, Failures, InviteView, LoginRecord, NewRoute, RouteChange,
+    ServerGrants, Store, StoredRoute, merged_role,
 };
 use crate::auth::Identity;
 use crate::clock::{self, Timestamp};
@@ -31,6 +31,8 @@ struct Inner {
     tokens: HashMap<TokenHash, ApiTokenRecord>,
     /// Code hash -> (server, session, invite id).
     codes: HashMap<TokenHash, (ServerRef, String, String)>,
+    /// Client -> (when its window of failed sign-ins closes, failures in it).
+    sign_in_failures: HashMap<String, (Timestamp, u64)>,
 }
 
 struct RouteEntry {
@@ -204,6 +206,37 @@ impl Store for MemoryStore {
         inner.logins.retain(|_, r| r.expires_at > now);
         inner.logins.insert(*id, record.clone());
         Ok(())
+    }
+
+    async fn add_sign_in_failure(&self, client: &str, window: u64) -> Result<Failures> {
+        let now = clock::now();
+        let mut inner = self.lock();
+        let failures = &mut inner.sign_in_failures;
+        if failures.len() > 100_000 {
+            failures.retain(|_, (ends, _)| now < *ends);
+        }
+        let entry = failures.entry(client.to_owned()).or_insert((now, 0));
+        if now >= entry.0 {
+            *entry = (now + window as i64, 0);
+        }
+        entry.1 += 1;
+        Ok(Failures {
+            count: entry.1,
+            ends_in: (entry.0 - now).max(1) as u64,
+        })
+    }
+
+    async fn sign_in_failures(&self, client: &str) -> Result<Option<Failures>> {
+        let now = clock::now();
+        Ok(self
+            .lock()
+            .sign_in_failures
+            .get(client)
+            .filter(|(ends, _)| now < *ends)
+            .map(|(ends, count)| Failures {
+                count: *count,
+                ends_in: (ends - now).max(1) as u64,
+            }))
     }
 
     async fn get_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>> {

@@ -8,8 +8,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    Accepted, ApiTokenRecord, InviteView, LoginRecord, NewRoute, RouteChange, ServerGrants, Store,
-    StoreEvent, StoredRoute,
+    Accepted, ApiTokenRecord, Failures, InviteView, LoginRecord, NewRoute, RouteChange,
+    ServerGrants, Store, StoreEvent, StoredRoute,
 };
 use crate::auth::Identity;
 use crate::clock::Timestamp;
@@ -81,6 +81,19 @@ impl Store for MeteredStore {
 
     async fn put_login(&self, id: &TokenHash, record: &LoginRecord) -> Result<()> {
         self.timed("put_login", self.inner.put_login(id, record))
+            .await
+    }
+
+    async fn add_sign_in_failure(&self, client: &str, window: u64) -> Result<Failures> {
+        self.timed(
+            "add_sign_in_failure",
+            self.inner.add_sign_in_failure(client, window),
+        )
+        .await
+    }
+
+    async fn sign_in_failures(&self, client: &str) -> Result<Option<Failures>> {
+        self.timed("sign_in_failures", self.inner.sign_in_failures(client))
             .await
     }
 

@@ -64,6 +64,14 @@ pub struct LoginRecord {
 }
 
 /// An API token, stored under its hash.
+/// Failed attempts of one client in its open window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failures {
+    pub count: u64,
+    /// Seconds until the window closes (at least 1).
+    pub ends_in: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApiTokenRecord {
     pub user: UserName,
@@ -149,6 +157,12 @@ pub trait Store: Send + Sync + 'static {
     async fn put_login(&self, id: &TokenHash, record: &LoginRecord) -> Result<()>;
     async fn get_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>>;
     async fn delete_login(&self, id: &TokenHash) -> Result<()>;
+    /// Counts one failed sign-in of `client` in its window: a window opens with the first
+    /// failure and lasts `window` seconds, and every instance on this store counts into the
+    /// same one. Returns the window's failures so far.
+    async fn add_sign_in_failure(&self, client: &str, window: u64) -> Result<Failures>;
+    /// `client`'s failed sign-ins in its open window, if it has one.
+    async fn sign_in_failures(&self, client: &str) -> Result<Option<Failures>>;
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()>;
     async fn get_api_token(&self, token: &TokenHash) -> Result<Option<ApiTokenRecord>>;
     /// The user's live API tokens with their hashes, newest first.

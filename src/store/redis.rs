@@ -15,8 +15,8 @@ use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Accepted, ApiTokenRecord, InviteView, LoginRecord, NewRoute, RouteChange, ServerGrants, Store,
-    StoredRoute,
+    Accepted, ApiTokenRecord, Failures, InviteView, LoginRecord, NewRoute, RouteChange,
+    ServerGrants, Store, StoredRoute,
 };
 use crate::auth::Identity;
 use crate::clock::{self, Timestamp};
@@ -100,6 +100,11 @@ fn token_key(hex: &str) -> String {
 /// Seconds the index of a user's API tokens lives after a token is added: a token lives at
 /// most a year.
 const TOKEN_INDEX_TTL: u64 = 366 * 86_400;
+
+/// Failed sign-ins of one client (its address) in its open window.
+fn sign_in_failures_key(client: &str) -> String {
+    format!("lk:sign-in-failures:{client}")
+}
 
 /// The set of a user's API token hashes.
 fn tokens_of_key(user: &UserName) -> String {
@@ -507,6 +512,47 @@ impl Store for RedisStore {
             .map_err(unavailable)?;
         // Announced, so that every instance closes the connections opened with it.
         self.announce(&[format!("l {}", id.to_hex())]).await
+    }
+
+    async fn add_sign_in_failure(&self, client: &str, window: u64) -> Result<Failures> {
+        // The window opens with the first failure (SET NX with its expiry) and INCR keeps the
+        // expiry; one key, so one slot in a cluster.
+        let key = sign_in_failures_key(client);
+        let (count, ttl): (u64, i64) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(0)
+            .arg("EX")
+            .arg(window.max(1))
+            .arg("NX")
+            .ignore()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("TTL")
+            .arg(&key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(Failures {
+            count,
+            ends_in: ttl.max(1) as u64,
+        })
+    }
+
+    async fn sign_in_failures(&self, client: &str) -> Result<Option<Failures>> {
+        let key = sign_in_failures_key(client);
+        let (count, ttl): (Option<u64>, i64) = redis::pipe()
+            .get(&key)
+            .cmd("TTL")
+            .arg(&key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(count.map(|count| Failures {
+            count,
+            ends_in: ttl.max(1) as u64,
+        }))
     }
 
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {

@@ -200,8 +200,8 @@ async fn login_form(
 }
 
 async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
-    let now = clock::now();
-    if let Some(wait) = app.limiter.blocked_for(ctx.client_ip, now) {
+    let store = app.store.as_ref();
+    if let Some(wait) = app.sign_ins.blocked_for(store, ctx.client_ip).await? {
         return Err(Error::TooManyRequests { retry_after: wait });
     }
     let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref());
@@ -232,7 +232,7 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
         .flatten()
         .and_then(|u| app.users.identity(&u));
     let Some(identity) = identity else {
-        app.limiter.record_failure(ctx.client_ip, now);
+        app.sign_ins.record_failure(store, ctx.client_ip).await?;
         tracing::info!(client = %ctx.client_ip, "failed sign-in");
         let xsrf = Xsrf::of(&headers);
         return Ok(page(

@@ -40,6 +40,7 @@ macro_rules! contract {
 }
 
 contract!(
+    failed_sign_ins_are_counted_per_client_in_a_window,
     reposting_the_identical_route_keeps_the_session,
     a_different_target_starts_a_new_session_and_voids_its_grants_and_invites,
     a_different_explicit_session_starts_a_new_session,
@@ -1077,6 +1078,32 @@ async fn shared_with_finds_user_and_group_grants(store: &dyn Store) {
 
 // ---------------------------------------------------------------------------------------------
 // Logins, API tokens, revision, activity.
+
+async fn failed_sign_ins_are_counted_per_client_in_a_window(store: &dyn Store) {
+    let (a, b) = ("192.0.2.1", "2001:db8::1");
+    assert_eq!(store.sign_in_failures(a).await.unwrap(), None);
+    let first = store.add_sign_in_failure(a, 60).await.unwrap();
+    assert_eq!(first.count, 1);
+    assert!((59..=60).contains(&first.ends_in), "{first:?}");
+    let second = store.add_sign_in_failure(a, 60).await.unwrap();
+    assert_eq!(second.count, 2);
+    assert!(second.ends_in <= first.ends_in, "the window does not move");
+    let now = store.sign_in_failures(a).await.unwrap().unwrap();
+    assert_eq!(now.count, 2);
+    assert!((1..=60).contains(&now.ends_in));
+    assert_eq!(store.sign_in_failures(b).await.unwrap(), None, "per client");
+
+    // When the window closes the count starts again.
+    store.add_sign_in_failure(b, 1).await.unwrap();
+    store.add_sign_in_failure(b, 1).await.unwrap();
+    let closed = eventually(Duration::from_secs(3), async || {
+        store.sign_in_failures(b).await.unwrap().is_none()
+    })
+    .await;
+    assert!(closed, "the window closes after its second");
+    assert_eq!(store.add_sign_in_failure(b, 1).await.unwrap().count, 1);
+    assert_eq!(store.sign_in_failures(a).await.unwrap().unwrap().count, 2);
+}
 
 async fn logins_are_stored_read_and_deleted(store: &dyn Store) {
     let id = Secret::generate().hash();

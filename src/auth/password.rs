@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use argon2::{Argon2, PasswordHasher};
 use tokio::sync::Semaphore;
 
 /// Hashes a password into a PHC string (argon2id, random salt).
@@ -21,10 +21,86 @@ pub fn is_valid_hash(phc: &str) -> bool {
 }
 
 /// Verifies a password; CPU-heavy, so call it from a blocking task.
+///
+/// The same check as argon2's `verify_password`, with the working memory (19 MiB with the
+/// default parameters) mapped for this check alone and unmapped at its end: from the allocator,
+/// it stayed in the checking thread's heap until that thread exited, seconds later.
 pub fn verify(password: &str, phc: &str) -> bool {
-    Argon2::default()
-        .verify_password(password.as_bytes(), phc)
+    use argon2::password_hash::phc::{Output, PasswordHash};
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        argon2::Algorithm::try_from(parsed.algorithm.as_str()),
+        argon2::Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Some(mut blocks) = Blocks::map(params.block_count()) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, blocks.as_mut())
         .is_ok()
+        // Output's equality is constant-time.
+        && Output::new(&out).is_ok_and(|computed| &computed == expected)
+}
+
+/// argon2's working memory for one check: an anonymous private mapping, unmapped when dropped.
+struct Blocks {
+    start: std::ptr::NonNull<argon2::Block>,
+    len: usize,
+}
+
+impl Blocks {
+    fn map(len: usize) -> Option<Blocks> {
+        let bytes = len.checked_mul(size_of::<argon2::Block>())?.max(1);
+        // SAFETY: a new anonymous mapping that nothing else refers to; failure is checked.
+        let start = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if start == libc::MAP_FAILED {
+            return None;
+        }
+        Some(Blocks {
+            start: std::ptr::NonNull::new(start.cast())?,
+            len,
+        })
+    }
+}
+
+impl AsMut<[argon2::Block]> for Blocks {
+    fn as_mut(&mut self) -> &mut [argon2::Block] {
+        // SAFETY: the mapping holds `len` blocks, is page-aligned (more than a block's 64-byte
+        // alignment), zero-filled (all-zero is a valid block: it is plain integers) and owned
+        // by `self`, which this borrow borrows.
+        unsafe { std::slice::from_raw_parts_mut(self.start.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Blocks {
+    fn drop(&mut self) {
+        let bytes = (self.len * size_of::<argon2::Block>()).max(1);
+        // SAFETY: the mapping made in `map`, with its length; nothing borrows it any more.
+        unsafe {
+            libc::munmap(self.start.as_ptr().cast(), bytes);
+        }
+    }
 }
 
 /// The password checks of sign-ins, a few at a time. Each argon2id check takes about 19 MiB and
@@ -146,6 +222,47 @@ mod tests {
         assert!(verify("correct horse", &h));
         assert!(!verify("battery staple", &h));
         assert!(!is_valid_hash("plain"));
+    }
+
+    #[test]
+    fn verify_agrees_with_argon2s_own_check_for_every_variant() {
+        use argon2::{Algorithm, Params, PasswordVerifier, Version};
+        let small = |m, t, p| Params::new(m, t, p, None).unwrap();
+        for (algorithm, version, params) in [
+            (Algorithm::Argon2id, Version::V0x13, small(64, 1, 1)),
+            (Algorithm::Argon2id, Version::V0x13, small(256, 2, 2)),
+            (Algorithm::Argon2i, Version::V0x13, small(64, 3, 1)),
+            (Algorithm::Argon2d, Version::V0x10, small(128, 1, 4)),
+            (
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::new(64, 1, 1, Some(64)).unwrap(),
+            ),
+        ] {
+            let phc = Argon2::new(algorithm, version, params)
+                .hash_password(b"correct horse")
+                .unwrap()
+                .to_string();
+            for (password, right) in [("correct horse", true), ("correct horsf", false)] {
+                let theirs = Argon2::default()
+                    .verify_password(password.as_bytes(), phc.as_str())
+                    .is_ok();
+                assert_eq!(theirs, right, "{phc}");
+                assert_eq!(verify(password, &phc), right, "{phc} with {password:?}");
+            }
+        }
+        // Broken hashes verify nothing.
+        let good = hash("correct horse").unwrap();
+        let (head, _) = good.rsplit_once('$').unwrap();
+        for broken in [
+            "",
+            "$argon2id$v=19$m=19456,t=2,p=1",
+            head,
+            "$argon2id$v=99$m=64,t=1,p=1$c29tZXNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "$scrypt$ln=16,r=8,p=1$aM15713r3Xsvxbi31lqr1Q$nFNh2CVHVjNldFVKDHDlm4CbdRSCdEBsjjJxD+iCs5E",
+        ] {
+            assert!(!verify("correct horse", broken), "{broken:?}");
+        }
     }
 
     const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));

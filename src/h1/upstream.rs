@@ -390,15 +390,6 @@ where
 
     let chunked = matches!(framing, Framing::Chunked | Framing::Close);
     answer_head(out, &answer, fields, x.request_id, chunked, close_client);
-    let cancel = registration.as_ref().map(|r| r.cancel.clone());
-    let cancelled = async {
-        match &cancel {
-            Some(c) => c.cancelled().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(cancelled);
-
     let mut head_sent = Some(on_head);
     let mut left = match framing {
         Framing::Length(n) => n,
@@ -406,80 +397,91 @@ where
     };
     let mut chunks = Chunked::new();
     let mut done = framing == Framing::Empty || framing == Framing::Length(0);
-    loop {
-        // Move what has arrived from the upstream into `out`, framed for the client.
-        if !conn.buf.is_empty() && !done {
-            match framing {
-                Framing::Length(_) => {
-                    let n = left.min(conn.buf.len() as u64) as usize;
-                    if out.is_empty() {
-                        // Body bytes only: straight from the read buffer, without a copy.
-                        if client.write_all(&conn.buf[..n]).await.is_err()
-                            || client.flush().await.is_err()
-                        {
-                            return Ok(Exchanged::Done(false));
+    // The body, to its end (true) or until either side fails (false). When access ends, the
+    // registration's token drops it wherever it is, a write to a slow client included.
+    let body = async {
+        loop {
+            // Move what has arrived from the upstream into `out`, framed for the client.
+            if !conn.buf.is_empty() && !done {
+                match framing {
+                    Framing::Length(_) => {
+                        let n = left.min(conn.buf.len() as u64) as usize;
+                        if out.is_empty() {
+                            // Body bytes only: straight from the read buffer, without a copy.
+                            if client.write_all(&conn.buf[..n]).await.is_err()
+                                || client.flush().await.is_err()
+                            {
+                                return Ok(false);
+                            }
+                        } else {
+                            out.extend_from_slice(&conn.buf[..n]);
                         }
-                    } else {
-                        out.extend_from_slice(&conn.buf[..n]);
+                        conn.buf.advance(n);
+                        left -= n as u64;
+                        done = left == 0;
                     }
-                    conn.buf.advance(n);
-                    left -= n as u64;
-                    done = left == 0;
+                    Framing::Chunked => {
+                        let Ok(n) = chunks.feed(&conn.buf, out) else {
+                            tracing::warn!(route = %route.path, "upstream sent a broken chunked body");
+                            if head_sent.is_some() {
+                                // Nothing has reached the client yet: it can still be told.
+                                return Err(Failure::Answer(Error::UpstreamUnavailable));
+                            }
+                            return Ok(false);
+                        };
+                        conn.buf.advance(n);
+                        done = chunks.is_done();
+                    }
+                    Framing::Close => {
+                        out.extend_from_slice(format!("{:x}\r\n", conn.buf.len()).as_bytes());
+                        out.extend_from_slice(&conn.buf);
+                        out.extend_from_slice(b"\r\n");
+                        conn.buf.clear();
+                    }
+                    Framing::Empty => {}
                 }
-                Framing::Chunked => {
-                    let Ok(n) = chunks.feed(&conn.buf, out) else {
-                        tracing::warn!(route = %route.path, "upstream sent a broken chunked body");
-                        if head_sent.is_some() {
-                            // Nothing has reached the client yet: it can still be told.
-                            return Err(Failure::Answer(Error::UpstreamUnavailable));
-                        }
-                        return Ok(Exchanged::Done(false));
-                    };
-                    conn.buf.advance(n);
-                    done = chunks.is_done();
+            }
+            if !out.is_empty() {
+                if client.write_all(out).await.is_err() || client.flush().await.is_err() {
+                    return Ok(false);
                 }
-                Framing::Close => {
-                    out.extend_from_slice(format!("{:x}\r\n", conn.buf.len()).as_bytes());
-                    out.extend_from_slice(&conn.buf);
-                    out.extend_from_slice(b"\r\n");
-                    conn.buf.clear();
+                out.clear();
+                if let Some(f) = head_sent.take() {
+                    f(answer.status);
                 }
-                Framing::Empty => {}
+            }
+            if done {
+                break;
+            }
+            conn.buf.reserve(READ_CHUNK);
+            let read = conn.stream.read_buf(&mut conn.buf).await;
+            match read {
+                Ok(0) if framing == Framing::Close => {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    done = true;
+                    reusable = false;
+                }
+                Ok(0) | Err(_) => {
+                    // The upstream broke off the body: the client cannot be told but by a close.
+                    return Ok(false);
+                }
+                Ok(_) => {}
             }
         }
-        if !out.is_empty() {
-            if client.write_all(out).await.is_err() || client.flush().await.is_err() {
-                return Ok(Exchanged::Done(false));
-            }
-            out.clear();
-            if let Some(f) = head_sent.take() {
-                f(answer.status);
-            }
-        }
-        if done {
-            break;
-        }
-        conn.buf.reserve(READ_CHUNK);
-        let read = tokio::select! {
-            biased;
-            _ = &mut cancelled => {
+        Ok::<bool, Failure>(true)
+    };
+    let completed = match &registration {
+        Some(r) => match crate::proxy::cancel::until_cancelled(body, &r.cancel).await {
+            Some(completed) => completed?,
+            None => {
                 tracing::info!(route = %route.path, "response closed: access ended");
-                return Ok(Exchanged::Done(false));
+                false
             }
-            r = conn.stream.read_buf(&mut conn.buf) => r,
-        };
-        match read {
-            Ok(0) if framing == Framing::Close => {
-                out.extend_from_slice(b"0\r\n\r\n");
-                done = true;
-                reusable = false;
-            }
-            Ok(0) | Err(_) => {
-                // The upstream broke off the body: the client cannot be told but by a close.
-                return Ok(Exchanged::Done(false));
-            }
-            Ok(_) => {}
-        }
+        },
+        None => body.await?,
+    };
+    if !completed {
+        return Ok(Exchanged::Done(false));
     }
     drop(registration);
     if reusable && conn.buf.is_empty() {

@@ -1098,6 +1098,54 @@ async fn revoking_access_ends_a_streamed_answer() {
     assert_eq!(c.response().await.status, 403);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_access_ends_an_answer_stuck_on_a_client_that_stopped_reading() {
+    // The upstream sends a long download as fast as it can; nina's client reads the head and
+    // then nothing, so latchkey's write to her blocks once the socket buffers are full. Her
+    // revocation must end the exchange there and then (the upstream sees its connection
+    // closed), not when her client reads again.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}", listener.local_addr().unwrap());
+    let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = vec![];
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let answer = b"HTTP/1.1 200 OK\r\nX-Up: raw\r\nContent-Length: 1073741824\r\n\r\n";
+        stream.write_all(answer).await.unwrap();
+        let block = vec![b'x'; 64 * 1024];
+        while stream.write_all(&block).await.is_ok() {}
+        let _ = closed_tx.send(());
+    });
+    let lk = Latchkey::spawn(Backend::Memory).await;
+    route(&lk, "", &target).await;
+    let (john, _, nina) = shared_with_nina(&lk).await;
+    let mut c = nina.connect().await;
+    c.send(nina.get("/user/john/download")).await;
+    let (status, headers, _) = c.response_head().await.unwrap();
+    assert_eq!(status, 200);
+    assert!(headers.iter().any(|(n, _)| n == "X-Up"), "{headers:?}");
+    // Long enough for every buffer on the way to fill up.
+    tokio::time::sleep(ms(500)).await;
+
+    john.revoke("john/", "nina").await;
+    assert!(
+        tokio::time::timeout(ms(2000), closed).await.is_ok(),
+        "latchkey gave up the upstream connection while nina's client was not reading"
+    );
+    assert!(
+        c.closed_within(ms(5000)).await,
+        "nina's connection ends once she reads what was already on its way"
+    );
+}
+
 /// john's browser, and nina, who accepted his invite (role `use`): her browser, and a raw
 /// client with her cookie.
 async fn shared_with_nina(lk: &Latchkey) -> (Browser, Browser, Caller) {

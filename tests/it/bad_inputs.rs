@@ -321,23 +321,7 @@ both_stores!(sign_in_failures_are_clear_and_redirects_stay_on_this_site);
 async fn failed_sign_ins_are_rate_limited_per_client() {
     let lk = Latchkey::start(None, "[login]\nmax_failures = 3\nfailure_window = 60\n").await;
     let b = lk.browser();
-    let xsrf = b.xsrf().await;
-    let attempt = |password: &'static str| {
-        let b = &b;
-        let xsrf = xsrf.clone();
-        async move {
-            b.client
-                .post(b.url("/hub/login"))
-                .form(&[
-                    ("username", "john"),
-                    ("password", password),
-                    ("_xsrf", xsrf.as_str()),
-                ])
-                .send()
-                .await
-                .unwrap()
-        }
-    };
+    let attempt = |password: &'static str| b.try_login("john", password);
     for _ in 0..3 {
         assert_eq!(attempt("wrong").await.status(), StatusCode::FORBIDDEN);
     }

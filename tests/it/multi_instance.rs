@@ -795,19 +795,7 @@ async fn a_token_deleted_on_one_instance_is_refused_and_closed_on_another() {
 async fn failed_sign_ins_on_one_instance_count_on_the_others() {
     let rig = Rig::start_with(3, "[login]\nmax_failures = 4\nfailure_window = 60\n").await;
     let attempt = async |lk: &Latchkey, password: &str| {
-        let b = lk.browser();
-        let xsrf = b.xsrf().await;
-        b.client
-            .post(b.url("/hub/login"))
-            .form(&[
-                ("username", "john"),
-                ("password", password),
-                ("_xsrf", xsrf.as_str()),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .status()
+        lk.browser().try_login("john", password).await.status()
     };
     // Four wrong passwords, spread over three instances, use up the client's attempts on all.
     for lk in [

@@ -54,7 +54,8 @@ pub fn verify(password: &str, phc: &str) -> bool {
         && Output::new(&out).is_ok_and(|computed| &computed == expected)
 }
 
-/// argon2's working memory for one check: an anonymous private mapping, unmapped when dropped.
+/// argon2's working memory for one check: an anonymous private mapping, populated when made
+/// and unmapped when dropped.
 struct Blocks {
     start: std::ptr::NonNull<argon2::Block>,
     len: usize,
@@ -69,7 +70,9 @@ impl Blocks {
                 std::ptr::null_mut(),
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                // Populated at once: argon2 writes every block anyway, and one call is cheaper
+                // than a page fault per page (a check took 23.5 ms instead of 20.5).
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
                 -1,
                 0,
             )
@@ -113,7 +116,8 @@ impl Drop for Blocks {
 pub struct Checks {
     turns: Arc<Semaphore>,
     wait: Duration,
-    /// Per client address: its own turns, and how many of its checks hold or wait for one.
+    /// Per client (its address; an IPv6 client its /64): its own turns, and how many of its
+    /// checks hold or wait for one.
     per_client: PerClient,
 }
 
@@ -137,28 +141,42 @@ impl Checks {
     }
 
     /// Whether `password` matches `phc`, checked on the blocking pool once it is this check's
-    /// turn (first among `client`'s checks, then among all); `None` when no turn came within
-    /// the wait. The turns are held by the check itself, so a client that goes away does not
-    /// free them while its hash still runs.
-    pub async fn verify(&self, client: IpAddr, password: String, phc: String) -> Option<bool> {
+    /// turn (first among `client`'s checks, then among all) and `gate` (run at that moment)
+    /// lets it; `None` when no turn came within the wait. The turns are held by the check
+    /// itself, so a client that goes away does not free them while its hash still runs.
+    pub async fn verify(
+        &self,
+        client: IpAddr,
+        password: String,
+        phc: String,
+        gate: impl Future<Output = crate::error::Result<()>>,
+    ) -> crate::error::Result<Option<bool>> {
         let deadline = tokio::time::Instant::now() + self.wait;
+        let client = super::ratelimit::client_block(client);
         let (member, own) = Member::join(&self.per_client, client);
-        let own_turn = tokio::time::timeout_at(deadline, own.acquire_owned())
-            .await
-            .ok()?
-            .ok()?;
-        let turn = tokio::time::timeout_at(deadline, self.turns.clone().acquire_owned())
-            .await
-            .ok()?
-            .ok()?;
+        let turns = async {
+            let own_turn = tokio::time::timeout_at(deadline, own.acquire_owned())
+                .await
+                .ok()?
+                .ok()?;
+            let turn = tokio::time::timeout_at(deadline, self.turns.clone().acquire_owned())
+                .await
+                .ok()?
+                .ok()?;
+            Some((own_turn, turn))
+        };
+        let Some(turns) = turns.await else {
+            return Ok(None);
+        };
+        gate.await?;
         let verified = tokio::task::spawn_blocking(move || {
             let verified = verify(&password, &phc);
-            drop((turn, own_turn, member));
+            drop((turns, member));
             verified
         })
         .await
         .unwrap_or(false);
-        Some(verified)
+        Ok(Some(verified))
     }
 
     /// Seconds a client is told to wait before trying again after a `None` from [`verify`].
@@ -267,6 +285,11 @@ mod tests {
 
     const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
+    /// A gate that lets every check through.
+    async fn open() -> crate::error::Result<()> {
+        Ok(())
+    }
+
     #[tokio::test]
     async fn one_client_has_a_few_checks_in_the_queue_at_most() {
         let phc = hash("correct horse").unwrap();
@@ -275,7 +298,10 @@ mod tests {
         let check = |client: IpAddr, name: &'static str| {
             let (checks, phc, done) = (checks.clone(), phc.clone(), done.clone());
             tokio::spawn(async move {
-                let verified = checks.verify(client, "correct horse".into(), phc).await;
+                let verified = checks
+                    .verify(client, "correct horse".into(), phc, open())
+                    .await
+                    .unwrap();
                 done.lock().unwrap().push(name);
                 verified
             })
@@ -311,8 +337,9 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(
             checks
-                .verify(HOME, "correct horse".into(), phc.clone())
-                .await,
+                .verify(HOME, "correct horse".into(), phc.clone(), open())
+                .await
+                .unwrap(),
             None
         );
         assert!(started.elapsed() >= Duration::from_millis(50));
@@ -324,13 +351,24 @@ mod tests {
                 per_client: checks.per_client.clone(),
             };
             let phc = phc.clone();
-            async move { checks.verify(HOME, "correct horse".into(), phc).await }
+            async move {
+                checks
+                    .verify(HOME, "correct horse".into(), phc, open())
+                    .await
+                    .unwrap()
+            }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished());
         drop(held);
         assert_eq!(waiting.await.unwrap(), Some(true));
-        assert_eq!(checks.verify(HOME, "wrong".into(), phc).await, Some(false));
+        assert_eq!(
+            checks
+                .verify(HOME, "wrong".into(), phc, open())
+                .await
+                .unwrap(),
+            Some(false)
+        );
         // Every turn is back once the checks are done.
         assert_eq!(checks.turns.available_permits(), 1);
     }
@@ -343,9 +381,12 @@ mod tests {
             .map(|i| {
                 let (checks, phc) = (checks.clone(), phc.clone());
                 let client = IpAddr::from([10, 0, 0, i]);
-                tokio::spawn(
-                    async move { checks.verify(client, "correct horse".into(), phc).await },
-                )
+                tokio::spawn(async move {
+                    checks
+                        .verify(client, "correct horse".into(), phc, open())
+                        .await
+                        .unwrap()
+                })
             })
             .collect();
         let mut least = 2;

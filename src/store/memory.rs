@@ -11,6 +11,7 @@ use super::{
     ServerGrants, Store, StoredRoute, merged_role,
 };
 use crate::auth::Identity;
+use crate::auth::ratelimit::FixedWindows;
 use crate::clock::{self, Timestamp};
 use crate::error::{Error, Result};
 use crate::ids::{ServerRef, UserName};
@@ -31,8 +32,8 @@ struct Inner {
     tokens: HashMap<TokenHash, ApiTokenRecord>,
     /// Code hash -> (server, session, invite id).
     codes: HashMap<TokenHash, (ServerRef, String, String)>,
-    /// Client -> (when its window of failed sign-ins closes, failures in it).
-    sign_in_failures: HashMap<String, (Timestamp, u64)>,
+    /// Failed sign-ins per client.
+    sign_in_failures: FixedWindows<String>,
 }
 
 struct RouteEntry {
@@ -210,33 +211,15 @@ impl Store for MemoryStore {
 
     async fn add_sign_in_failure(&self, client: &str, window: u64) -> Result<Failures> {
         let now = clock::now();
-        let mut inner = self.lock();
-        let failures = &mut inner.sign_in_failures;
-        if failures.len() > 100_000 {
-            failures.retain(|_, (ends, _)| now < *ends);
-        }
-        let entry = failures.entry(client.to_owned()).or_insert((now, 0));
-        if now >= entry.0 {
-            *entry = (now + window as i64, 0);
-        }
-        entry.1 += 1;
-        Ok(Failures {
-            count: entry.1,
-            ends_in: (entry.0 - now).max(1) as u64,
-        })
+        Ok(self
+            .lock()
+            .sign_in_failures
+            .add(client.to_owned(), now, window))
     }
 
     async fn sign_in_failures(&self, client: &str) -> Result<Option<Failures>> {
         let now = clock::now();
-        Ok(self
-            .lock()
-            .sign_in_failures
-            .get(client)
-            .filter(|(ends, _)| now < *ends)
-            .map(|(ends, count)| Failures {
-                count: *count,
-                ends_in: (ends - now).max(1) as u64,
-            }))
+        Ok(self.lock().sign_in_failures.get(&client.to_owned(), now))
     }
 
     async fn get_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>> {

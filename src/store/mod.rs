@@ -63,7 +63,6 @@ pub struct LoginRecord {
     pub expires_at: Timestamp,
 }
 
-/// An API token, stored under its hash.
 /// Failed attempts of one client in its open window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Failures {
@@ -72,6 +71,7 @@ pub struct Failures {
     pub ends_in: u64,
 }
 
+/// An API token, stored under its hash.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApiTokenRecord {
     pub user: UserName,
@@ -157,9 +157,9 @@ pub trait Store: Send + Sync + 'static {
     async fn put_login(&self, id: &TokenHash, record: &LoginRecord) -> Result<()>;
     async fn get_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>>;
     async fn delete_login(&self, id: &TokenHash) -> Result<()>;
-    /// Counts one failed sign-in of `client` in its window: a window opens with the first
-    /// failure and lasts `window` seconds, and every instance on this store counts into the
-    /// same one. Returns the window's failures so far.
+    /// Counts one failed sign-in of `client` (an address or an IPv6 /64) in its window: a
+    /// window opens with the first failure and lasts `window` seconds, and every instance on
+    /// this store counts into the same one. Returns the window's failures so far.
     async fn add_sign_in_failure(&self, client: &str, window: u64) -> Result<Failures>;
     /// `client`'s failed sign-ins in its open window, if it has one.
     async fn sign_in_failures(&self, client: &str) -> Result<Option<Failures>>;

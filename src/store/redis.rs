@@ -101,7 +101,7 @@ fn token_key(hex: &str) -> String {
 /// most a year.
 const TOKEN_INDEX_TTL: u64 = 366 * 86_400;
 
-/// Failed sign-ins of one client (its address) in its open window.
+/// Failed sign-ins of one client (an address or an IPv6 /64) in its open window.
 fn sign_in_failures_key(client: &str) -> String {
     format!("lk:sign-in-failures:{client}")
 }
@@ -518,13 +518,14 @@ impl Store for RedisStore {
         // The window opens with the first failure (SET NX with its expiry) and INCR keeps the
         // expiry; one key, so one slot in a cluster.
         let key = sign_in_failures_key(client);
+        let window = window.max(1);
         let (count, ttl): (u64, i64) = redis::pipe()
             .atomic()
             .cmd("SET")
             .arg(&key)
             .arg(0)
             .arg("EX")
-            .arg(window.max(1))
+            .arg(window)
             .arg("NX")
             .ignore()
             .cmd("INCR")
@@ -534,9 +535,17 @@ impl Store for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
+        if ttl < 0 {
+            // A key without an expiry (restored from elsewhere, or set by hand) would block
+            // the client for good: give it this window.
+            self.conn()
+                .expire::<_, ()>(&key, window as i64)
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(Failures {
             count,
-            ends_in: ttl.max(1) as u64,
+            ends_in: if ttl > 0 { ttl as u64 } else { window },
         })
     }
 
@@ -549,6 +558,7 @@ impl Store for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
+        // TTL -2: gone between the two commands; -1 cannot last (the next failure sets one).
         Ok(count.map(|count| Failures {
             count,
             ends_in: ttl.max(1) as u64,

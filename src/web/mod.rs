@@ -201,9 +201,7 @@ async fn login_form(
 
 async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
     let store = app.store.as_ref();
-    if let Some(wait) = app.sign_ins.blocked_for(store, ctx.client_ip).await? {
-        return Err(Error::TooManyRequests { retry_after: wait });
-    }
+    app.sign_ins.allowed(store, ctx.client_ip).await?;
     let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref());
     let (headers, form) = read_form(app, req, ctx).await?;
     let next = next
@@ -217,10 +215,13 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
     let hash = app.users.password_hash(&username).map(str::to_owned);
     let known = hash.is_some();
     let phc = hash.unwrap_or_else(|| crate::auth::password::decoy_hash().to_owned());
+    // Asked again when the check's turn comes: by then the failures of this client's checks
+    // ahead of it are counted.
+    let gate = app.sign_ins.allowed(store, ctx.client_ip);
     let Some(verified) = app
         .password_checks
-        .verify(ctx.client_ip, password, phc)
-        .await
+        .verify(ctx.client_ip, password, phc, gate)
+        .await?
     else {
         tracing::info!(client = %ctx.client_ip, "sign-in refused: too many password checks waiting");
         return Err(Error::Busy {

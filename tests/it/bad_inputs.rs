@@ -317,6 +317,37 @@ async fn sign_in_failures_are_clear_and_redirects_stay_on_this_site(backend: Bac
 }
 both_stores!(sign_in_failures_are_clear_and_redirects_stay_on_this_site);
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_sent_at_once_are_not_all_checked() {
+    // 40 guesses in one burst, the limit 3: they wait for their turns, and once three have
+    // failed the rest are refused without a check (they used to pass the limit together and
+    // all be checked). Checks running side by side on several cores can each pass before the
+    // others' failures are counted: one per core at most.
+    let lk = Latchkey::start(None, "[login]\nmax_failures = 3\nfailure_window = 60\n").await;
+    let b = lk.browser();
+    b.xsrf().await;
+    let tries = (0..40).map(|_| b.try_login("john", "wrong"));
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(tries)
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::FORBIDDEN)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        (3..=3 + cores - 1).contains(&checked) && checked + refused == 40,
+        "{statuses:?}"
+    );
+    lk.stop().await;
+}
+
 #[tokio::test]
 async fn failed_sign_ins_are_rate_limited_per_client() {
     let lk = Latchkey::start(None, "[login]\nmax_failures = 3\nfailure_window = 60\n").await;

@@ -1080,7 +1080,7 @@ async fn shared_with_finds_user_and_group_grants(store: &dyn Store) {
 // Logins, API tokens, revision, activity.
 
 async fn failed_sign_ins_are_counted_per_client_in_a_window(store: &dyn Store) {
-    let (a, b) = ("192.0.2.1", "2001:db8::1");
+    let (a, b) = ("192.0.2.1", "2001:db8::");
     assert_eq!(store.sign_in_failures(a).await.unwrap(), None);
     let first = store.add_sign_in_failure(a, 60).await.unwrap();
     assert_eq!(first.count, 1);
@@ -1491,4 +1491,30 @@ async fn an_unreadable_token_record_does_not_hide_the_others() {
     );
     assert!(store.delete_api_token(&user("nina"), &good).await.unwrap());
     assert_eq!(store.list_api_tokens(&user("nina")).await.unwrap(), vec![]);
+}
+
+/// A failure counter that lost its expiry (restored from a dump without it, set by hand) would
+/// block its client for good: the next failure gives it a window again.
+#[tokio::test]
+async fn a_failure_count_without_an_expiry_gets_one() {
+    let redis = Redis::start().await;
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let key = "lk:sign-in-failures:192.0.2.9";
+    redis::cmd("SET")
+        .arg(key)
+        .arg(5)
+        .exec_async(&mut raw)
+        .await
+        .unwrap();
+    let f = store.add_sign_in_failure("192.0.2.9", 60).await.unwrap();
+    assert_eq!(f.count, 6);
+    assert_eq!(f.ends_in, 60);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!((1..=60).contains(&ttl), "TTL {ttl}");
 }

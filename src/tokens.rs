@@ -23,6 +23,11 @@ pub fn id(hash: &TokenHash) -> String {
     hash.to_hex()[..ID_LEN].to_owned()
 }
 
+/// Whether `s` has the shape of a token id (either case).
+pub fn is_id(s: &str) -> bool {
+    s.len() == ID_LEN && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl App {
     /// Makes an API token for `user`, valid for `lifetime` seconds (`DEFAULT_LIFETIME` when not
     /// given). The token is in the answer only: the store keeps its hash.
@@ -35,7 +40,7 @@ impl App {
         let lifetime = lifetime.unwrap_or(DEFAULT_LIFETIME);
         if lifetime == 0 || lifetime > MAX_LIFETIME {
             return Err(Error::bad_request(format!(
-                "expires_in must be between 1 and {MAX_LIFETIME} seconds (a year)."
+                "The lifetime (expires_in) must be between 1 second and a year ({MAX_LIFETIME} seconds)."
             )));
         }
         let note = note.trim();
@@ -65,7 +70,7 @@ impl App {
     /// (The list itself is the store's: live tokens, newest first.)
     pub async fn delete_api_token_by_id(&self, user: &UserName, id: &str) -> Result<()> {
         let id = id.trim().to_ascii_lowercase();
-        if id.len() != ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_id(&id) {
             return Err(Error::NotFound(format!(
                 "An API token id is {ID_LEN} hexadecimal digits, as in the list of your tokens."
             )));

@@ -16,9 +16,21 @@ pub fn hash(password: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot hash the password: {e}"))
 }
 
+/// Whether `phc` is an argon2 hash that [`verify`] can check: parameters it understands, and
+/// at most [`MAX_MEMORY_KIB`] of memory per check (every sign-in against it maps that much).
 pub fn is_valid_hash(phc: &str) -> bool {
-    phc.starts_with("$argon2") && argon2::password_hash::phc::PasswordHash::new(phc).is_ok()
+    let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(phc) else {
+        return false;
+    };
+    phc.starts_with("$argon2")
+        && parsed.salt.is_some()
+        && parsed.hash.is_some()
+        && argon2::Algorithm::try_from(parsed.algorithm.as_str()).is_ok()
+        && argon2::Params::try_from(&parsed).is_ok_and(|p| p.m_cost() <= MAX_MEMORY_KIB)
 }
+
+/// The most memory a password hash may ask for per check, in KiB (256 MiB; the default is 19).
+pub const MAX_MEMORY_KIB: u32 = 256 * 1024;
 
 /// Verifies a password; CPU-heavy, so call it from a blocking task.
 ///
@@ -240,6 +252,11 @@ mod tests {
         assert!(verify("correct horse", &h));
         assert!(!verify("battery staple", &h));
         assert!(!is_valid_hash("plain"));
+        // One that would map 4 GiB at every sign-in is refused when the config is read.
+        let huge = "$argon2id$v=19$m=4194304,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let fine = "$argon2id$v=19$m=19456,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert!(is_valid_hash(fine));
+        assert!(!is_valid_hash(huge));
     }
 
     #[test]

@@ -475,7 +475,10 @@ async fn render_sharing(
 async fn tokens_page(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
     let caller = signed_in(app, &req).await?;
     let xsrf = Xsrf::of(req.headers());
-    let notice = http_util::query_value(req.uri().query(), "done");
+    // Only a token id from the address, never free text: a link cannot put words on this page.
+    let notice = http_util::query_value(req.uri().query(), "deleted")
+        .filter(|id| crate::tokens::is_id(id))
+        .map(|id| format!("Token {id} was deleted: it is refused from now on, and what was opened with it is closed."));
     let origin = app.own_origin(req.headers(), ctx.tls);
     let view = TokensView {
         caller: &caller,
@@ -525,18 +528,18 @@ async fn tokens_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<R
             }
         }
         "delete" => {
-            let id = form_value(&form, "id").unwrap_or("");
-            app.delete_api_token_by_id(me, id).await.map(|()| {
-                format!("Token {id} was deleted: it is refused from now on, and what was opened with it is closed.")
-            })
+            let id = form_value(&form, "id")
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            app.delete_api_token_by_id(me, &id).await.map(|()| id)
         }
         _ => Err(Error::bad_request("Unknown action.")),
     };
     match result {
-        Ok(notice) => Ok(redirect(&format!(
-            "{}?done={}",
-            app.hub.external(paths::TOKENS),
-            http_util::percent_encode(&notice)
+        Ok(deleted) => Ok(redirect(&format!(
+            "{}?deleted={deleted}",
+            app.hub.external(paths::TOKENS)
         ))),
         // Input mistakes are shown on the page itself, where they can be corrected.
         Err(e @ (Error::BadRequest(_) | Error::NotFound(_))) => {

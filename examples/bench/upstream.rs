@@ -26,6 +26,11 @@ impl Upstream {
             &[format!("127.0.0.1:{port}")],
             &o.work.join("upstream.log"),
         );
+        assert!(
+            crate::procs::wait_port(port, std::time::Duration::from_secs(10)),
+            "the upstream did not start (see {})",
+            o.work.join("upstream.log").display()
+        );
         let (input, output) = proc.pipes();
         let mut output = BufReader::new(output);
         let mut ready = String::new();

@@ -65,7 +65,11 @@ fn parse(line: &str) -> Result<Command, String> {
         .and_then(|n| n.parse().ok())
         .filter(|&w| w > 0)
         .ok_or(usage)?;
-    let seconds = fields.next().and_then(|n| n.parse().ok()).ok_or(usage)?;
+    let seconds = fields
+        .next()
+        .and_then(|n| n.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .ok_or(usage)?;
     let headers = fields
         .map(|h| {
             h.split_once(':')
@@ -81,6 +85,9 @@ fn parse(line: &str) -> Result<Command, String> {
         headers,
     })
 }
+
+/// How long after the end of a run an echo may still come back.
+const STALLED: Duration = Duration::from_secs(5);
 
 async fn run(cmd: &Command) -> Value {
     let payload = [b'x'; 32];
@@ -105,7 +112,8 @@ async fn run(cmd: &Command) -> Value {
     let mut all = vec![];
     let mut errors = 0;
     for t in tasks {
-        let (l, e) = t.await.expect("an echo task");
+        // A task that failed counts as an error.
+        let (l, e) = t.await.unwrap_or((vec![], 1));
         all.extend(l);
         errors += e;
     }
@@ -231,9 +239,14 @@ impl RawWs {
             if sent.is_empty() {
                 return (latencies, 0);
             }
-            match self.stream.read(&mut self.buf[filled..]).await {
-                Ok(0) | Err(_) => return (latencies, 1),
-                Ok(n) => filled += n,
+            // A lost echo or a stalled proxy ends the run as an error, not a hang.
+            let read = tokio::time::timeout_at(
+                (deadline + STALLED).into(),
+                self.stream.read(&mut self.buf[filled..]),
+            );
+            match read.await {
+                Ok(Ok(0) | Err(_)) | Err(_) => return (latencies, 1),
+                Ok(Ok(n)) => filled += n,
             }
             let whole = filled / one * one;
             let now = Instant::now();
@@ -241,7 +254,10 @@ impl RawWs {
                 if echo != self.expect {
                     return (latencies, 1);
                 }
-                let at = sent.pop_front().expect("an echo of a message sent");
+                let Some(at) = sent.pop_front() else {
+                    // An echo of a message never sent.
+                    return (latencies, 1);
+                };
                 latencies.push(now.duration_since(at).as_micros().min(u32::MAX as u128) as u32);
             }
             self.buf.copy_within(whole..filled, 0);

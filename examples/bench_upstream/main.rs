@@ -50,7 +50,15 @@ async fn serve(addr: &str) {
     let local = listener.local_addr().expect("a bound address");
     println!("listening {local}");
     let _ = std::io::stdout().flush();
-    tokio::spawn(echo::control());
+    let control = tokio::spawn(echo::control());
+    tokio::spawn(async move {
+        // The driver waits for the answer to its command: a control that died would leave it
+        // waiting for good.
+        if control.await.is_err() {
+            eprintln!("the echo control failed");
+            std::process::exit(1);
+        }
+    });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

@@ -1299,6 +1299,42 @@ async fn upstream_connections_are_kept_across_client_connections_and_routes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_watched_for_revocation_keep_their_upstream_connection_when_complete() {
+    // A download over 64 KiB and a chunked answer are registered (revocation would cut them);
+    // finished, their upstream connection goes back to the pool like any other.
+    let big = noise(100 * 1024);
+    let body = big.clone();
+    let (up, lk, _john) = johns_raw_server(move |req| match req.target.as_str() {
+        "/user/john/big" => vec![Step::Write(answer("200 OK", &[], &body))],
+        "/user/john/chunked" => vec![Step::Write(
+            b"HTTP/1.1 200 OK\r\nX-Up: raw\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        )],
+        _ => echo(req),
+    })
+    .await;
+    let (_, _, nina) = shared_with_nina(&lk).await;
+    let mut c = nina.connect().await;
+    for _ in 0..2 {
+        c.send(nina.get("/user/john/big")).await;
+        let r = c.response().await;
+        assert_fast(&r);
+        assert_eq!((r.status, r.body.len()), (200, big.len()));
+        assert!(r.body == big);
+        c.send(nina.get("/user/john/chunked")).await;
+        let r = c.response().await;
+        assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    }
+    c.send(nina.get("/user/john/x")).await;
+    assert_eq!(c.response().await.text(), "GET /user/john/x");
+    assert_eq!(
+        up.connections(),
+        1,
+        "one upstream connection for five answers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_left_to_hyper_still_work_on_the_same_connection() {
     let (up, _lk, john) = johns_raw_server(digest_or_echo).await;
     let mut c = john.connect().await;

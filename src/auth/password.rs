@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use argon2::{Argon2, PasswordHasher};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Hashes a password into a PHC string (argon2id, random salt).
 pub fn hash(password: &str) -> Result<String, String> {
@@ -154,15 +154,17 @@ impl Checks {
 
     /// Whether `password` matches `phc`, checked on the blocking pool once it is this check's
     /// turn (first among `client`'s checks, then among all) and `gate` (run at that moment)
-    /// lets it; `None` when no turn came within the wait. The turns are held by the check
-    /// itself, so a client that goes away does not free them while its hash still runs.
+    /// lets it; `None` when no turn came within the wait. The turns go with the hash to the
+    /// blocking pool, so a client that goes away does not free them while its hash still runs,
+    /// and come back in the [`Checked`], so the caller can count a failure before the next
+    /// check's gate asks.
     pub async fn verify(
         &self,
         client: IpAddr,
         password: String,
         phc: String,
         gate: impl Future<Output = crate::error::Result<()>>,
-    ) -> crate::error::Result<Option<bool>> {
+    ) -> crate::error::Result<Option<Checked>> {
         let deadline = tokio::time::Instant::now() + self.wait;
         let client = super::ratelimit::client_block(client);
         let (member, own) = Member::join(&self.per_client, client);
@@ -175,26 +177,34 @@ impl Checks {
                 .await
                 .ok()?
                 .ok()?;
-            Some((own_turn, turn))
+            Some((own_turn, turn, member))
         };
         let Some(turns) = turns.await else {
             return Ok(None);
         };
         gate.await?;
-        let verified = tokio::task::spawn_blocking(move || {
-            let verified = verify(&password, &phc);
-            drop((turns, member));
-            verified
+        let checked = tokio::task::spawn_blocking(move || Checked {
+            matches: verify(&password, &phc),
+            _turns: Some(turns),
         })
-        .await
-        .unwrap_or(false);
-        Ok(Some(verified))
+        .await;
+        Ok(Some(checked.unwrap_or_else(|_| Checked {
+            matches: false,
+            _turns: Default::default(),
+        })))
     }
 
     /// Seconds a client is told to wait before trying again after a `None` from [`verify`].
     pub fn retry_after(&self) -> u64 {
         self.wait.as_secs().max(1)
     }
+}
+
+/// A finished check. It holds the check's turns until dropped: a failure counted before then
+/// is seen by the gate of the next check of the same client.
+pub struct Checked {
+    pub matches: bool,
+    _turns: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit, Member)>,
 }
 
 type PerClient = Arc<Mutex<HashMap<IpAddr, (Arc<Semaphore>, usize)>>>;
@@ -318,7 +328,8 @@ mod tests {
                 let verified = checks
                     .verify(client, "correct horse".into(), phc, open())
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .map(|c| c.matches);
                 done.lock().unwrap().push(name);
                 verified
             })
@@ -356,7 +367,8 @@ mod tests {
             checks
                 .verify(HOME, "correct horse".into(), phc.clone(), open())
                 .await
-                .unwrap(),
+                .unwrap()
+                .map(|c| c.matches),
             None
         );
         assert!(started.elapsed() >= Duration::from_millis(50));
@@ -373,6 +385,7 @@ mod tests {
                     .verify(HOME, "correct horse".into(), phc, open())
                     .await
                     .unwrap()
+                    .map(|c| c.matches)
             }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -383,7 +396,8 @@ mod tests {
             checks
                 .verify(HOME, "wrong".into(), phc, open())
                 .await
-                .unwrap(),
+                .unwrap()
+                .map(|c| c.matches),
             Some(false)
         );
         // Every turn is back once the checks are done.
@@ -403,6 +417,7 @@ mod tests {
                         .verify(client, "correct horse".into(), phc, open())
                         .await
                         .unwrap()
+                        .map(|c| c.matches)
                 })
             })
             .collect();

@@ -218,7 +218,7 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
     // Asked again when the check's turn comes: by then the failures of this client's checks
     // ahead of it are counted.
     let gate = app.sign_ins.allowed(store, ctx.client_ip);
-    let Some(verified) = app
+    let Some(checked) = app
         .password_checks
         .verify(ctx.client_ip, password, phc, gate)
         .await?
@@ -228,12 +228,14 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
             retry_after: app.password_checks.retry_after(),
         });
     };
-    let identity = (known && verified)
+    let identity = (known && checked.matches)
         .then(|| UserName::parse(&username).ok())
         .flatten()
         .and_then(|u| app.users.identity(&u));
     let Some(identity) = identity else {
+        // Counted while the check still holds its turn: the client's next check sees it.
         app.sign_ins.record_failure(store, ctx.client_ip).await?;
+        drop(checked);
         tracing::info!(client = %ctx.client_ip, "failed sign-in");
         let xsrf = Xsrf::of(&headers);
         return Ok(page(
@@ -250,6 +252,7 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
             },
         ));
     };
+    drop(checked);
     // Failures are not forgiven by a success: an attacker with an account of their own must
     // not reset the count between guesses at someone else's password.
     // A fresh id at every sign-in (no fixation); the old session, if any, ends.
@@ -292,8 +295,10 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
 async fn home(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
     let caller = signed_in(app, &req).await?;
     let xsrf = Xsrf::of(req.headers());
-    let notice =
-        http_util::query_value(req.uri().query(), "left").map(|s| format!("You left {s}."));
+    // A server's key from the address, never free text: a link cannot put words on the page.
+    let notice = http_util::query_value(req.uri().query(), "left")
+        .and_then(|key| ServerRef::parse(&key).ok())
+        .map(|server| format!("You left {}.", server.label()));
     let table = app.cache.routes();
     let mut mine: Vec<ServerRef> = table
         .iter()
@@ -367,9 +372,11 @@ async fn sharing_page(app: &App, req: Request<Incoming>) -> Result<Response<Body
     let caller = signed_in(app, &req).await?;
     let server = sharing_target(req.uri().path())?;
     let xsrf = Xsrf::of(req.headers());
-    let q = req.uri().query();
-    let notice = http_util::query_value(q, "done");
-    let error = http_util::query_value(q, "error");
+    let notice = req
+        .uri()
+        .query()
+        .and_then(Done::from_query)
+        .map(|done| done.notice());
     render_sharing(
         app,
         &caller,
@@ -377,7 +384,7 @@ async fn sharing_page(app: &App, req: Request<Incoming>) -> Result<Response<Body
         &xsrf,
         None,
         notice,
-        error,
+        None,
         StatusCode::OK,
     )
     .await
@@ -624,13 +631,7 @@ async fn sharing_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<
     let origin = app.own_origin(req.headers(), ctx.tls);
     let (headers, form) = read_form(app, req, ctx).await?;
     let xsrf = Xsrf::of(&headers);
-    let back = |notice: &str| {
-        redirect(&format!(
-            "{}?done={}",
-            sharing_url(app, &server),
-            http_util::percent_encode(notice)
-        ))
-    };
+    let back = |done: Done| redirect(&format!("{}?{}", sharing_url(app, &server), done.query()));
     let action = form_value(&form, "action").unwrap_or("");
     let result = match action {
         "create-link" => {
@@ -667,33 +668,33 @@ async fn sharing_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<
             let id = form_value(&form, "id").unwrap_or("");
             app.revoke_invites(&caller, &server, Some(id))
                 .await
-                .map(|_| "The link was revoked.".to_owned())
+                .map(|_| Done::LinkRevoked)
         }
         "revoke-all-links" => app
             .revoke_invites(&caller, &server, None)
             .await
-            .map(|_| "All links were revoked.".to_owned()),
+            .map(|_| Done::LinksRevoked),
         "revoke-user" => {
             let grantee = parse_grantee(&form)?;
             app.revoke_grantee(&caller, &server, &grantee)
                 .await
-                .map(|_| format!("{} no longer has access.", grantee_label(&grantee)))
+                .map(|_| Done::Revoked(grantee))
         }
         "revoke-all-users" => app
             .revoke_all_grantees(&caller, &server)
             .await
-            .map(|_| "Everyone's access was revoked.".to_owned()),
+            .map(|_| Done::AllRevoked),
         "share" => {
             let grantee = parse_grantee(&form)?;
             let role = parse_role(form_value(&form, "role"))?;
             app.share_directly(&caller, &server, grantee.clone(), role, None)
                 .await
-                .map(|_| format!("Shared with {} as {role}.", grantee_label(&grantee)))
+                .map(|_| Done::Shared(grantee, role))
         }
         _ => Err(Error::bad_request("Unknown action.")),
     };
     match result {
-        Ok(notice) => Ok(back(&notice)),
+        Ok(done) => Ok(back(done)),
         // Input mistakes are shown on the page itself, where they can be corrected.
         Err(e @ (Error::BadRequest(_) | Error::NotFound(_) | Error::ServerNotRunning(_))) => {
             render_sharing(
@@ -709,6 +710,62 @@ async fn sharing_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<
             .await
         }
         Err(e) => Err(e),
+    }
+}
+
+/// What the sharing page says after a change. The address names it and the words are made
+/// here, so that a link cannot put its own words on latchkey's page.
+enum Done {
+    LinkRevoked,
+    LinksRevoked,
+    Revoked(Grantee),
+    AllRevoked,
+    Shared(Grantee, Role),
+}
+
+impl Done {
+    /// The query string of the page that reports it.
+    fn query(&self) -> String {
+        let with = |grantee: &Grantee| {
+            let (kind, name) = match grantee {
+                Grantee::User(u) => ("user", u.as_str()),
+                Grantee::Group(g) => ("group", g.as_str()),
+            };
+            format!("kind={kind}&name={}", http_util::percent_encode(name))
+        };
+        match self {
+            Done::LinkRevoked => "done=link-revoked".into(),
+            Done::LinksRevoked => "done=links-revoked".into(),
+            Done::Revoked(g) => format!("done=revoked&{}", with(g)),
+            Done::AllRevoked => "done=all-revoked".into(),
+            Done::Shared(g, role) => format!("done=shared&{}&role={role}", with(g)),
+        }
+    }
+
+    /// The report a query string names, if it names one.
+    fn from_query(query: &str) -> Option<Done> {
+        let q = http_util::parse_form(query.as_bytes());
+        Some(match form_value(&q, "done")? {
+            "link-revoked" => Done::LinkRevoked,
+            "links-revoked" => Done::LinksRevoked,
+            "revoked" => Done::Revoked(parse_grantee(&q).ok()?),
+            "all-revoked" => Done::AllRevoked,
+            "shared" => Done::Shared(
+                parse_grantee(&q).ok()?,
+                form_value(&q, "role")?.parse().ok()?,
+            ),
+            _ => return None,
+        })
+    }
+
+    fn notice(&self) -> String {
+        match self {
+            Done::LinkRevoked => "The link was revoked.".into(),
+            Done::LinksRevoked => "All links were revoked.".into(),
+            Done::Revoked(g) => format!("{} no longer has access.", grantee_label(g)),
+            Done::AllRevoked => "Everyone's access was revoked.".into(),
+            Done::Shared(g, role) => format!("Shared with {} as {role}.", grantee_label(g)),
+        }
     }
 }
 
@@ -818,13 +875,46 @@ async fn leave(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
     Ok(redirect(&format!(
         "{}?left={}",
         app.hub.external(paths::HOME),
-        http_util::percent_encode(&server.label())
+        http_util::percent_encode(&server.key())
     )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notices_are_named_by_the_address_and_worded_here() {
+        let alice = Grantee::User(UserName::parse("alice").unwrap());
+        let team = Grantee::Group(GroupName::parse("team-a").unwrap());
+        for (done, says) in [
+            (Done::LinkRevoked, "The link was revoked."),
+            (Done::LinksRevoked, "All links were revoked."),
+            (Done::Revoked(alice.clone()), "alice no longer has access."),
+            (Done::AllRevoked, "Everyone's access was revoked."),
+            (
+                Done::Shared(team, Role::View),
+                "Shared with group team-a as view.",
+            ),
+            (
+                Done::Shared(alice, Role::Admin),
+                "Shared with alice as admin.",
+            ),
+        ] {
+            let back = Done::from_query(&done.query()).expect(says);
+            assert_eq!(back.notice(), says);
+        }
+        for words in [
+            "done=Your+account+is+locked",
+            "done=revoked&kind=user&name=%3Cb%3Ex%3C%2Fb%3E",
+            "done=shared&kind=user&name=alice&role=owner",
+            "done=revoked",
+            "error=Call+us",
+            "",
+        ] {
+            assert!(Done::from_query(words).is_none(), "{words}");
+        }
+    }
 
     #[test]
     fn next_must_stay_on_this_origin() {

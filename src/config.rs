@@ -562,8 +562,10 @@ impl RawConfig {
             }
             if !crate::auth::password::is_valid_hash(&u.password_hash) {
                 problems.push(format!(
-                    "users[{i}] ({name}): password_hash is not an argon2 PHC string latchkey can check (at most {} MiB per check); make one with `latchkey hash-password`",
-                    crate::auth::password::MAX_MEMORY_KIB / 1024
+                    "users[{i}] ({name}): password_hash is not an argon2 PHC string latchkey can check (at most {} MiB, {} passes and {} lanes per check); make one with `latchkey hash-password`",
+                    crate::auth::password::MAX_MEMORY_KIB / 1024,
+                    crate::auth::password::MAX_PASSES,
+                    crate::auth::password::MAX_LANES
                 ));
             }
             let mut groups = vec![];

@@ -26,11 +26,20 @@ pub fn is_valid_hash(phc: &str) -> bool {
         && parsed.salt.is_some()
         && parsed.hash.is_some()
         && argon2::Algorithm::try_from(parsed.algorithm.as_str()).is_ok()
-        && argon2::Params::try_from(&parsed).is_ok_and(|p| p.m_cost() <= MAX_MEMORY_KIB)
+        && parsed
+            .version
+            .is_none_or(|v| argon2::Version::try_from(v).is_ok())
+        && argon2::Params::try_from(&parsed).is_ok_and(|p| {
+            p.m_cost() <= MAX_MEMORY_KIB && p.t_cost() <= MAX_PASSES && p.p_cost() <= MAX_LANES
+        })
 }
 
-/// The most memory a password hash may ask for per check, in KiB (256 MiB; the default is 19).
+/// The most a password hash may ask of each check: memory in KiB (256 MiB; the default is 19),
+/// passes (the default is 2) and lanes (the default is 1). Every sign-in against the hash pays
+/// it, holding a turn and a blocking thread meanwhile.
 pub const MAX_MEMORY_KIB: u32 = 256 * 1024;
+pub const MAX_PASSES: u32 = 16;
+pub const MAX_LANES: u32 = 16;
 
 /// Verifies a password; CPU-heavy, so call it from a blocking task.
 ///
@@ -66,8 +75,15 @@ pub fn verify(password: &str, phc: &str) -> bool {
         && Output::new(&out).is_ok_and(|computed| &computed == expected)
 }
 
-/// argon2's working memory for one check: an anonymous private mapping, populated when made
-/// and unmapped when dropped.
+/// Linux populates a mapping at once when asked: argon2 writes every block anyway, and one call
+/// is cheaper than a page fault per page (a check took 23.5 ms instead of 20.5).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const POPULATE: libc::c_int = libc::MAP_POPULATE;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const POPULATE: libc::c_int = 0;
+
+/// argon2's working memory for one check: an anonymous private mapping (populated when made,
+/// where the system can) unmapped when dropped.
 struct Blocks {
     start: std::ptr::NonNull<argon2::Block>,
     len: usize,
@@ -82,9 +98,7 @@ impl Blocks {
                 std::ptr::null_mut(),
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
-                // Populated at once: argon2 writes every block anyway, and one call is cheaper
-                // than a page fault per page (a check took 23.5 ms instead of 20.5).
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | POPULATE,
                 -1,
                 0,
             )
@@ -122,9 +136,10 @@ impl Drop for Blocks {
 /// a core for some 20 ms; unbounded, a burst of sign-in posts (before any of them has failed and
 /// the per-client limit counts it) would start one blocking thread and 19 MiB for each, and take
 /// every core from the proxied traffic. Here at most one check per core runs at once, the others
-/// wait for their turn, and one that waited too long is answered "busy" instead. One client
-/// address has at most a few checks in that queue (its others wait behind them), so that it
-/// cannot fill the queue and keep everybody else's sign-ins waiting.
+/// wait for their turn, and one that waited too long is answered "busy" instead. One client has
+/// one check in that queue at a time (its others wait behind it), so that it cannot fill the
+/// queue and keep everybody else's sign-ins waiting; and since a check holds its client's turn
+/// until its failure is counted (see [`Checked`]), the sign-in limit is exact on one instance.
 pub struct Checks {
     turns: Arc<Semaphore>,
     wait: Duration,
@@ -133,8 +148,9 @@ pub struct Checks {
     per_client: PerClient,
 }
 
-/// Checks of one client address in the queue at most.
-const PER_CLIENT: usize = 4;
+/// Checks of one client in the queue at once: one, so that each check's gate sees the failures
+/// of the client's checks before it.
+const PER_CLIENT: usize = 1;
 
 impl Checks {
     /// At most `at_once` checks at a time (at least one); a check waits at most `wait` for its turn.
@@ -267,6 +283,10 @@ mod tests {
         let fine = "$argon2id$v=19$m=19456,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
         assert!(is_valid_hash(fine));
         assert!(!is_valid_hash(huge));
+        // A version verify does not know, or passes without end, are refused too.
+        assert!(!is_valid_hash(&fine.replace("v=19", "v=20")));
+        assert!(!is_valid_hash(&fine.replace("t=1", "t=4294967295")));
+        assert!(!is_valid_hash(&fine.replace("p=1", "p=64")));
     }
 
     #[test]
@@ -354,6 +374,47 @@ mod tests {
         assert_eq!(order[PER_CLIENT + 1], "home, one too many");
         // Every count is given back.
         assert!(checks.per_client.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_clients_next_check_waits_until_the_last_one_is_done_with() {
+        // The first check's failure is counted after its hash, while it still holds its turn
+        // (as sign-in does); the second check's gate, asked at its turn, must see it.
+        let phc = hash("correct horse").unwrap();
+        let checks = Arc::new(Checks::new(4, Duration::from_secs(30)));
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let first = {
+            let (checks, phc, failures) = (checks.clone(), phc.clone(), failures.clone());
+            tokio::spawn(async move {
+                let checked = checks
+                    .verify(HOME, "wrong".into(), phc, open())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(checked);
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+        let gate = {
+            let (failures, seen) = (failures.clone(), seen.clone());
+            async move {
+                seen.store(
+                    failures.load(std::sync::atomic::Ordering::SeqCst),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                Ok(())
+            }
+        };
+        checks
+            .verify(HOME, "wrong".into(), phc, gate)
+            .await
+            .unwrap()
+            .unwrap();
+        first.await.unwrap();
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

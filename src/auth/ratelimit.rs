@@ -43,7 +43,7 @@ impl SignInLimit {
     /// sent together are not all checked: each waits for its turn behind the others, and by
     /// then their failures are counted.
     pub async fn allowed(&self, store: &dyn Store, client: IpAddr) -> Result<()> {
-        let failures = store.sign_in_failures(&key(client)).await?;
+        let failures = store.sign_in_failures(&key(client), self.window).await?;
         match failures {
             Some(f) if f.count >= u64::from(self.max) => Err(Error::TooManyRequests {
                 retry_after: f.ends_in,

@@ -217,7 +217,7 @@ impl Store for MemoryStore {
             .add(client.to_owned(), now, window))
     }
 
-    async fn sign_in_failures(&self, client: &str) -> Result<Option<Failures>> {
+    async fn sign_in_failures(&self, client: &str, _window: u64) -> Result<Option<Failures>> {
         let now = clock::now();
         Ok(self.lock().sign_in_failures.get(&client.to_owned(), now))
     }

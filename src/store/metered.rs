@@ -92,9 +92,12 @@ impl Store for MeteredStore {
         .await
     }
 
-    async fn sign_in_failures(&self, client: &str) -> Result<Option<Failures>> {
-        self.timed("sign_in_failures", self.inner.sign_in_failures(client))
-            .await
+    async fn sign_in_failures(&self, client: &str, window: u64) -> Result<Option<Failures>> {
+        self.timed(
+            "sign_in_failures",
+            self.inner.sign_in_failures(client, window),
+        )
+        .await
     }
 
     async fn get_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>> {

@@ -161,8 +161,9 @@ pub trait Store: Send + Sync + 'static {
     /// window opens with the first failure and lasts `window` seconds, and every instance on
     /// this store counts into the same one. Returns the window's failures so far.
     async fn add_sign_in_failure(&self, client: &str, window: u64) -> Result<Failures>;
-    /// `client`'s failed sign-ins in its open window, if it has one.
-    async fn sign_in_failures(&self, client: &str) -> Result<Option<Failures>>;
+    /// `client`'s failed sign-ins in its open window, if it has one (`window`: the length a
+    /// window found without an end is given).
+    async fn sign_in_failures(&self, client: &str, window: u64) -> Result<Option<Failures>>;
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()>;
     async fn get_api_token(&self, token: &TokenHash) -> Result<Option<ApiTokenRecord>>;
     /// The user's live API tokens with their hashes, newest first.

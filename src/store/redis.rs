@@ -148,6 +148,14 @@ impl RedisStore {
         })
     }
 
+    /// Gives a failure count found without an end the window it should have had.
+    async fn expire_failures(&self, key: &str, window: u64) -> Result<()> {
+        self.conn()
+            .expire::<_, ()>(key, window.max(1) as i64)
+            .await
+            .map_err(unavailable)
+    }
+
     fn conn(&self) -> Conn {
         self.endpoint.conn()
     }
@@ -535,21 +543,16 @@ impl Store for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        if ttl < 0 {
-            // A key without an expiry (restored from elsewhere, or set by hand) would block
-            // the client for good: give it this window.
-            self.conn()
-                .expire::<_, ()>(&key, window as i64)
-                .await
-                .map_err(unavailable)?;
+        if ttl == -1 {
+            self.expire_failures(&key, window).await?;
         }
         Ok(Failures {
             count,
-            ends_in: if ttl > 0 { ttl as u64 } else { window },
+            ends_in: if ttl >= 0 { ttl.max(1) as u64 } else { window },
         })
     }
 
-    async fn sign_in_failures(&self, client: &str) -> Result<Option<Failures>> {
+    async fn sign_in_failures(&self, client: &str, window: u64) -> Result<Option<Failures>> {
         let key = sign_in_failures_key(client);
         let (count, ttl): (Option<u64>, i64) = redis::pipe()
             .get(&key)
@@ -558,10 +561,21 @@ impl Store for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        // TTL -2: gone between the two commands; -1 cannot last (the next failure sets one).
-        Ok(count.map(|count| Failures {
+        let Some(count) = count else {
+            return Ok(None);
+        };
+        if ttl == -1 {
+            // A count without an end (restored from elsewhere, set by hand) would block the
+            // client for good, and a blocked client adds no failure that would give it one.
+            self.expire_failures(&key, window).await?;
+        }
+        Ok(Some(Failures {
             count,
-            ends_in: ttl.max(1) as u64,
+            ends_in: if ttl >= 0 {
+                ttl.max(1) as u64
+            } else {
+                window.max(1)
+            },
         }))
     }
 

@@ -1081,28 +1081,35 @@ async fn shared_with_finds_user_and_group_grants(store: &dyn Store) {
 
 async fn failed_sign_ins_are_counted_per_client_in_a_window(store: &dyn Store) {
     let (a, b) = ("192.0.2.1", "2001:db8::");
-    assert_eq!(store.sign_in_failures(a).await.unwrap(), None);
+    assert_eq!(store.sign_in_failures(a, 60).await.unwrap(), None);
     let first = store.add_sign_in_failure(a, 60).await.unwrap();
     assert_eq!(first.count, 1);
     assert!((59..=60).contains(&first.ends_in), "{first:?}");
     let second = store.add_sign_in_failure(a, 60).await.unwrap();
     assert_eq!(second.count, 2);
     assert!(second.ends_in <= first.ends_in, "the window does not move");
-    let now = store.sign_in_failures(a).await.unwrap().unwrap();
+    let now = store.sign_in_failures(a, 60).await.unwrap().unwrap();
     assert_eq!(now.count, 2);
     assert!((1..=60).contains(&now.ends_in));
-    assert_eq!(store.sign_in_failures(b).await.unwrap(), None, "per client");
+    assert_eq!(
+        store.sign_in_failures(b, 60).await.unwrap(),
+        None,
+        "per client"
+    );
 
     // When the window closes the count starts again.
     store.add_sign_in_failure(b, 1).await.unwrap();
     store.add_sign_in_failure(b, 1).await.unwrap();
     let closed = eventually(Duration::from_secs(3), async || {
-        store.sign_in_failures(b).await.unwrap().is_none()
+        store.sign_in_failures(b, 60).await.unwrap().is_none()
     })
     .await;
     assert!(closed, "the window closes after its second");
     assert_eq!(store.add_sign_in_failure(b, 1).await.unwrap().count, 1);
-    assert_eq!(store.sign_in_failures(a).await.unwrap().unwrap().count, 2);
+    assert_eq!(
+        store.sign_in_failures(a, 60).await.unwrap().unwrap().count,
+        2
+    );
 }
 
 async fn logins_are_stored_read_and_deleted(store: &dyn Store) {
@@ -1493,28 +1500,35 @@ async fn an_unreadable_token_record_does_not_hide_the_others() {
     assert_eq!(store.list_api_tokens(&user("nina")).await.unwrap(), vec![]);
 }
 
-/// A failure counter that lost its expiry (restored from a dump without it, set by hand) would
-/// block its client for good: the next failure gives it a window again.
+/// A failure count that lost its expiry (restored from a dump without it, set by hand) would
+/// block its client for good: reading it (as every sign-in does first) gives it a window again,
+/// and so does the next failure.
 #[tokio::test]
 async fn a_failure_count_without_an_expiry_gets_one() {
     let redis = Redis::start().await;
     let store = RedisStore::connect(&redis.url()).await.unwrap();
     let client = redis::Client::open(redis.url()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-    let key = "lk:sign-in-failures:192.0.2.9";
-    redis::cmd("SET")
-        .arg(key)
-        .arg(5)
-        .exec_async(&mut raw)
-        .await
-        .unwrap();
-    let f = store.add_sign_in_failure("192.0.2.9", 60).await.unwrap();
-    assert_eq!(f.count, 6);
-    assert_eq!(f.ends_in, 60);
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(key)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert!((1..=60).contains(&ttl), "TTL {ttl}");
+    let ttl = async |raw: &mut redis::aio::MultiplexedConnection, key: &str| -> i64 {
+        redis::cmd("TTL").arg(key).query_async(raw).await.unwrap()
+    };
+    for (client, read) in [("192.0.2.9", true), ("192.0.2.10", false)] {
+        let key = format!("lk:sign-in-failures:{client}");
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(5)
+            .exec_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(ttl(&mut raw, &key).await, -1);
+        let f = if read {
+            store.sign_in_failures(client, 60).await.unwrap().unwrap()
+        } else {
+            store.add_sign_in_failure(client, 60).await.unwrap()
+        };
+        assert_eq!(f.count, if read { 5 } else { 6 });
+        assert_eq!(f.ends_in, 60);
+        let left = ttl(&mut raw, &key).await;
+        assert!((1..=60).contains(&left), "{client}: TTL {left}");
+    }
 }

@@ -823,21 +823,6 @@ impl App {
         }
     }
 
-    /// Deletes one of `user`'s API tokens: refused from now on, here and (through the store's
-    /// announcement) on every instance, and what was opened with it is closed. False when the
-    /// user has no such token.
-    pub async fn delete_api_token(
-        &self,
-        user: &crate::ids::UserName,
-        token: &TokenHash,
-    ) -> Result<bool> {
-        let deleted = self.store.delete_api_token(user, token).await?;
-        if deleted {
-            self.forget_api_token(token);
-        }
-        Ok(deleted)
-    }
-
     /// Forgets an ended sign-in and closes what was opened with it.
     fn forget_login(&self, login: &TokenHash) {
         self.cache.forget_login(login);
@@ -846,7 +831,7 @@ impl App {
     }
 
     /// Forgets a deleted API token and closes what was opened with it.
-    fn forget_api_token(&self, token: &TokenHash) {
+    pub(crate) fn forget_api_token(&self, token: &TokenHash) {
         self.cache.forget_api_token(token);
         self.connections
             .close_where(|c| c.token.as_ref() == Some(token));

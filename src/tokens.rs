@@ -66,23 +66,28 @@ impl App {
         Ok((token, record))
     }
 
-    /// Deletes the one of `user`'s tokens listed as `id` (either case); 404 when there is none.
-    /// (The list itself is the store's: live tokens, newest first.)
-    pub async fn delete_api_token_by_id(&self, user: &UserName, id: &str) -> Result<()> {
+    /// Deletes the one of `user`'s tokens listed as `id` (either case): refused from now on,
+    /// here and (through the store's announcement) on every instance, and what was opened with
+    /// it is closed. Answers the id as listed; 404 when there is no such token. (The list
+    /// itself is the store's: live tokens, newest first.)
+    pub async fn delete_api_token_by_id(&self, user: &UserName, id: &str) -> Result<String> {
         let id = id.trim().to_ascii_lowercase();
         if !is_id(&id) {
             return Err(Error::NotFound(format!(
                 "An API token id is {ID_LEN} hexadecimal digits, as in the list of your tokens."
             )));
         }
-        let not_found = || Error::NotFound(format!("{user} has no API token {id}."));
         let tokens = self.store.list_api_tokens(user).await?;
-        let Some((hash, _)) = tokens.iter().find(|(hash, _)| self::id(hash) == id) else {
-            return Err(not_found());
-        };
-        if !self.delete_api_token(user, hash).await? {
-            return Err(not_found());
+        let hash = tokens
+            .iter()
+            .map(|(hash, _)| hash)
+            .find(|hash| self::id(hash) == id);
+        match hash {
+            Some(hash) if self.store.delete_api_token(user, hash).await? => {
+                self.forget_api_token(hash);
+                Ok(id)
+            }
+            _ => Err(Error::NotFound(format!("{user} has no API token {id}."))),
         }
-        Ok(())
     }
 }

@@ -148,12 +148,27 @@ impl RedisStore {
         })
     }
 
-    /// Gives a failure count found without an end the window it should have had.
-    async fn expire_failures(&self, key: &str, window: u64) -> Result<()> {
-        self.conn()
-            .expire::<_, ()>(key, window.max(1) as i64)
-            .await
-            .map_err(unavailable)
+    /// A failure count read with its key's TTL. A count found without an end (restored from
+    /// elsewhere, set by hand) is given the window it should have had: it would block the
+    /// client for good, and a blocked client adds no failure that would give it one.
+    async fn failures_in_window(
+        &self,
+        key: &str,
+        count: u64,
+        ttl: i64,
+        window: u64,
+    ) -> Result<Failures> {
+        let window = window.max(1);
+        if ttl == -1 {
+            self.conn()
+                .expire::<_, ()>(key, window as i64)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(Failures {
+            count,
+            ends_in: if ttl >= 0 { ttl.max(1) as u64 } else { window },
+        })
     }
 
     fn conn(&self) -> Conn {
@@ -543,13 +558,7 @@ impl Store for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        if ttl == -1 {
-            self.expire_failures(&key, window).await?;
-        }
-        Ok(Failures {
-            count,
-            ends_in: if ttl >= 0 { ttl.max(1) as u64 } else { window },
-        })
+        self.failures_in_window(&key, count, ttl, window).await
     }
 
     async fn sign_in_failures(&self, client: &str, window: u64) -> Result<Option<Failures>> {
@@ -561,22 +570,12 @@ impl Store for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let Some(count) = count else {
-            return Ok(None);
-        };
-        if ttl == -1 {
-            // A count without an end (restored from elsewhere, set by hand) would block the
-            // client for good, and a blocked client adds no failure that would give it one.
-            self.expire_failures(&key, window).await?;
+        match count {
+            Some(count) => Ok(Some(
+                self.failures_in_window(&key, count, ttl, window).await?,
+            )),
+            None => Ok(None),
         }
-        Ok(Some(Failures {
-            count,
-            ends_in: if ttl >= 0 {
-                ttl.max(1) as u64
-            } else {
-                window.max(1)
-            },
-        }))
     }
 
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {

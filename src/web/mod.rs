@@ -535,11 +535,8 @@ async fn tokens_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<R
             }
         }
         "delete" => {
-            let id = form_value(&form, "id")
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            app.delete_api_token_by_id(me, &id).await.map(|()| id)
+            let id = form_value(&form, "id").unwrap_or("");
+            app.delete_api_token_by_id(me, id).await
         }
         _ => Err(Error::bad_request("Unknown action.")),
     };

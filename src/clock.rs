@@ -60,17 +60,12 @@ pub fn iso(ts: Timestamp) -> String {
         .unwrap_or_default()
 }
 
-/// ISO 8601 with milliseconds, as configurable-http-proxy reports `last_activity`.
+/// ISO 8601 with milliseconds, as configurable-http-proxy reports `last_activity` (JavaScript's
+/// `toISOString`): always three digits, so that the strings also sort in time order.
 pub fn iso_millis(ms: i64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
-                .ok()
-        })
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
+    let seconds = iso(ms.div_euclid(1000));
+    let whole = seconds.strip_suffix('Z').unwrap_or(&seconds);
+    format!("{whole}.{:03}Z", ms.rem_euclid(1000))
 }
 
 /// Parses an RFC 3339 / ISO 8601 date-time into milliseconds since the epoch.
@@ -86,8 +81,11 @@ mod tests {
     #[test]
     fn iso_round_trips_through_the_parser() {
         assert_eq!(iso(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso_millis(1_500), "1970-01-01T00:00:01.5Z");
+        assert_eq!(iso_millis(1_500), "1970-01-01T00:00:01.500Z");
+        assert_eq!(iso_millis(2_000), "1970-01-01T00:00:02.000Z");
+        assert_eq!(iso_millis(-1), "1969-12-31T23:59:59.999Z");
         assert_eq!(parse_iso_millis("1970-01-01T00:00:01.5Z"), Some(1_500));
+        assert_eq!(parse_iso_millis(&iso_millis(1_234_567)), Some(1_234_567));
         assert_eq!(parse_iso_millis("not a date"), None);
     }
 }

@@ -14,7 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -213,73 +213,99 @@ async fn accept_loop(
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let conn = Connection {
+            app: app.clone(),
+            peer,
+            kind,
+            tls: false,
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            stop: stop.clone(),
+        };
+        // The connection's future is several KiB (hyper's state machines and the TLS handshake
+        // among its states). Spawned as it is, it was copied whole on its way into the task and
+        // again when the task ended, for every connection; built once on the heap behind a
+        // small future, it is not.
         let tls = tls.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let service = service(app.clone(), peer, tls.is_some(), kind);
-            match tls {
-                Some(acceptor) => {
-                    // The handshake runs here, in the connection's task, so a slow client never
-                    // holds up `accept`.
-                    let stream = match tokio::time::timeout(
-                        HANDSHAKE_TIMEOUT,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    if matches!(kind, Kind::Public) && !h2 {
-                        match crate::h1::serve(&app, stream, peer, true, stop).await {
-                            Served::Closed => {}
-                            Served::Handoff(rest) => {
-                                let conn = builder
-                                    .serve_connection_with_upgrades(TokioIo::new(rest), service);
-                                let _ = watcher.watch(conn.into_owned()).await;
-                            }
-                            Served::Tunnel(t) => drop(app.tracker.spawn(t.run())),
-                        }
-                    } else {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        let _ = watcher.watch(conn.into_owned()).await;
-                    }
-                }
-                None if matches!(kind, Kind::Public) => {
-                    match crate::h1::serve(&app, stream, peer, false, stop).await {
-                        Served::Closed => {}
-                        Served::Handoff(rest) => {
-                            let conn =
-                                builder.serve_connection_with_upgrades(TokioIo::new(rest), service);
-                            let _ = watcher.watch(conn.into_owned()).await;
-                        }
-                        // Upgraded connections live in the tracker, as hyper's do: shutdown
-                        // waits for them until its drain deadline.
-                        Served::Tunnel(t) => drop(app.tracker.spawn(t.run())),
-                    }
-                }
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                }
-            }
-        });
+        tokio::spawn(async move { Box::pin(conn.serve(stream, tls)).await });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    app: Arc<App>,
+    peer: SocketAddr,
+    kind: Kind,
+    /// Over TLS (set once the handshake is done).
+    tls: bool,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Serves the connection to its end: plain HTTP/1.1 on the public listener takes latchkey's
+    /// own path; TLS and everything else (and what that path hands over) goes to hyper. The
+    /// rarer paths are boxed, so that a connection on the common one carries only its own state.
+    async fn serve(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
+        match tls {
+            Some(acceptor) => Box::pin(self.serve_tls(stream, acceptor)).await,
+            None if matches!(self.kind, Kind::Public) => self.serve_h1(stream).await,
+            None => Box::pin(self.serve_hyper(stream)).await,
+        }
+    }
+
+    async fn serve_tls(mut self, stream: TcpStream, acceptor: TlsAcceptor) {
+        let peer = self.peer;
+        // The handshake runs here, in the connection's task, so a slow client never holds up
+        // `accept`.
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        self.tls = true;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        if matches!(self.kind, Kind::Public) && !h2 {
+            self.serve_h1(stream).await;
+        } else {
+            self.serve_hyper(stream).await;
+        }
+    }
+
+    async fn serve_h1<IO>(self, stream: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        match crate::h1::serve(&self.app, stream, self.peer, self.tls, self.stop.clone()).await {
+            Served::Closed => {}
+            Served::Handoff(rest) => Box::pin(self.serve_hyper(rest)).await,
+            // Upgraded connections live in the tracker, as hyper's do: shutdown waits for them
+            // until its drain deadline.
+            Served::Tunnel(t) => drop(self.app.tracker.spawn(t.run())),
+        }
+    }
+
+    /// hyper serves the connection (HTTP/1.1 or HTTP/2, with upgrades) until it closes or
+    /// graceful shutdown ends it.
+    async fn serve_hyper<IO>(self, stream: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = service(self.app, self.peer, self.tls, self.kind);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let _ = self.watcher.watch(conn.into_owned()).await;
+    }
 }
 
 fn service(
@@ -358,4 +384,39 @@ fn redirect_to_https(app: &App, req: &Request<Incoming>, https_port: u16) -> Res
     app.metrics
         .request(Class::Redirect, resp.status(), started.elapsed());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain HTTP/1.1 connection, the common one, is what every accepted connection's
+    /// future is sized by; hyper's and the TLS handshake's states, which made it 14 KiB, stay
+    /// behind boxes.
+    #[tokio::test]
+    async fn a_plain_connection_carries_only_its_own_state() {
+        let config =
+            crate::config::Config::from_sources("[api]\ntoken = \"0123456789abcdef\"\n", &[])
+                .expect("config");
+        let store = crate::store::open("memory://").await.expect("store");
+        let app = App::new(config, store).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        let (stream, peer) = accepted.expect("accept");
+        let _client = client.expect("connect");
+        let (_stop_tx, stop) = watch::channel(false);
+        let conn = Connection {
+            app,
+            peer,
+            kind: Kind::Public,
+            tls: false,
+            builder: Arc::new(builder()),
+            watcher: GracefulShutdown::new().watcher(),
+            stop,
+        };
+        let future = conn.serve(stream, None);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 6 * 1024, "a connection's future is {size} bytes");
+    }
 }

@@ -24,8 +24,7 @@ const MAX_IDLE: usize = 256;
 /// How long an idle connection is kept (upstreams close theirs after a while too).
 const IDLE_TIMEOUT_MS: i64 = 30_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most header fields an upstream's answer may have.
-const MAX_HEADERS: usize = 128;
+const MAX_HEADERS: usize = crate::proxy::MAX_UPSTREAM_HEADERS;
 /// Longest answer head accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
 /// Bytes read from an upstream at a time while copying a body.

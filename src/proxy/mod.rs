@@ -27,6 +27,10 @@ use crate::tls::UpstreamConnector;
 
 pub type UpstreamClient = Client<UpstreamConnector, Body>;
 
+/// Most header fields an upstream's answer may have, on either path (hyper's client allows 100
+/// by default, latchkey's HTTP/1.1 path as many as this).
+pub const MAX_UPSTREAM_HEADERS: usize = 128;
+
 /// The pooled client for every upstream, `http://` and `https://`. `https://` upstreams are
 /// verified against `upstream_ca` when it holds certificates, else against the Mozilla roots.
 pub fn client(upstream_ca: &[rustls_pki_types::CertificateDer<'static>]) -> UpstreamClient {
@@ -38,6 +42,7 @@ pub fn client(upstream_ca: &[rustls_pki_types::CertificateDer<'static>]) -> Upst
     Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         .pool_max_idle_per_host(256)
+        .http1_max_headers(MAX_UPSTREAM_HEADERS)
         .build(connector)
 }
 

@@ -218,6 +218,9 @@ impl Upstream {
     }
 }
 
+/// How many header fields the test upstream's `/many-headers` answer has.
+pub const MANY_HEADERS: usize = 120;
+
 async fn upstream_answer(
     req: Request<Incoming>,
     hits: Arc<AtomicUsize>,
@@ -239,6 +242,17 @@ async fn upstream_answer(
             body_len: 0,
         });
         return latchkey::demo::websocket_echo(req);
+    }
+    if path.ends_with("/many-headers") {
+        // More header fields than hyper's client takes by default (100).
+        let mut r = Response::new(full("many headers"));
+        for i in 0..MANY_HEADERS {
+            r.headers_mut().insert(
+                http::HeaderName::try_from(format!("x-field-{i}")).unwrap(),
+                http::HeaderValue::from(i),
+            );
+        }
+        return r;
     }
     if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_millis(700)).await;

@@ -44,6 +44,53 @@ async fn http2_clients_reach_http1_upstreams() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_many_header_fields_arrives_whole_on_both_paths() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_upstream, lk) = johns_server(Backend::Memory).await;
+    let john = lk.signed_in("john").await;
+    let cookie = john.cookie_header("/user/john/");
+    let fields_of = |head: &str| {
+        (0..MANY_HEADERS)
+            .filter(|i| head.contains(&format!("x-field-{i}: {i}\r\n")))
+            .count()
+    };
+
+    // HTTP/1.1 takes latchkey's own path. Read by hand: reqwest's own client stops at 100.
+    let mut s = tokio::net::TcpStream::connect(lk.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /user/john/many-headers HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n",
+        lk.base.trim_start_matches("http://")
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![];
+    s.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(fields_of(&answer), MANY_HEADERS);
+    assert!(answer.ends_with("many headers"));
+
+    // HTTP/2 is forwarded by hyper's client, which allowed 100 fields and answered 502.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(lk.url("/user/john/many-headers"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert_eq!(r.status(), StatusCode::OK);
+    for i in 0..MANY_HEADERS {
+        assert_eq!(r.headers()[format!("x-field-{i}").as_str()], i.to_string());
+    }
+    assert_eq!(r.text().await.unwrap(), "many headers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_uploads_and_downloads_stream_with_flat_memory() {
     const MIB: usize = 1024 * 1024;
     const TOTAL_MIB: usize = 256;

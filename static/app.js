@@ -48,7 +48,22 @@
     });
   }
 
+  // A page that shows a new invite link or API token answered a form post. Its history entry
+  // becomes a plain visit of the same address, so that reloading it (or coming back to it) asks
+  // for the page again instead of posting the form a second time, which would make another link
+  // or token. The copy button gets the focus, where a keyboard user wants to be next.
+  function settleShownOnce() {
+    var shown = document.querySelector("[data-shown-once]");
+    if (!shown) return;
+    if (window.history && typeof history.replaceState === "function") {
+      history.replaceState(null, "", location.href);
+    }
+    var copy = shown.querySelector("[data-copy]");
+    if (copy) copy.focus();
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    settleShownOnce();
     wireCopyButtons();
     localTimes();
     tickCountdowns();

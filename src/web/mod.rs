@@ -372,18 +372,14 @@ async fn sharing_page(app: &App, req: Request<Incoming>) -> Result<Response<Body
     let caller = signed_in(app, &req).await?;
     let server = sharing_target(req.uri().path())?;
     let xsrf = Xsrf::of(req.headers());
-    let notice = req
-        .uri()
-        .query()
-        .and_then(Done::from_query)
-        .map(|done| done.notice());
+    let done = req.uri().query().and_then(Done::from_query);
     render_sharing(
         app,
         &caller,
         &server,
         &xsrf,
         None,
-        notice,
+        done,
         None,
         StatusCode::OK,
     )
@@ -397,7 +393,7 @@ async fn render_sharing(
     server: &ServerRef,
     xsrf: &Xsrf,
     new_link: Option<NewLink>,
-    notice: Option<String>,
+    done: Option<Done>,
     error: Option<String>,
     status: StatusCode,
 ) -> Result<Response<Body>> {
@@ -417,7 +413,10 @@ async fn render_sharing(
             uses: i.exchange_count,
             last_used: i.last_exchanged_at.map(clock::iso),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // Links are multi-use: whoever was just revoked can accept an active one again.
+    let links_still_admit =
+        matches!(done, Some(Done::Revoked(_) | Done::AllRevoked)) && !links.is_empty();
     let grants = app
         .list_grants(caller, server)
         .await?
@@ -468,7 +467,8 @@ async fn render_sharing(
             running,
             is_owner: standing == crate::sharing::access::Standing::Owner,
             error,
-            notice,
+            notice: done.as_ref().map(Done::notice),
+            links_still_admit,
             new_link,
             lifetimes,
             links,

@@ -93,6 +93,8 @@ pub struct SharingPage {
     pub is_owner: bool,
     pub error: Option<String>,
     pub notice: Option<String>,
+    /// Access was just revoked while invite links are still active (they admit again).
+    pub links_still_admit: bool,
     pub new_link: Option<NewLink>,
     pub lifetimes: Vec<Lifetime>,
     pub links: Vec<LinkRow>,

@@ -149,6 +149,8 @@ test('the sharing menu creates a link by keyboard and copies it', async () => {
   await shot(johnPage, dir, 'sharing-empty');
   await tabTo(johnPage, 'Create link');
   const [created] = await Promise.all([johnPage.waitForNavigation(), johnPage.keyboard.press('Enter')]);
+  // The keyboard user lands on the new link's copy button.
+  assert.equal(await johnPage.evaluate(() => document.activeElement.textContent), 'Copy link');
   // The page that shows the code is not cached and leaks no referrer.
   assert.match(created.headers()['cache-control'] || '', /no-store/);
   assert.equal(created.headers()['referrer-policy'], 'no-referrer');
@@ -162,6 +164,14 @@ test('the sharing menu creates a link by keyboard and copies it', async () => {
   assert.match(await johnPage.locator('#newlink').locator('..').innerText(), /shown only once[\s\S]*Expires in (1 h 0 min|59 min)/);
   await checkAccessible(johnPage);
   await shot(johnPage, dir, 'sharing-new-link');
+  // Reloading the page that shows the link asks for the page again: no second link, and the
+  // link is not shown again.
+  const links = johnPage.locator('section[aria-labelledby=links] tbody tr');
+  assert.equal(await links.count(), 1);
+  const reloaded = await johnPage.reload();
+  assert.equal(reloaded.request().method(), 'GET');
+  assert.equal(await links.count(), 1);
+  assert.equal(await johnPage.locator('#new-link-url').count(), 0);
 });
 
 test('nina accepts by keyboard, finds the server on her dashboard, and leaves it', async () => {
@@ -237,6 +247,8 @@ test('revoke one link, revoke all users, revoke all links', async () => {
   // Revoke all users: nina and the group lose access at once.
   await johnPage.getByRole('button', { name: 'Revoke all users' }).click();
   await johnPage.getByRole('status').filter({ hasText: "Everyone's access was revoked." }).waitFor();
+  // The links still active would let them back in: the notice says so.
+  assert.match(await johnPage.getByRole('status').innerText(), /active links below still let anyone who has one accept it again/);
   assert.match(await johnPage.locator('section[aria-labelledby=people]').innerText(), /Nobody but you/);
   resp = await ninaPage.goto(lk.url('/user/john/'));
   await errorPage(ninaPage, resp, 403, 'Access ended', /The owner revoked your access/, 'error-access-revoked');
@@ -278,6 +290,11 @@ test('the tokens page makes a token by keyboard, shows it once, and deletes it',
   assert.match(await row.innerText(), /laptop/);
   await checkAccessible(johnPage);
   await shot(johnPage, dir, 'tokens-new');
+  // Reloading asks for the page again: no second token, and the token is not shown again.
+  const reloaded = await johnPage.reload();
+  assert.equal(reloaded.request().method(), 'GET');
+  assert.equal(await row.count(), 1);
+  assert.ok(!(await johnPage.content()).includes(token));
 
   const me = lk.hub('api/user');
   const asScript = () => request(me, { headers: { authorization: `token ${token}` } });

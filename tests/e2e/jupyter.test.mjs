@@ -69,7 +69,7 @@ async function ninaAccepts(link, role, shotName) {
   const facts = await ninaPage.locator('dl.facts').innerText();
   assert.match(facts, /john's server/);
   assert.match(facts, new RegExp(`Role\\s+${role}`));
-  assert.match(facts, /Link valid until\s+in (1 h 0 min|59 min)/);
+  assert.match(facts, /Link expires\s+in (1 h 0 min|59 min)/);
   if (shotName) await shot(ninaPage, dir, shotName);
   // Tab to the Accept button, as a keyboard user would, and press Enter.
   for (let i = 0; i < 15; i += 1) {

@@ -372,31 +372,37 @@ async fn sharing_page(app: &App, req: Request<Incoming>) -> Result<Response<Body
     let caller = signed_in(app, &req).await?;
     let server = sharing_target(req.uri().path())?;
     let xsrf = Xsrf::of(req.headers());
-    let done = req.uri().query().and_then(Done::from_query);
-    render_sharing(
-        app,
-        &caller,
-        &server,
-        &xsrf,
-        None,
-        done,
-        None,
-        StatusCode::OK,
-    )
-    .await
+    let shown = Shown {
+        done: req.uri().query().and_then(Done::from_query),
+        ..Shown::default()
+    };
+    render_sharing(app, &caller, &server, &xsrf, shown, StatusCode::OK).await
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the sharing page shows of what was just done, besides the server's links and people.
+#[derive(Default)]
+struct Shown {
+    new_link: Option<NewLink>,
+    done: Option<Done>,
+    error: Option<String>,
+    /// The direct-share form as it was sent, when it comes back with an error to correct.
+    share: ShareForm,
+}
+
 async fn render_sharing(
     app: &App,
     caller: &Caller,
     server: &ServerRef,
     xsrf: &Xsrf,
-    new_link: Option<NewLink>,
-    done: Option<Done>,
-    error: Option<String>,
+    shown: Shown,
     status: StatusCode,
 ) -> Result<Response<Body>> {
+    let Shown {
+        new_link,
+        done,
+        error,
+        share,
+    } = shown;
     let standing = app.manager_standing(caller, server).await?;
     let running = app.cache.routes().server_route(server).is_some();
     let links = app
@@ -470,6 +476,7 @@ async fn render_sharing(
             notice: done.as_ref().map(Done::notice),
             links_still_admit,
             new_link,
+            share,
             lifetimes,
             links,
             grants,
@@ -646,17 +653,12 @@ async fn sharing_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<
                         expires_iso: clock::iso(invite.expires_at),
                         expires_epoch: invite.expires_at,
                     };
-                    return render_sharing(
-                        app,
-                        &caller,
-                        &server,
-                        &xsrf,
-                        Some(link),
-                        None,
-                        None,
-                        StatusCode::OK,
-                    )
-                    .await;
+                    let shown = Shown {
+                        new_link: Some(link),
+                        ..Shown::default()
+                    };
+                    return render_sharing(app, &caller, &server, &xsrf, shown, StatusCode::OK)
+                        .await;
                 }
                 Err(e) => Err(e),
             }
@@ -681,30 +683,32 @@ async fn sharing_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<
             .revoke_all_grantees(&caller, &server)
             .await
             .map(|_| Done::AllRevoked),
-        "share" => {
-            let grantee = parse_grantee(&form)?;
-            let role = parse_role(form_value(&form, "role"))?;
-            app.share_directly(&caller, &server, grantee.clone(), role, None)
+        // A name or role that does not parse is a mistake to correct on the page, as an
+        // unknown user is.
+        "share" => match (parse_grantee(&form), parse_role(form_value(&form, "role"))) {
+            (Ok(grantee), Ok(role)) => app
+                .share_directly(&caller, &server, grantee.clone(), role, None)
                 .await
-                .map(|_| Done::Shared(grantee, role))
-        }
+                .map(|_| Done::Shared(grantee, role)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
         _ => Err(Error::bad_request("Unknown action.")),
     };
     match result {
         Ok(done) => Ok(back(done)),
         // Input mistakes are shown on the page itself, where they can be corrected.
         Err(e @ (Error::BadRequest(_) | Error::NotFound(_) | Error::ServerNotRunning(_))) => {
-            render_sharing(
-                app,
-                &caller,
-                &server,
-                &xsrf,
-                None,
-                None,
-                Some(e.message()),
-                e.status(),
-            )
-            .await
+            let share = if action == "share" {
+                ShareForm::sent(&form)
+            } else {
+                ShareForm::default()
+            };
+            let shown = Shown {
+                error: Some(e.message()),
+                share,
+                ..Shown::default()
+            };
+            render_sharing(app, &caller, &server, &xsrf, shown, e.status()).await
         }
         Err(e) => Err(e),
     }

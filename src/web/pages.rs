@@ -53,6 +53,37 @@ pub struct NewLink {
     pub expires_epoch: i64,
 }
 
+/// The direct-share form's fields: empty with the usual choices, or as sent when the page
+/// shows an error to correct (so a typo costs one fix, not the whole form).
+pub struct ShareForm {
+    pub kind: String,
+    pub name: String,
+    pub role: String,
+}
+
+impl Default for ShareForm {
+    fn default() -> Self {
+        ShareForm {
+            kind: "user".into(),
+            name: String::new(),
+            role: "use".into(),
+        }
+    }
+}
+
+impl ShareForm {
+    /// The fields of a sent form (shown escaped, like every value on a page).
+    pub fn sent(form: &[(String, String)]) -> ShareForm {
+        let field = |name: &str| crate::http_util::form_value(form, name).map(str::to_owned);
+        let default = ShareForm::default();
+        ShareForm {
+            kind: field("kind").unwrap_or(default.kind),
+            name: field("name").unwrap_or(default.name),
+            role: field("role").unwrap_or(default.role),
+        }
+    }
+}
+
 pub struct LinkRow {
     pub id: String,
     pub role: String,
@@ -96,6 +127,7 @@ pub struct SharingPage {
     /// Access was just revoked while invite links are still active (they admit again).
     pub links_still_admit: bool,
     pub new_link: Option<NewLink>,
+    pub share: ShareForm,
     pub lifetimes: Vec<Lifetime>,
     pub links: Vec<LinkRow>,
     pub grants: Vec<GrantRow>,

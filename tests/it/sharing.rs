@@ -884,6 +884,92 @@ async fn the_sharing_menu_works_without_javascript(backend: Backend) {
 }
 both_stores!(the_sharing_menu_works_without_javascript);
 
+async fn a_direct_share_with_a_mistake_comes_back_as_it_was_sent(backend: Backend) {
+    let (_upstream, lk) = johns_server(backend).await;
+    let john = lk.signed_in("john").await;
+    let xsrf = john.xsrf().await;
+    let share = |kind: &'static str, name: &'static str, role: &'static str| {
+        john.client.post(john.url("/hub/sharing/john/")).form(&[
+            ("_xsrf", xsrf.as_str()),
+            ("action", "share"),
+            ("kind", kind),
+            ("name", name),
+            ("role", role),
+        ])
+    };
+    // An unknown group, with role view: the error, and the form as it was, to correct.
+    let r = share("group", "analysts<b>", "view").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(r#"value="analysts&#60;b&#62;""#), "{html}");
+    assert!(html.contains(r#"<option value="group" selected>"#));
+    assert!(html.contains(r#"<option value="view" selected>"#));
+    assert!(!html.contains(r#"<option value="user" selected>"#));
+    // A user latchkey does not know: the same.
+    let r = share("user", "ghost", "use").send().await.unwrap();
+    assert!(r.status().is_client_error());
+    let html = r.text().await.unwrap();
+    assert!(html.contains(r#"role="alert""#));
+    assert!(html.contains(r#"value="ghost""#));
+    // Nothing was shared.
+    let page = john.get("/hub/sharing/john/").await.text().await.unwrap();
+    assert!(page.contains("Nobody but you"));
+    // A fresh page has the usual choices and an empty name.
+    assert!(page.contains(r#"<option value="user" selected>"#));
+    assert!(page.contains(r#"<option value="use" selected>"#));
+    assert!(page.contains(r#"<input name="name" required autocapitalize="off" value="">"#));
+}
+both_stores!(a_direct_share_with_a_mistake_comes_back_as_it_was_sent);
+
+async fn revoking_while_links_are_active_says_they_still_admit(backend: Backend) {
+    let (_upstream, lk) = johns_server(backend).await;
+    let john = lk.signed_in("john").await;
+    let xsrf = john.xsrf().await;
+    let post = |action: &'static str| {
+        john.client
+            .post(john.url("/hub/sharing/john/"))
+            .form(&[("_xsrf", xsrf.as_str()), ("action", action)])
+            .send()
+    };
+    let hint = "still let anyone who has one accept it again";
+    // No links: the notice alone.
+    let r = post("revoke-all-users").await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let page = john.get("/hub/sharing/john/?done=all-revoked").await;
+    let html = page.text().await.unwrap();
+    assert!(html.contains("access was revoked."));
+    assert!(!html.contains(hint));
+    // An active link: the notice says it still admits.
+    let created = john
+        .client
+        .post(john.url("/hub/sharing/john/"))
+        .form(&[
+            ("_xsrf", xsrf.as_str()),
+            ("action", "create-link"),
+            ("role", "use"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::OK);
+    let html = john
+        .get("/hub/sharing/john/?done=all-revoked")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(hint));
+    // Other notices do not.
+    let html = john
+        .get("/hub/sharing/john/?done=link-revoked")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains(hint));
+}
+both_stores!(revoking_while_links_are_active_says_they_still_admit);
+
 async fn an_admin_grantee_may_invite_and_revoke_but_not_beyond_use(backend: Backend) {
     let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;

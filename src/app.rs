@@ -230,8 +230,16 @@ impl App {
             req.headers(),
             begun.internal.as_deref().unwrap_or(begun.uri.path()),
         );
+        // An error page names who is signed in: keep the cookies for it (shared bytes).
+        let cookies = (!json).then(|| only_cookies(req.headers()));
         let result = self.dispatch(req, begun.internal.clone(), &begun.ctx).await;
-        let resp = self.answer(&begun, result, || json);
+        let viewer = match (&result, &cookies) {
+            (Err(e), Some(cookies)) if !matches!(e, Error::Redirect(_)) => {
+                self.viewer(cookies).await
+            }
+            _ => None,
+        };
+        let resp = self.answer(&begun, result, viewer.as_ref(), || json);
         self.log_access(&begun, resp.status());
         resp
     }
@@ -291,6 +299,7 @@ impl App {
         &self,
         begun: &Begun,
         result: Result<Response<Body>>,
+        viewer: Option<&crate::error::Viewer>,
         json: impl FnOnce() -> bool,
     ) -> Response<Body> {
         let mut resp = match result {
@@ -300,7 +309,7 @@ impl App {
                     tracing::warn!(request_id = %begun.ctx.request_id, error = %e, "request failed");
                 }
                 let mut resp =
-                    e.render_with_prefix(&begun.ctx.request_id, json(), self.hub.as_str());
+                    e.render_with_prefix(&begun.ctx.request_id, json(), self.hub.as_str(), viewer);
                 // After a malformed request, the rest of the connection cannot be trusted.
                 if e.status() == http::StatusCode::BAD_REQUEST {
                     resp.headers_mut()
@@ -556,6 +565,19 @@ impl App {
     }
 
     /// Who is calling: an API token in `Authorization`, else the session cookie.
+    /// Who is signed in with a session cookie, for an error page's header; `None` when nobody
+    /// is, or it cannot be told.
+    pub async fn viewer(&self, headers: &impl Fields) -> Option<crate::error::Viewer> {
+        let caller = self.identify(headers).await.ok()??;
+        (caller.credential == Credential::Cookie).then(|| crate::error::Viewer {
+            name: caller.identity.name.to_string(),
+            // Sent only to latchkey's own pages (not to servers' paths).
+            xsrf: cookies::find(headers, paths::XSRF_COOKIE)
+                .filter(|v| secret::looks_like_token(v))
+                .map(str::to_owned),
+        })
+    }
+
     pub async fn identify(&self, headers: &impl Fields) -> Result<Option<Caller>> {
         self.identify_with(headers, None).await
     }
@@ -947,4 +969,12 @@ fn distinct(hashes: impl Iterator<Item = TokenHash>) -> Vec<TokenHash> {
     list.sort_unstable();
     list.dedup();
     list
+}
+/// The request's `Cookie` fields alone (their bytes shared, not copied).
+fn only_cookies(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for v in headers.get_all(header::COOKIE) {
+        kept.append(header::COOKIE, v.clone());
+    }
+    kept
 }

@@ -174,11 +174,18 @@ impl Error {
     /// Renders the error for the client: JSON for API and script clients, an HTML page for
     /// browsers. Both carry the request id so that a report can be matched with the logs.
     pub fn render(&self, request_id: &str, json: bool) -> Response<Body> {
-        self.render_with_prefix(request_id, json, crate::paths::HUB)
+        self.render_with_prefix(request_id, json, crate::paths::HUB, None)
     }
 
-    /// Renders with links under the configured hub prefix.
-    pub fn render_with_prefix(&self, request_id: &str, json: bool, prefix: &str) -> Response<Body> {
+    /// Renders with links under the configured hub prefix; an HTML page shows `viewer`, when
+    /// known, in its header.
+    pub fn render_with_prefix(
+        &self,
+        request_id: &str,
+        json: bool,
+        prefix: &str,
+        viewer: Option<&Viewer>,
+    ) -> Response<Body> {
         if let Error::Redirect(to) = self {
             let mut r = crate::http_util::redirect(to);
             *r.status_mut() = StatusCode::FOUND;
@@ -198,7 +205,7 @@ impl Error {
             );
             r
         } else {
-            pages::error_page(self, request_id, prefix)
+            pages::error_page(self, request_id, prefix, viewer)
         };
         *resp.status_mut() = status;
         if let Error::TooManyRequests { retry_after } | Error::Busy { retry_after } = self {
@@ -223,6 +230,14 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Who is looking at an error page, when they are signed in with a session cookie: the page's
+/// header names them, and offers Sign out when their XSRF token, which that form needs, came
+/// with the request.
+pub struct Viewer {
+    pub name: String,
+    pub xsrf: Option<String>,
+}
 
 #[cfg(test)]
 mod tests {

@@ -315,7 +315,15 @@ where
             Ok(Proxied::Answer(resp)) => Ok(resp),
             Err(e) => Err(e),
         };
-        let resp = app.answer(&begun, result, || http_util::wants_json(fields, uri.path()));
+        let json = || http_util::wants_json(fields, uri.path());
+        // An error page names who is signed in.
+        let viewer = match &result {
+            Err(e) if !matches!(e, crate::error::Error::Redirect(_)) && !json() => {
+                app.viewer(fields).await
+            }
+            _ => None,
+        };
+        let resp = app.answer(&begun, result, viewer.as_ref(), json);
         app.log_access(&begun, resp.status());
         // An unread request body would be read as the next request: skip it, or close.
         let close = if body_read && body_len <= self.buf.len() as u64 {

@@ -208,21 +208,27 @@ pub fn render<T: Template>(status: StatusCode, page: &T) -> Response<Body> {
     }
 }
 
-pub fn error_page(err: &Error, request_id: &str, prefix: &str) -> Response<Body> {
+pub fn error_page(
+    err: &Error,
+    request_id: &str,
+    prefix: &str,
+    viewer: Option<&crate::error::Viewer>,
+) -> Response<Body> {
     render(
         err.status(),
         &ErrorPage {
             prefix: prefix.to_owned(),
-            user: None,
-            xsrf: String::new(),
+            user: viewer.map(|v| v.name.clone()),
+            xsrf: viewer.and_then(|v| v.xsrf.clone()).unwrap_or_default(),
             status: err.status().as_u16(),
             title: err.title().into(),
             message: err.message(),
             request_id: request_id.into(),
-            show_login: matches!(
-                err,
-                Error::Unauthorized | Error::NotShared { .. } | Error::InviteInvalid
-            ),
+            show_login: viewer.is_none()
+                && matches!(
+                    err,
+                    Error::Unauthorized | Error::NotShared { .. } | Error::InviteInvalid
+                ),
         },
     )
 }

@@ -970,6 +970,55 @@ async fn revoking_while_links_are_active_says_they_still_admit(backend: Backend)
 }
 both_stores!(revoking_while_links_are_active_says_they_still_admit);
 
+async fn an_error_page_names_who_is_signed_in(backend: Backend) {
+    let (_upstream, lk) = johns_server(backend).await;
+    let nina = lk.signed_in("nina").await;
+    let signed_in_as_nina = "Signed in as <strong>nina</strong>";
+    let sign_in_button = r#"class="button" href="/hub/login""#;
+    // Not shared with her (latchkey's HTTP/1.1 path): the page says who she is, and does not
+    // offer Sign in. (Her XSRF cookie stays on latchkey's own paths, so no Sign out form here.)
+    let r = nina.get("/user/john/").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(signed_in_as_nina), "{html}");
+    assert!(!html.contains(sign_in_button));
+    // A link that is not valid, on latchkey's own pages (hyper's path): the same, with the
+    // Sign out form and her XSRF token.
+    let html = nina
+        .get("/hub/accept-share?code=not-a-code")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(signed_in_as_nina));
+    assert!(!html.contains(sign_in_button));
+    assert!(html.contains(r#"action="/hub/logout""#));
+    assert!(html.contains(&format!(r#"name="_xsrf" value="{}""#, nina.xsrf().await)));
+    // Nobody signed in: no name.
+    let r = reqwest::Client::new()
+        .get(lk.url("/user/nobody/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("Error 404"));
+    assert!(!html.contains("Signed in as"));
+    // JSON errors are as they were.
+    let r = nina
+        .client
+        .get(nina.url("/hub/api/shares/otto/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["request_id"].is_string());
+}
+both_stores!(an_error_page_names_who_is_signed_in);
+
 async fn an_admin_grantee_may_invite_and_revoke_but_not_beyond_use(backend: Backend) {
     let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;

@@ -562,6 +562,20 @@ impl Browser {
     }
 
     /// The XSRF token, fetched from the login page if the jar has none yet.
+    /// Posts the sharing page's form of john's server, as the browser does (with the XSRF
+    /// token), without following the redirect.
+    pub async fn sharing_form(&self, fields: &[(&str, &str)]) -> reqwest::Response {
+        let xsrf = self.xsrf().await;
+        let mut form = vec![("_xsrf", xsrf.as_str())];
+        form.extend_from_slice(fields);
+        self.client
+            .post(self.url("/hub/sharing/john/"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn xsrf(&self) -> String {
         if let Some(x) = self.cookie("_xsrf", "/hub/") {
             return x;

@@ -824,19 +824,13 @@ async fn the_sharing_menu_works_without_javascript(backend: Backend) {
     assert!(home.contains("/hub/sharing/john/"));
     let page = john.get("/hub/sharing/john/").await;
     assert_eq!(page.headers()["cache-control"], "no-store");
-    let xsrf = john.xsrf().await;
     let r = john
-        .client
-        .post(john.url("/hub/sharing/john/"))
-        .form(&[
-            ("_xsrf", xsrf.as_str()),
+        .sharing_form(&[
             ("action", "create-link"),
             ("role", "use"),
             ("expires_in", "3600"),
         ])
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["referrer-policy"], "no-referrer");
     let html = r.text().await.unwrap();
@@ -849,30 +843,19 @@ async fn the_sharing_menu_works_without_javascript(backend: Backend) {
     assert!(html.contains("<strong>nina</strong>"));
     assert!(html.contains("1 time"));
     let r = john
-        .client
-        .post(john.url("/hub/sharing/john/"))
-        .form(&[
-            ("_xsrf", xsrf.as_str()),
+        .sharing_form(&[
             ("action", "revoke-user"),
             ("kind", "user"),
             ("name", "nina"),
         ])
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(
         nina.get("/user/john/").await.status(),
         StatusCode::FORBIDDEN
     );
     for action in ["revoke-all-users", "revoke-all-links"] {
-        let r = john
-            .client
-            .post(john.url("/hub/sharing/john/"))
-            .form(&[("_xsrf", xsrf.as_str()), ("action", action)])
-            .send()
-            .await
-            .unwrap();
+        let r = john.sharing_form(&[("action", action)]).await;
         assert_eq!(r.status(), StatusCode::SEE_OTHER, "{action}");
     }
     assert_eq!(nina.accept(&code).await.status(), StatusCode::NOT_FOUND);
@@ -887,18 +870,17 @@ both_stores!(the_sharing_menu_works_without_javascript);
 async fn a_direct_share_with_a_mistake_comes_back_as_it_was_sent(backend: Backend) {
     let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
-    let xsrf = john.xsrf().await;
-    let share = |kind: &'static str, name: &'static str, role: &'static str| {
-        john.client.post(john.url("/hub/sharing/john/")).form(&[
-            ("_xsrf", xsrf.as_str()),
+    let share = async |kind: &str, name: &str, role: &str| {
+        john.sharing_form(&[
             ("action", "share"),
             ("kind", kind),
             ("name", name),
             ("role", role),
         ])
+        .await
     };
-    // An unknown group, with role view: the error, and the form as it was, to correct.
-    let r = share("group", "analysts<b>", "view").send().await.unwrap();
+    // A group name that is not valid, with role view: the error, and the form as it was.
+    let r = share("group", "analysts<b>", "view").await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let html = r.text().await.unwrap();
     assert!(html.contains(r#"value="analysts&#60;b&#62;""#), "{html}");
@@ -906,7 +888,7 @@ async fn a_direct_share_with_a_mistake_comes_back_as_it_was_sent(backend: Backen
     assert!(html.contains(r#"<option value="view" selected>"#));
     assert!(!html.contains(r#"<option value="user" selected>"#));
     // A user latchkey does not know: the same.
-    let r = share("user", "ghost", "use").send().await.unwrap();
+    let r = share("user", "ghost", "use").await;
     assert!(r.status().is_client_error());
     let html = r.text().await.unwrap();
     assert!(html.contains(r#"role="alert""#));
@@ -924,16 +906,9 @@ both_stores!(a_direct_share_with_a_mistake_comes_back_as_it_was_sent);
 async fn revoking_while_links_are_active_says_they_still_admit(backend: Backend) {
     let (_upstream, lk) = johns_server(backend).await;
     let john = lk.signed_in("john").await;
-    let xsrf = john.xsrf().await;
-    let post = |action: &'static str| {
-        john.client
-            .post(john.url("/hub/sharing/john/"))
-            .form(&[("_xsrf", xsrf.as_str()), ("action", action)])
-            .send()
-    };
     let hint = "still let anyone who has one accept it again";
     // No links: the notice alone.
-    let r = post("revoke-all-users").await.unwrap();
+    let r = john.sharing_form(&[("action", "revoke-all-users")]).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let page = john.get("/hub/sharing/john/?done=all-revoked").await;
     let html = page.text().await.unwrap();
@@ -941,16 +916,8 @@ async fn revoking_while_links_are_active_says_they_still_admit(backend: Backend)
     assert!(!html.contains(hint));
     // An active link: the notice says it still admits.
     let created = john
-        .client
-        .post(john.url("/hub/sharing/john/"))
-        .form(&[
-            ("_xsrf", xsrf.as_str()),
-            ("action", "create-link"),
-            ("role", "use"),
-        ])
-        .send()
-        .await
-        .unwrap();
+        .sharing_form(&[("action", "create-link"), ("role", "use")])
+        .await;
     assert_eq!(created.status(), StatusCode::OK);
     let html = john
         .get("/hub/sharing/john/?done=all-revoked")

@@ -231,11 +231,20 @@ impl App {
             begun.internal.as_deref().unwrap_or(begun.uri.path()),
         );
         // An error page names who is signed in: keep the cookies for it (shared bytes).
-        let cookies = (!json).then(|| only_cookies(req.headers()));
+        let cookies: Vec<_> = if json {
+            Vec::new()
+        } else {
+            req.headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .cloned()
+                .collect()
+        };
         let result = self.dispatch(req, begun.internal.clone(), &begun.ctx).await;
-        let viewer = match (&result, &cookies) {
-            (Err(e), Some(cookies)) if !matches!(e, Error::Redirect(_)) => {
-                self.viewer(cookies).await
+        let viewer = match &result {
+            Err(e) if !cookies.is_empty() => {
+                let own_page = begun.internal.is_some();
+                self.viewer(&only_cookies(cookies), e, own_page).await
             }
             _ => None,
         };
@@ -564,20 +573,31 @@ impl App {
         ))
     }
 
-    /// Who is calling: an API token in `Authorization`, else the session cookie.
-    /// Who is signed in with a session cookie, for an error page's header; `None` when nobody
-    /// is, or it cannot be told.
-    pub async fn viewer(&self, headers: &impl Fields) -> Option<crate::error::Viewer> {
+    /// Who is signed in with a session cookie, for the header of an error page about `err`;
+    /// `None` when nobody is, it cannot be told, or the error is the store's or latchkey's own
+    /// (then one more store lookup would only wait for the same failure). `own_page`: the
+    /// request was for latchkey's own pages, where the XSRF cookie (for Sign out) belongs.
+    pub async fn viewer(
+        &self,
+        headers: &impl Fields,
+        err: &Error,
+        own_page: bool,
+    ) -> Option<crate::error::Viewer> {
+        if !err.names_viewer() {
+            return None;
+        }
         let caller = self.identify(headers).await.ok()??;
         (caller.credential == Credential::Cookie).then(|| crate::error::Viewer {
             name: caller.identity.name.to_string(),
-            // Sent only to latchkey's own pages (not to servers' paths).
-            xsrf: cookies::find(headers, paths::XSRF_COOKIE)
+            xsrf: own_page
+                .then(|| cookies::find(headers, paths::XSRF_COOKIE))
+                .flatten()
                 .filter(|v| secret::looks_like_token(v))
                 .map(str::to_owned),
         })
     }
 
+    /// Who is calling: an API token in `Authorization`, else the session cookie.
     pub async fn identify(&self, headers: &impl Fields) -> Result<Option<Caller>> {
         self.identify_with(headers, None).await
     }
@@ -970,11 +990,11 @@ fn distinct(hashes: impl Iterator<Item = TokenHash>) -> Vec<TokenHash> {
     list.dedup();
     list
 }
-/// The request's `Cookie` fields alone (their bytes shared, not copied).
-fn only_cookies(headers: &HeaderMap) -> HeaderMap {
+/// A request's `Cookie` fields alone, as a header map.
+fn only_cookies(values: Vec<http::HeaderValue>) -> HeaderMap {
     let mut kept = HeaderMap::new();
-    for v in headers.get_all(header::COOKIE) {
-        kept.append(header::COOKIE, v.clone());
+    for v in values {
+        kept.append(header::COOKIE, v);
     }
     kept
 }

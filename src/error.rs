@@ -138,7 +138,7 @@ impl Error {
             Error::NotShared {
                 server,
                 reason: Some(r),
-            } => format!("{} ({server})", r.explain()),
+            } => r.explain(server),
             Error::NotShared { server, reason: None } => format!(
                 "{server} is not shared with you. Ask its owner for an invite link."
             ),
@@ -231,6 +231,22 @@ impl std::error::Error for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// Whether the page for this error names who is signed in: not for a redirect, and not
+    /// when the store or latchkey itself failed or is overloaded (naming them would ask the
+    /// store again).
+    pub fn names_viewer(&self) -> bool {
+        !matches!(
+            self,
+            Error::Redirect(_)
+                | Error::StoreUnavailable
+                | Error::Internal
+                | Error::Busy { .. }
+                | Error::TooManyRequests { .. }
+        )
+    }
+}
+
 /// Who is looking at an error page, when they are signed in with a session cookie: the page's
 /// header names them, and offers Sign out when their XSRF token, which that form needs, came
 /// with the request.
@@ -242,6 +258,26 @@ pub struct Viewer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_pages_name_the_viewer_unless_the_store_or_latchkey_failed() {
+        for quiet in [
+            Error::StoreUnavailable,
+            Error::Internal,
+            Error::Busy { retry_after: 1 },
+            Error::TooManyRequests { retry_after: 1 },
+            Error::Redirect("/hub/login".into()),
+        ] {
+            assert!(!quiet.names_viewer(), "{quiet:?}");
+        }
+        for named in [
+            Error::InviteInvalid,
+            Error::NotFound("There is no such server.".into()),
+            Error::bad_request("Dot segments are not allowed in paths."),
+        ] {
+            assert!(named.names_viewer(), "{named:?}");
+        }
+    }
 
     #[test]
     fn busy_is_503_with_retry_after_and_the_request_id() {

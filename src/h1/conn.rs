@@ -318,9 +318,8 @@ where
         let json = || http_util::wants_json(fields, uri.path());
         // An error page names who is signed in.
         let viewer = match &result {
-            Err(e) if !matches!(e, crate::error::Error::Redirect(_)) && !json() => {
-                app.viewer(fields).await
-            }
+            // Proxied requests only: not latchkey's own pages.
+            Err(e) if !json() => app.viewer(fields, e, false).await,
             _ => None,
         };
         let resp = app.answer(&begun, result, viewer.as_ref(), json);

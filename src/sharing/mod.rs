@@ -133,14 +133,14 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    pub fn explain(self) -> &'static str {
+    pub fn explain(self, server: &str) -> String {
         match self {
-            EndReason::Revoked => "The owner revoked your access to this server.",
-            EndReason::ServerRestarted => {
-                "The owner's server restarted, which ends every share of the previous session. Ask the owner for a new invite."
-            }
-            EndReason::Left => "You left this shared server.",
-            EndReason::Expired => "Your access to this server has expired.",
+            EndReason::Revoked => format!("The owner revoked your access to {server}."),
+            EndReason::ServerRestarted => format!(
+                "The owner's server restarted, which ends every share of the previous session of {server}. Ask the owner for a new invite."
+            ),
+            EndReason::Left => format!("You left {server}."),
+            EndReason::Expired => format!("Your access to {server} has expired."),
         }
     }
 }

@@ -561,7 +561,6 @@ impl Browser {
             .map(|(_, v)| v.to_owned())
     }
 
-    /// The XSRF token, fetched from the login page if the jar has none yet.
     /// Posts the sharing page's form of john's server, as the browser does (with the XSRF
     /// token), without following the redirect.
     pub async fn sharing_form(&self, fields: &[(&str, &str)]) -> reqwest::Response {
@@ -576,6 +575,7 @@ impl Browser {
             .unwrap()
     }
 
+    /// The XSRF token, fetched from the login page if the jar has none yet.
     pub async fn xsrf(&self) -> String {
         if let Some(x) = self.cookie("_xsrf", "/hub/") {
             return x;

@@ -884,9 +884,11 @@ async fn a_direct_share_with_a_mistake_comes_back_as_it_was_sent(backend: Backen
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let html = r.text().await.unwrap();
     assert!(html.contains(r#"value="analysts&#60;b&#62;""#), "{html}");
-    assert!(html.contains(r#"<option value="group" selected>"#));
-    assert!(html.contains(r#"<option value="view" selected>"#));
-    assert!(!html.contains(r#"<option value="user" selected>"#));
+    // (The create-link form's options read "use: full use" and "view: read only".)
+    assert!(html.contains(r#"<option value="group" selected>Group</option>"#));
+    assert!(html.contains(r#"<option value="view" selected>view</option>"#));
+    assert!(!html.contains(r#"<option value="user" selected>User</option>"#));
+    assert!(!html.contains(r#"<option value="use" selected>use</option>"#));
     // A user latchkey does not know: the same.
     let r = share("user", "ghost", "use").await;
     assert!(r.status().is_client_error());
@@ -897,8 +899,8 @@ async fn a_direct_share_with_a_mistake_comes_back_as_it_was_sent(backend: Backen
     let page = john.get("/hub/sharing/john/").await.text().await.unwrap();
     assert!(page.contains("Nobody but you"));
     // A fresh page has the usual choices and an empty name.
-    assert!(page.contains(r#"<option value="user" selected>"#));
-    assert!(page.contains(r#"<option value="use" selected>"#));
+    assert!(page.contains(r#"<option value="user" selected>User</option>"#));
+    assert!(page.contains(r#"<option value="use" selected>use</option>"#));
     assert!(page.contains(r#"<input name="name" required autocapitalize="off" value="">"#));
 }
 both_stores!(a_direct_share_with_a_mistake_comes_back_as_it_was_sent);
@@ -949,6 +951,7 @@ async fn an_error_page_names_who_is_signed_in(backend: Backend) {
     let html = r.text().await.unwrap();
     assert!(html.contains(signed_in_as_nina), "{html}");
     assert!(!html.contains(sign_in_button));
+    assert!(!html.contains("_xsrf"));
     // A link that is not valid, on latchkey's own pages (hyper's path): the same, with the
     // Sign out form and her XSRF token.
     let html = nina

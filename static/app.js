@@ -39,6 +39,15 @@
       var at = parseInt(el.getAttribute("data-countdown"), 10);
       if (!isNaN(at)) el.textContent = describe(at - now);
     });
+    // A button that only works until a time (Accept on an invite) says so once it has passed,
+    // instead of leading to the server's refusal.
+    document.querySelectorAll("button[data-until]").forEach(function (button) {
+      var until = parseInt(button.getAttribute("data-until"), 10);
+      if (!isNaN(until) && now >= until && !button.disabled) {
+        button.disabled = true;
+        button.textContent = "Link expired";
+      }
+    });
   }
 
   function localTimes() {

@@ -310,6 +310,29 @@ test('the tokens page makes a token by keyboard, shows it once, and deletes it',
   await shot(johnPage, dir, 'tokens-deleted');
 });
 
+test('an accept page left open past the link\'s expiry disables Accept and says why', async () => {
+  await johnPage.goto(lk.hub('sharing/john/'));
+  await Promise.all([johnPage.waitForNavigation(), johnPage.getByRole('button', { name: 'Create link' }).click()]);
+  const link = await johnPage.locator('#new-link-url').inputValue();
+  const ctx = await person(browser, lk);
+  try {
+    const page = await ctx.newPage();
+    await page.clock.install();
+    await signIn(page, lk, 'nina', { next: new URL(link).pathname + new URL(link).search });
+    const accept = page.getByRole('button', { name: 'Accept' });
+    assert.ok(await accept.isEnabled());
+    await page.clock.fastForward('02:00:00');
+    const expired = page.getByRole('button', { name: 'Link expired' });
+    await expired.waitFor();
+    assert.ok(await expired.isDisabled());
+    await shot(page, dir, 'accept-expired');
+  } finally {
+    await ctx.close();
+  }
+  await johnPage.getByRole('button', { name: 'Revoke all links' }).click();
+  await johnPage.getByRole('status').filter({ hasText: 'All links were revoked.' }).waitFor();
+});
+
 test('error pages: not shared, no such server or page, server not reachable, not running, form expired', async () => {
   let resp = await ninaPage.goto(lk.url('/user/john/dead/'));
   await errorPage(ninaPage, resp, 403, 'Not shared with you', /john\/dead is not shared with you\. Ask its owner for an invite link\./, 'error-not-shared');

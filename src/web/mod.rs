@@ -315,7 +315,14 @@ async fn home(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
             label: s.label(),
             url: s.url_path(),
             share_url: sharing_url(app, &s),
-            sharees: grants.grants.iter().filter(|g| g.is_live(now)).count(),
+            sharees: sharee_summary(
+                grants
+                    .grants
+                    .iter()
+                    .filter(|g| g.is_live(now))
+                    .map(|g| grantee_label(&g.grantee))
+                    .collect(),
+            ),
         });
     }
     let shared = app
@@ -770,6 +777,20 @@ impl Done {
     }
 }
 
+/// Who a server is shared with, for the home page: up to three names, then how many more
+/// (empty: nobody).
+fn sharee_summary(mut names: Vec<String>) -> String {
+    const SHOWN: usize = 3;
+    names.sort();
+    let more = names.len().saturating_sub(SHOWN);
+    names.truncate(SHOWN);
+    let mut summary = names.join(", ");
+    if more > 0 {
+        summary.push_str(&format!(" and {more} more"));
+    }
+    summary
+}
+
 fn grantee_label(g: &Grantee) -> String {
     match g {
         Grantee::User(u) => u.to_string(),
@@ -883,6 +904,21 @@ async fn leave(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_home_page_names_up_to_three_sharees() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(sharee_summary(vec![]), "");
+        assert_eq!(sharee_summary(names(&["nina"])), "nina");
+        assert_eq!(
+            sharee_summary(names(&["otto", "group analysts", "nina"])),
+            "group analysts, nina, otto"
+        );
+        assert_eq!(
+            sharee_summary(names(&["e", "d", "c", "b", "a"])),
+            "a, b, c and 2 more"
+        );
+    }
 
     #[test]
     fn notices_are_named_by_the_address_and_worded_here() {

@@ -21,7 +21,8 @@ pub struct MyServerRow {
     pub label: String,
     pub url: String,
     pub share_url: String,
-    pub sharees: usize,
+    /// Who it is shared with ("nina, group analysts and 2 more"); empty: nobody.
+    pub sharees: String,
 }
 
 pub struct SharedRow {

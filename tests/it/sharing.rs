@@ -842,6 +842,9 @@ async fn the_sharing_menu_works_without_javascript(backend: Backend) {
     let html = john.get("/hub/sharing/john/").await.text().await.unwrap();
     assert!(html.contains("<strong>nina</strong>"));
     assert!(html.contains("1 time"));
+    // The home page says whom the server is shared with.
+    let home = john.get("/hub/home").await.text().await.unwrap();
+    assert!(home.contains("<td>nina</td>"), "{home}");
     let r = john
         .sharing_form(&[
             ("action", "revoke-user"),

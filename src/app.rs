@@ -230,25 +230,24 @@ impl App {
             req.headers(),
             begun.internal.as_deref().unwrap_or(begun.uri.path()),
         );
-        // An error page names who is signed in: keep the cookies for it (shared bytes).
-        let cookies: Vec<_> = if json {
-            Vec::new()
+        // An error page names who is signed in: keep the cookies for it (shared bytes), as
+        // dispatch takes the request.
+        let cookies = if json {
+            Cookies::default()
         } else {
-            req.headers()
-                .get_all(header::COOKIE)
-                .iter()
-                .cloned()
-                .collect()
+            Cookies(
+                req.headers()
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .cloned()
+                    .collect(),
+            )
         };
         let result = self.dispatch(req, begun.internal.clone(), &begun.ctx).await;
-        let viewer = match &result {
-            Err(e) if !cookies.is_empty() => {
-                let own_page = begun.internal.is_some();
-                self.viewer(&only_cookies(cookies), e, own_page).await
-            }
-            _ => None,
-        };
-        let resp = self.answer(&begun, result, viewer.as_ref(), || json);
+        let own_page = begun.internal.is_some();
+        let resp = self
+            .answer(&begun, result, &cookies, own_page, || json)
+            .await;
         self.log_access(&begun, resp.status());
         resp
     }
@@ -303,12 +302,15 @@ impl App {
     }
 
     /// The response for a handler's result: errors rendered as an HTML page or JSON (as
-    /// `json` says), and the request id on every answer.
-    pub fn answer(
+    /// `json` says), and the request id on every answer. An error page names who is signed in
+    /// with the session cookie among `fields`; `own_page`: the request was for latchkey's own
+    /// pages, where the XSRF cookie (for the page's Sign out) belongs.
+    pub async fn answer(
         &self,
         begun: &Begun,
         result: Result<Response<Body>>,
-        viewer: Option<&crate::error::Viewer>,
+        fields: &impl Fields,
+        own_page: bool,
         json: impl FnOnce() -> bool,
     ) -> Response<Body> {
         let mut resp = match result {
@@ -317,8 +319,17 @@ impl App {
                 if e.status().is_server_error() {
                     tracing::warn!(request_id = %begun.ctx.request_id, error = %e, "request failed");
                 }
-                let mut resp =
-                    e.render_with_prefix(&begun.ctx.request_id, json(), self.hub.as_str(), viewer);
+                let json = json();
+                let viewer = match json {
+                    false => self.viewer(fields, &e, own_page).await,
+                    true => None,
+                };
+                let mut resp = e.render_with_prefix(
+                    &begun.ctx.request_id,
+                    json,
+                    self.hub.as_str(),
+                    viewer.as_ref(),
+                );
                 // After a malformed request, the rest of the connection cannot be trusted.
                 if e.status() == http::StatusCode::BAD_REQUEST {
                     resp.headers_mut()
@@ -575,9 +586,8 @@ impl App {
 
     /// Who is signed in with a session cookie, for the header of an error page about `err`;
     /// `None` when nobody is, it cannot be told, or the error is the store's or latchkey's own
-    /// (then one more store lookup would only wait for the same failure). `own_page`: the
-    /// request was for latchkey's own pages, where the XSRF cookie (for Sign out) belongs.
-    pub async fn viewer(
+    /// (then one more store lookup would only wait for the same failure).
+    async fn viewer(
         &self,
         headers: &impl Fields,
         err: &Error,
@@ -990,11 +1000,13 @@ fn distinct(hashes: impl Iterator<Item = TokenHash>) -> Vec<TokenHash> {
     list.dedup();
     list
 }
-/// A request's `Cookie` fields alone, as a header map.
-fn only_cookies(values: Vec<http::HeaderValue>) -> HeaderMap {
-    let mut kept = HeaderMap::new();
-    for v in values {
-        kept.append(header::COOKIE, v);
+
+/// A request's `Cookie` fields alone, kept past the request for its error page.
+#[derive(Default)]
+struct Cookies(Vec<http::HeaderValue>);
+
+impl Fields for Cookies {
+    fn each(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.0.iter().map(|v| (&b"cookie"[..], v.as_bytes()))
     }
-    kept
 }

@@ -171,6 +171,20 @@ impl Error {
         }
     }
 
+    /// Whether the page for this error names who is signed in: not for a redirect, and not
+    /// when the store or latchkey itself failed or is overloaded (naming them would ask the
+    /// store again).
+    pub fn names_viewer(&self) -> bool {
+        !matches!(
+            self,
+            Error::Redirect(_)
+                | Error::StoreUnavailable
+                | Error::Internal
+                | Error::Busy { .. }
+                | Error::TooManyRequests { .. }
+        )
+    }
+
     /// Renders the error for the client: JSON for API and script clients, an HTML page for
     /// browsers. Both carry the request id so that a report can be matched with the logs.
     pub fn render(&self, request_id: &str, json: bool) -> Response<Body> {
@@ -230,22 +244,6 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
-    /// Whether the page for this error names who is signed in: not for a redirect, and not
-    /// when the store or latchkey itself failed or is overloaded (naming them would ask the
-    /// store again).
-    pub fn names_viewer(&self) -> bool {
-        !matches!(
-            self,
-            Error::Redirect(_)
-                | Error::StoreUnavailable
-                | Error::Internal
-                | Error::Busy { .. }
-                | Error::TooManyRequests { .. }
-        )
-    }
-}
 
 /// Who is looking at an error page, when they are signed in with a session cookie: the page's
 /// header names them, and offers Sign out when their XSRF token, which that form needs, came

@@ -285,7 +285,7 @@ impl Connection {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        match crate::h1::serve(&self.app, stream, self.peer, self.tls, self.stop.clone()).await {
+        match crate::h1::serve(&self.app, stream, self.peer, self.tls, &self.stop).await {
             Served::Closed => {}
             Served::Handoff(rest) => Box::pin(self.serve_hyper(rest)).await,
             // Upgraded connections live in the tracker, as hyper's do: shutdown waits for them

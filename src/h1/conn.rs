@@ -61,7 +61,7 @@ pub async fn serve<IO>(
     io: IO,
     peer: SocketAddr,
     tls: bool,
-    stop: watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
 ) -> Served<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
@@ -93,7 +93,7 @@ where
         }
     });
     let end = loop {
-        match c.read_head(&stop, shutdown.as_mut()).await {
+        match c.read_head(stop, shutdown.as_mut()).await {
             Head::Complete(head) => {
                 let request = c.buf.split_to(head.len).freeze();
                 let Some((uri, route)) = c.ours(&head, &request) else {
@@ -315,14 +315,12 @@ where
             Ok(Proxied::Answer(resp)) => Ok(resp),
             Err(e) => Err(e),
         };
-        let json = || http_util::wants_json(fields, uri.path());
-        // An error page names who is signed in.
-        let viewer = match &result {
-            // Proxied requests only: not latchkey's own pages.
-            Err(e) if !json() => app.viewer(fields, e, false).await,
-            _ => None,
-        };
-        let resp = app.answer(&begun, result, viewer.as_ref(), json);
+        // Proxied requests only here, never latchkey's own pages.
+        let resp = app
+            .answer(&begun, result, fields, false, || {
+                http_util::wants_json(fields, uri.path())
+            })
+            .await;
         app.log_access(&begun, resp.status());
         // An unread request body would be read as the next request: skip it, or close.
         let close = if body_read && body_len <= self.buf.len() as u64 {

@@ -17,15 +17,20 @@ fn rss_kib() -> u64 {
         .unwrap()
 }
 
+/// A client that speaks HTTP/2 to latchkey (cleartext, prior knowledge): hyper's path.
+fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_reach_http1_upstreams() {
     let (upstream, lk) = johns_server(Backend::Memory).await;
     let john = lk.signed_in("john").await;
     let cookie = john.cookie_header("/user/john/");
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2_client();
     let r = h2
         .get(lk.url("/user/john/h2"))
         .header("cookie", cookie)
@@ -72,10 +77,7 @@ async fn an_answer_with_many_header_fields_arrives_whole_on_both_paths() {
     assert!(answer.ends_with("many headers"));
 
     // HTTP/2 is forwarded by hyper's client, which allowed 100 fields and answered 502.
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2_client();
     let r = h2
         .get(lk.url("/user/john/many-headers"))
         .header("cookie", &cookie)

@@ -319,7 +319,7 @@ fn wrk_value(r: &wrk::WrkResult, used: Used, ticks: f64) -> Value {
 }
 
 /// The rate figures measured in every round, and the number each is ranked by.
-const RATES: &[(&str, &str)] = &[
+pub const RATES: &[(&str, &str)] = &[
     ("small", "rps"),
     ("big", "bytes_per_sec"),
     ("close", "rps"),

@@ -151,6 +151,7 @@ pub fn document(
             ratios.insert(name.clone(), Value::Object(row));
         }
     }
+    let paired = paired_ratios(&results);
     let goals = goals(&results);
     let dirty = !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
     json!({
@@ -193,10 +194,94 @@ pub fn document(
         },
         "results": results,
         "ratio_to_nginx": ratios,
+        "round_ratio_to_nginx": paired,
         "goals": goals,
         "sharing": sharing,
         "soak": soak,
     })
+}
+
+/// For each proxy and rate figure, its rate in each round over nginx's in the same round, and
+/// the median of those. Rounds measure the proxies minutes apart at most, so this ratio moves
+/// less with the machine's slow spells than one of two medians taken from different rounds;
+/// beside `nginx-again` (nginx against itself) it shows what a tie looks like in the run.
+fn paired_ratios(results: &Map<String, Value>) -> Value {
+    let Some(nginx) = results.get("nginx") else {
+        return json!({});
+    };
+    let rounds = |r: &Value, figure: &str| -> Vec<f64> {
+        r[figure]["rounds"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let mut out = Map::new();
+    for (name, r) in results.iter().filter(|(n, _)| n.as_str() != "nginx") {
+        let mut row = Map::new();
+        for (figure, _) in crate::RATES {
+            let theirs = rounds(nginx, figure);
+            let mut each: Vec<f64> = rounds(r, figure)
+                .iter()
+                .zip(&theirs)
+                .filter(|(_, b)| **b > 0.0)
+                .map(|(a, b)| a / b)
+                .collect();
+            if each.is_empty() {
+                continue;
+            }
+            let in_order = each.clone();
+            each.sort_by(f64::total_cmp);
+            let median = if each.len() % 2 == 1 {
+                each[each.len() / 2]
+            } else {
+                (each[each.len() / 2 - 1] + each[each.len() / 2]) / 2.0
+            };
+            row.insert(
+                figure.to_string(),
+                json!({"rounds": in_order, "median": median, "min": each[0], "max": each[each.len() - 1]}),
+            );
+        }
+        out.insert(name.clone(), Value::Object(row));
+    }
+    Value::Object(out)
+}
+
+/// The round-by-round ratios under the table: one line per rate figure.
+fn paired_list(doc: &Value) -> String {
+    let Some(paired) = doc["round_ratio_to_nginx"].as_object() else {
+        return String::new();
+    };
+    let mut s = String::from(
+        "\nRound by round, each proxy's rate over nginx's in the same round (median, then every round):\n\n",
+    );
+    for (key, label) in [
+        ("small", "small GET"),
+        ("big", "1 MiB GET"),
+        ("close", "new connection"),
+        ("ws_echo", "WebSocket echo"),
+    ] {
+        let per: Vec<String> = paired
+            .iter()
+            .filter_map(|(name, row)| {
+                let f = row.get(key)?;
+                let each: Vec<String> = f["rounds"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .map(|x| format!("{x:.2}"))
+                    .collect();
+                Some(format!(
+                    "{name} {:.2}x ({})",
+                    f["median"].as_f64()?,
+                    each.join(", ")
+                ))
+            })
+            .collect();
+        if !per.is_empty() {
+            s.push_str(&format!("- {label}: {}\n", per.join("; ")));
+        }
+    }
+    s
 }
 
 fn goals(results: &Map<String, Value>) -> Value {
@@ -365,6 +450,7 @@ pub fn markdown(doc: &Value) -> String {
     s.push_str(&table(doc));
     if rounds > 1 {
         s.push_str(&rounds_list(doc));
+        s.push_str(&paired_list(doc));
     }
     s.push_str("\nGoals (latchkey against nginx, same run):\n\n");
     for g in doc["goals"].as_array().cloned().unwrap_or_default() {

@@ -42,11 +42,14 @@ impl Running {
 
 pub async fn start(name: &str, env: &Env) -> Running {
     match name {
-        "nginx" => nginx(env),
+        "nginx" => nginx(env, "nginx"),
+        // A second nginx, measured in its turn like any other proxy: its ratio to nginx is the
+        // run's resolution, what a tie looks like on this machine.
+        "nginx-again" => nginx(env, "nginx-again"),
         "haproxy" => haproxy(env),
         "chp" => chp(env),
         "latchkey" => latchkey(env).await,
-        other => panic!("unknown target {other} (nginx, haproxy, chp, latchkey)"),
+        other => panic!("unknown target {other} (nginx, nginx-again, haproxy, chp, latchkey)"),
     }
 }
 
@@ -74,8 +77,8 @@ fn dir(env: &Env, name: &str) -> PathBuf {
 
 /// nginx as JupyterHub's documentation configures it in front of a hub (HTTP/1.1 and WebSocket
 /// headers, `proxy_buffering off`), plus upstream keep-alive, one worker.
-fn nginx(env: &Env) -> Running {
-    let d = dir(env, "nginx");
+fn nginx(env: &Env, name: &str) -> Running {
+    let d = dir(env, name);
     let port = procs::free_port();
     let up = env.upstream_port;
     let w = d.display();
@@ -119,7 +122,7 @@ http {{
     std::fs::write(&conf_path, conf).expect("write nginx.conf");
     let spawned = Instant::now();
     let proc = Proc::spawn(
-        "nginx",
+        name,
         PROXY_CORE,
         Path::new("nginx"),
         &[
@@ -133,7 +136,7 @@ http {{
         &[],
         &d.join("stdout.log"),
     );
-    ready("nginx", proc, port, "/user/john/small", spawned)
+    ready(name, proc, port, "/user/john/small", spawned)
 }
 
 /// HAProxy in HTTP mode with keep-alive and connection reuse, one thread, no logging (its

@@ -19,6 +19,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::connections::{Connections, OpenConnection, Registrar, Registration};
 use crate::error::{Error, Result};
+use crate::hosts::Site;
 use crate::http_util::{self, Body, Fields};
 use crate::ids::ServerRef;
 use crate::paths;
@@ -175,6 +176,9 @@ pub struct Caller {
     /// The hashed API token, when called with one.
     pub token: Option<TokenHash>,
 }
+
+/// The answer on a host that is neither latchkey's nor a user's (host-based routing).
+const NOT_SERVED_HERE: &str = "Nothing is served at this address.";
 
 impl App {
     pub async fn new(config: Config, store: Arc<dyn Store>) -> Arc<App> {
@@ -403,6 +407,7 @@ impl App {
         if let Some(resp) = crate::health::answer(self, path).await {
             return Ok(resp);
         }
+        let site = self.site(req.uri(), req.headers());
         if let Some(internal) = internal {
             // Handlers see internal "/hub/..." paths whatever the configured prefix.
             let pq = match req.uri().query() {
@@ -412,10 +417,14 @@ impl App {
             *req.uri_mut() = pq
                 .parse()
                 .map_err(|_| Error::bad_request("The request path is not valid."))?;
-            if internal.starts_with(paths::API) {
-                return crate::api::handle(self, req, ctx).await;
-            }
-            return crate::web::handle(self, req, ctx).await;
+            return match site {
+                Site::Main if internal.starts_with(paths::API) => {
+                    crate::api::handle(self, req, ctx).await
+                }
+                Site::Main => crate::web::handle(self, req, ctx).await,
+                Site::User(label) => crate::web::on_user_host(self, req, &label).await,
+                Site::Unknown => Err(Error::NotFound(NOT_SERVED_HERE.into())),
+            };
         }
         let (mut parts, body) = req.into_parts();
         let proxied = self
@@ -473,10 +482,17 @@ impl App {
         memo: Option<&mut SessionMemo>,
     ) -> Result<Proxied> {
         let route = route.or_else(|| self.cache.routes().lookup(uri.path()).cloned());
+        let site = self.site(uri, headers);
         let Some(route) = route else {
-            if uri.path() == "/" {
+            if uri.path() == "/" && site != Site::Unknown {
+                let home = self.hub.external(paths::HOME);
                 return Ok(Proxied::Answer(http_util::redirect(
-                    &self.hub.external(paths::HOME),
+                    &match &self.config.hosts {
+                        Some(hosts) if site != Site::Main => {
+                            format!("{}{home}", hosts.main_origin())
+                        }
+                        _ => home,
+                    },
                 )));
             }
             return Err(Error::NotFound(
@@ -484,7 +500,43 @@ impl App {
             ));
         };
         let websocket = is_websocket(headers);
-        let caller = self.identify_with(headers, memo).await?;
+        // With host-based routing a user's servers answer on their owner's host only, and
+        // latchkey's own host sends a browser there.
+        let mut user_host = None;
+        if let Some(hosts) = &self.config.hosts {
+            let owner = route
+                .server
+                .as_ref()
+                .map(|s| crate::hosts::label(s.owner.as_str()));
+            match (&site, owner) {
+                (Site::Main, None) => {}
+                (Site::User(label), Some(owner)) if *label == owner => {
+                    user_host = Some(hosts.user_host(label));
+                }
+                (Site::Main, Some(owner)) => {
+                    let to = format!(
+                        "{}{}",
+                        hosts.user_origin(&owner),
+                        uri.path_and_query().map_or("/", |p| p.as_str())
+                    );
+                    if !websocket && (*method == Method::GET || *method == Method::HEAD) {
+                        return Ok(Proxied::Answer(http_util::redirect(&to)));
+                    }
+                    return Err(Error::NotFound(format!(
+                        "This server is served at {}.",
+                        hosts.user_origin(&owner)
+                    )));
+                }
+                _ => {
+                    return Err(Error::NotFound(
+                        "No server is running at this address.".into(),
+                    ));
+                }
+            }
+        }
+        let caller = self
+            .identify_on(headers, user_host.as_deref(), memo)
+            .await?;
 
         let mut role = None;
         if let Some(server) = &route.server {
@@ -492,7 +544,9 @@ impl App {
             let standing = self.decide(&route, server, caller.as_ref(), kind).await;
             let standing = match standing? {
                 Decision::Allow(s) => s,
-                Decision::NeedsLogin => return Err(self.needs_login(uri, headers)),
+                Decision::NeedsLogin => {
+                    return Err(self.needs_login(uri, headers, user_host.is_some()));
+                }
                 Decision::NotShared => {
                     let user = caller.as_ref().map(|c| &c.identity.name);
                     let reason = match user {
@@ -513,9 +567,13 @@ impl App {
             // Injected upstream credentials switch off the tool's own cross-site checks, so
             // latchkey makes them.
             if websocket || !kind.safe_method {
+                let own = match (&site, &self.config.hosts) {
+                    (Site::User(label), Some(hosts)) => Some(hosts.user_origin(label)),
+                    _ => self.own_origin(headers, ctx.tls),
+                };
                 crate::auth::csrf::check_same_origin(
                     headers,
-                    self.own_origin(headers, ctx.tls).as_deref(),
+                    own.as_deref(),
                     uri.authority().map(|a| a.as_str()),
                 )?;
             }
@@ -572,16 +630,31 @@ impl App {
         ))
     }
 
-    fn needs_login(&self, uri: &http::Uri, headers: &impl Fields) -> Error {
+    /// A browser is sent to sign in (on a user's host: to have its sign-in handed over); a
+    /// script gets 401.
+    fn needs_login(&self, uri: &http::Uri, headers: &impl Fields, on_user_host: bool) -> Error {
         if http_util::wants_json(headers, uri.path()) {
             return Error::Unauthorized;
         }
         let next = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let to = if on_user_host {
+            paths::HOST_LOGIN
+        } else {
+            paths::LOGIN
+        };
         Error::Redirect(format!(
             "{}?next={}",
-            self.hub.external(paths::LOGIN),
+            self.hub.external(to),
             http_util::percent_encode(next)
         ))
+    }
+
+    /// Which host a request was addressed to: always latchkey's own without host-based routing.
+    pub fn site(&self, uri: &http::Uri, headers: &impl Fields) -> Site {
+        match &self.config.hosts {
+            Some(hosts) => hosts.site(crate::hosts::authority(uri, headers)),
+            None => Site::Main,
+        }
     }
 
     /// Who is signed in with a session cookie, for the header of an error page about `err`;
@@ -607,16 +680,19 @@ impl App {
         })
     }
 
-    /// Who is calling: an API token in `Authorization`, else the session cookie.
+    /// Who is calling on latchkey's own host: an API token in `Authorization`, else the session
+    /// cookie.
     pub async fn identify(&self, headers: &impl Fields) -> Result<Option<Caller>> {
-        self.identify_with(headers, None).await
+        self.identify_on(headers, None, None).await
     }
 
-    /// [`identify`](Self::identify), remembering the session cookie's hash in `memo` for the
-    /// next request of the same connection.
-    pub async fn identify_with(
+    /// [`identify`](Self::identify) on latchkey's own host (`user_host` None) or on a user's
+    /// host, whose cookie is a sign-in handed over for that host alone; remembers the session
+    /// cookie's hash in `memo` for the next request of the same connection.
+    pub async fn identify_on(
         &self,
         headers: &impl Fields,
+        user_host: Option<&str>,
         memo: Option<&mut SessionMemo>,
     ) -> Result<Option<Caller>> {
         if let Some(token) = bearer_token(headers)
@@ -649,11 +725,28 @@ impl App {
         let Some(rec) = self.cache.login(self.store.as_ref(), &hash).await? else {
             return Ok(None);
         };
+        let (login, expires) = match (&rec.on_host, user_host) {
+            (None, None) => (hash, rec.expires_at),
+            (Some(on), Some(host)) if !on.code && on.host == host => {
+                // Only as long as the sign-in it was handed from: signing out there ends it,
+                // and the connections opened with it close with that sign-in's.
+                let Some(parent) = TokenHash::from_hex(&on.parent) else {
+                    return Ok(None);
+                };
+                match self.cache.login(self.store.as_ref(), &parent).await? {
+                    Some(p) if p.on_host.is_none() && p.user == rec.user => {
+                        (parent, rec.expires_at.min(p.expires_at))
+                    }
+                    _ => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        };
         Ok(self.users.identity(&rec.user).map(|identity| Caller {
             identity,
             credential: Credential::Cookie,
-            login: Some(hash),
-            expires: Some(rec.expires_at),
+            login: Some(login),
+            expires: Some(expires),
             token: None,
         }))
     }
@@ -809,6 +902,7 @@ impl App {
                     user: identity.name.clone(),
                     created_at: now,
                     expires_at: now + self.config.session_max_age as i64,
+                    on_host: None,
                 },
             )
             .await?;

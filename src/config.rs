@@ -51,6 +51,10 @@ pub struct RawServer {
     /// Where latchkey's own pages and API live. Change it (e.g. to "/latchkey/") when a
     /// JupyterHub behind latchkey needs "/hub/" for itself.
     pub hub_prefix: String,
+    /// Host-based routing: each user's servers on `<user>.<user_domain>` (e.g. "lab.example.org"
+    /// for `john.lab.example.org`), latchkey's pages on the public URL's host only. Needs
+    /// `public_url` and a wildcard DNS name (and certificate) for the domain.
+    pub user_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,6 +129,7 @@ impl Default for RawConfig {
                 session_max_age: 7 * 24 * 3600,
                 max_body: 1024 * 1024,
                 hub_prefix: "/hub/".into(),
+                user_domain: None,
             },
             api: RawApi {
                 listen: "127.0.0.1:8001".into(),
@@ -195,6 +200,8 @@ pub struct Config {
     pub max_body: usize,
     /// Prefix of latchkey's pages and API, with leading and trailing slash.
     pub hub_prefix: String,
+    /// Host-based routing, when `user_domain` is set.
+    pub hosts: Option<crate::hosts::UserHosts>,
     pub api_listen: SocketAddr,
     pub api_token: String,
     pub store_url: String,
@@ -388,6 +395,31 @@ impl RawConfig {
                 ));
             }
             trimmed.to_owned()
+        });
+
+        let hosts = self.server.user_domain.as_deref().and_then(|domain| {
+            let valid = !domain.is_empty()
+                && domain.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+                && domain.contains('.');
+            if !valid {
+                problems.push(format!(
+                    "server.user_domain = {domain:?} must be a domain like \"lab.example.org\" (each user's servers at <user>.lab.example.org)"
+                ));
+                return None;
+            }
+            match public_url.as_deref() {
+                Some(u) => crate::hosts::UserHosts::new(u, domain),
+                None => {
+                    problems.push(
+                        "server.user_domain needs server.public_url (latchkey's own host)".into(),
+                    );
+                    None
+                }
+            }
         });
 
         let tls = match (&self.server.tls_cert, &self.server.tls_key) {
@@ -598,6 +630,7 @@ impl RawConfig {
             session_max_age: self.server.session_max_age,
             max_body: self.server.max_body,
             hub_prefix,
+            hosts,
             api_listen,
             api_token,
             store_url: url,
@@ -679,6 +712,35 @@ mod tests {
         ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
+    }
+
+    #[test]
+    fn host_based_routing_needs_a_domain_and_the_public_url() {
+        let token = "[api]\ntoken = \"0123456789abcdef\"\n";
+        let problems = Config::from_sources(
+            &format!("[server]\nuser_domain = \"lab.test\"\n{token}"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(problems.join(" ").contains("needs server.public_url"));
+        for bad in ["lab", "lab..test", "lab_x.test", "*.lab.test"] {
+            let problems = Config::from_sources(
+                &format!(
+                    "[server]\npublic_url = \"https://lab.test\"\nuser_domain = \"{bad}\"\n{token}"
+                ),
+                &[],
+            )
+            .unwrap_err();
+            assert!(problems.join(" ").contains("server.user_domain"), "{bad}");
+        }
+        let c = Config::from_sources(
+            &format!("[server]\npublic_url = \"https://lab.test:8443\"\nuser_domain = \"Lab.Test\"\n{token}"),
+            &[],
+        )
+        .unwrap();
+        let hosts = c.hosts.expect("host-based routing on");
+        assert_eq!(hosts.user_origin("john"), "https://john.lab.test:8443");
+        assert!(Config::from_sources(token, &[]).unwrap().hosts.is_none());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod error;
 pub mod h1;
 pub mod health;
+pub mod hosts;
 pub mod http_util;
 pub mod ids;
 pub mod logging;

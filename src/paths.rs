@@ -11,6 +11,12 @@ pub const ACCEPT_SHARE: &str = "/hub/accept-share";
 /// The user's API tokens (JupyterHub's page of the same name).
 pub const TOKENS: &str = "/hub/token";
 pub const STATIC: &str = "/hub/static/";
+/// Host-based routing: on a user's host, where a browser without a sign-in for that host is
+/// sent, with the state cookie; on latchkey's host, where the sign-in is handed over as a
+/// one-time code; on the user's host, where the code is exchanged for the host's cookie.
+pub const HOST_LOGIN: &str = "/hub/host-login";
+pub const HOST_HANDOFF: &str = "/hub/host-handoff";
+pub const HOST_CALLBACK: &str = "/hub/host-callback";
 pub const API: &str = "/hub/api/";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
@@ -26,6 +32,9 @@ pub const METRICS: &str = "/metrics";
 pub const SESSION_COOKIE: &str = "latchkey-session";
 pub const SESSION_COOKIE_TLS: &str = "__Host-latchkey-session";
 pub const XSRF_COOKIE: &str = "_xsrf";
+/// The state of a sign-in hand-over, on a user's host while it runs.
+pub const HOST_STATE_COOKIE: &str = "latchkey-host-state";
+pub const HOST_STATE_COOKIE_TLS: &str = "__Host-latchkey-host-state";
 
 /// The hub prefix as configured (e.g. "/latchkey/"), mapping between the paths clients see and
 /// the internal paths above, which always start with "/hub/".

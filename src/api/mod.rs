@@ -44,7 +44,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         .ok_or(Error::Unauthorized)?;
     let changes_state = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     if changes_state && caller.credential == Credential::Cookie {
-        crate::auth::csrf::check_same_origin(
+        crate::auth::csrf::check_form_origin(
             req.headers(),
             app.own_origin(req.headers(), ctx.tls).as_deref(),
             req.uri().authority().map(|a| a.as_str()),

@@ -4,7 +4,9 @@ use cookie::{Cookie, SameSite};
 use http::HeaderValue;
 
 use crate::http_util::Fields;
-use crate::paths::{SESSION_COOKIE, SESSION_COOKIE_TLS, XSRF_COOKIE};
+use crate::paths::{
+    HOST_STATE_COOKIE, HOST_STATE_COOKIE_TLS, SESSION_COOKIE, SESSION_COOKIE_TLS, XSRF_COOKIE,
+};
 
 /// Cookie settings that depend on how latchkey is served.
 #[derive(Clone, Debug)]
@@ -46,6 +48,37 @@ impl CookiePolicy {
         header_value(&c)
     }
 
+    pub fn host_state_name(&self) -> &'static str {
+        if self.secure {
+            HOST_STATE_COOKIE_TLS
+        } else {
+            HOST_STATE_COOKIE
+        }
+    }
+
+    /// The state of a sign-in hand-over on a user's host: host-only, for ten minutes.
+    pub fn host_state_cookie(&self, value: &str) -> HeaderValue {
+        let c = Cookie::build((self.host_state_name(), value.to_owned()))
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(SameSite::Lax)
+            .max_age(cookie::time::Duration::minutes(10))
+            .build();
+        header_value(&c)
+    }
+
+    pub fn clear_host_state_cookie(&self) -> HeaderValue {
+        let c = Cookie::build((self.host_state_name(), ""))
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(SameSite::Lax)
+            .max_age(cookie::time::Duration::ZERO)
+            .build();
+        header_value(&c)
+    }
+
     /// The XSRF cookie is readable by scripts (so pages can send `X-XSRFToken`), scoped to
     /// `/hub/`, and lives as long as the browser session.
     pub fn xsrf_cookie(&self, value: &str) -> HeaderValue {
@@ -77,7 +110,8 @@ pub fn find<'a>(headers: &'a impl Fields, name: &str) -> Option<&'a str> {
         .map(|v| v.trim_matches('"'))
 }
 
-/// The cookies for the upstream: every cookie but latchkey's session cookies, byte for byte.
+/// The cookies for the upstream: every cookie but latchkey's session and hand-over cookies, byte
+/// for byte.
 /// None when the Cookie fields hold none of latchkey's (they go on unchanged); else the cookies
 /// left, joined into one field (empty: send no Cookie field).
 pub fn without_own<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
@@ -87,7 +121,14 @@ pub fn without_own<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>
             .next()
             .unwrap_or(b"")
             .trim_ascii();
-        name == SESSION_COOKIE.as_bytes() || name == SESSION_COOKIE_TLS.as_bytes()
+        [
+            SESSION_COOKIE,
+            SESSION_COOKIE_TLS,
+            HOST_STATE_COOKIE,
+            HOST_STATE_COOKIE_TLS,
+        ]
+        .iter()
+        .any(|n| name == n.as_bytes())
     };
     // Bytes, not text: a cookie value with a non-ASCII byte must not hide latchkey's cookie.
     let mut ours = false;

@@ -69,6 +69,25 @@ pub fn check_same_origin(
     }
 }
 
+/// [`check_same_origin`] for requests whose XSRF token is checked too (latchkey's forms and its
+/// JSON API), with one allowance: over plain HTTP browsers send no Fetch Metadata to a host name
+/// (it is for secure origins only), so a form posted from one of latchkey's own `no-referrer`
+/// pages arrives with `Origin: null` and nothing else. There, and only when latchkey is served
+/// over plain HTTP, the token is the check. Never for proxied requests, which carry no token.
+pub fn check_form_origin(
+    headers: &impl Fields,
+    own_origin: Option<&str>,
+    request_authority: Option<&str>,
+) -> Result<(), Error> {
+    let unknowable = headers.get("origin") == Some(b"null")
+        && headers.get("sec-fetch-site").is_none()
+        && own_origin.is_some_and(|o| o.starts_with("http://"));
+    if unknowable {
+        return Ok(());
+    }
+    check_same_origin(headers, own_origin, request_authority)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +127,37 @@ mod tests {
         assert_eq!(check_same_origin(&h, own, None), Err(Error::CrossOrigin));
         let h = headers(&[("origin", "null"), ("sec-fetch-site", "same-origin")]);
         assert!(check_same_origin(&h, own, None).is_ok());
+    }
+
+    #[test]
+    fn a_null_origin_without_fetch_metadata_is_left_to_the_token_over_plain_http_only() {
+        let null = headers(&[("origin", "null")]);
+        let http = Some("http://lab.test:8000");
+        let https = Some("https://lab.test");
+        assert!(check_form_origin(&null, http, None).is_ok());
+        assert_eq!(
+            check_form_origin(&null, https, None),
+            Err(Error::CrossOrigin)
+        );
+        assert_eq!(
+            check_same_origin(&null, http, None),
+            Err(Error::CrossOrigin)
+        );
+        // With Fetch Metadata (any secure origin, or loopback) the usual rules hold.
+        let cross = headers(&[("origin", "null"), ("sec-fetch-site", "cross-site")]);
+        assert_eq!(
+            check_form_origin(&cross, http, None),
+            Err(Error::CrossOrigin)
+        );
+        let same_site = headers(&[("origin", "null"), ("sec-fetch-site", "same-site")]);
+        assert_eq!(
+            check_form_origin(&same_site, http, None),
+            Err(Error::CrossOrigin)
+        );
+        let foreign = headers(&[("origin", "http://evil.test")]);
+        assert_eq!(
+            check_form_origin(&foreign, http, None),
+            Err(Error::CrossOrigin)
+        );
     }
 }

@@ -237,6 +237,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn take_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>> {
+        let now = clock::now();
+        Ok(self.lock().logins.remove(id).filter(|r| r.expires_at > now))
+    }
+
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {
         self.lock().tokens.insert(*token, record.clone());
         Ok(())

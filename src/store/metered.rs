@@ -109,6 +109,10 @@ impl Store for MeteredStore {
             .await
     }
 
+    async fn take_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>> {
+        self.timed("take_login", self.inner.take_login(id)).await
+    }
+
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {
         self.timed("put_api_token", self.inner.put_api_token(token, record))
             .await

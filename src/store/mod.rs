@@ -61,6 +61,22 @@ pub struct LoginRecord {
     pub user: UserName,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+    /// Set for a sign-in on one user's host (host-based routing): valid there only, and only
+    /// while the sign-in it was handed from lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_host: Option<HostLogin>,
+}
+
+/// Where a sign-in on a user's host is valid, and where it came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostLogin {
+    /// The user's host, lower case, without a port.
+    pub host: String,
+    /// The hashed id of the sign-in on latchkey's own host that handed it over, in hex.
+    pub parent: String,
+    /// A hand-over code not redeemed yet: good for one exchange on `host`, never as a cookie.
+    #[serde(default)]
+    pub code: bool,
 }
 
 /// Failed attempts of one client in its open window.
@@ -157,6 +173,9 @@ pub trait Store: Send + Sync + 'static {
     async fn put_login(&self, id: &TokenHash, record: &LoginRecord) -> Result<()>;
     async fn get_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>>;
     async fn delete_login(&self, id: &TokenHash) -> Result<()>;
+    /// Reads and deletes a sign-in record in one step: a hand-over code is redeemed once, by
+    /// one instance.
+    async fn take_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>>;
     /// Counts one failed sign-in of `client` (an address or an IPv6 /64) in its window: a
     /// window opens with the first failure and lasts `window` seconds, and every instance on
     /// this store counts into the same one. Returns the window's failures so far.

@@ -537,6 +537,17 @@ impl Store for RedisStore {
         self.announce(&[format!("l {}", id.to_hex())]).await
     }
 
+    async fn take_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>> {
+        let raw: Option<String> = self
+            .conn()
+            .get_del(format!("lk:login:{}", id.to_hex()))
+            .await
+            .map_err(unavailable)?;
+        let record: Option<LoginRecord> = raw.map(|r| decode(&r, "login")).transpose()?;
+        let now = clock::now();
+        Ok(record.filter(|r| r.expires_at > now))
+    }
+
     async fn add_sign_in_failure(&self, client: &str, window: u64) -> Result<Failures> {
         // The window opens with the first failure (SET NX with its expiry) and INCR keeps the
         // expiry; one key, so one slot in a cluster.

@@ -8,14 +8,16 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use hyper::body::Incoming;
 
 use crate::app::{App, Caller, Ctx};
+use crate::auth::Credential;
 use crate::auth::cookies;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::http_util::{self, Body, form_value, mark_sensitive, redirect};
 use crate::ids::{GroupName, ServerName, ServerRef, UserName};
 use crate::paths;
-use crate::secret::{self, Secret};
+use crate::secret::{self, Secret, TokenHash};
 use crate::sharing::{Grantee, Role, Via};
+use crate::store::{HostLogin, LoginRecord};
 use pages::*;
 
 static STYLE_CSS: &str = include_str!("../../static/style.css");
@@ -42,11 +44,201 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         (Method::POST, p) if p.starts_with(paths::SHARING) => sharing_action(app, req, ctx).await,
         (Method::GET | Method::HEAD, paths::TOKENS) => tokens_page(app, req, ctx).await,
         (Method::POST, paths::TOKENS) => tokens_action(app, req, ctx).await,
+        (Method::GET | Method::HEAD, paths::HOST_HANDOFF) if app.config.hosts.is_some() => {
+            host_handoff(app, req).await
+        }
         (_, paths::LOGIN | paths::HOME | paths::ACCEPT_SHARE | paths::TOKENS | "/hub/leave") => {
             Err(Error::MethodNotAllowed)
         }
         _ => Err(Error::NotFound("There is no such page.".into())),
     }
+}
+
+/// latchkey's paths on a user's host (host-based routing): the two ends of the sign-in
+/// hand-over and the style of error pages; a browser asking for any other page is sent to
+/// latchkey's own host.
+pub async fn on_user_host(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    label: &str,
+) -> Result<Response<Body>> {
+    let Some(hosts) = &app.config.hosts else {
+        return Err(Error::NotFound("There is no such page.".into()));
+    };
+    let path = req.uri().path();
+    match *req.method() {
+        Method::GET | Method::HEAD => {}
+        _ => {
+            return Err(Error::NotFound(format!(
+                "latchkey's pages are at {}.",
+                hosts.main_origin()
+            )));
+        }
+    }
+    match path {
+        paths::HOST_LOGIN => Ok(host_login(app, &req, hosts, label)),
+        paths::HOST_CALLBACK => host_callback(app, &req, hosts, label).await,
+        p if p.starts_with(paths::STATIC) => static_file(p),
+        p => {
+            let external = app.hub.external(p);
+            let to = match req.uri().query() {
+                Some(q) => format!("{}{external}?{q}", hosts.main_origin()),
+                None => format!("{}{external}", hosts.main_origin()),
+            };
+            Ok(redirect(&to))
+        }
+    }
+}
+
+/// On a user's host, for a browser with no sign-in there: a fresh state in a cookie of this
+/// host, and off to latchkey's host to have the sign-in handed over.
+fn host_login(
+    app: &App,
+    req: &Request<Incoming>,
+    hosts: &crate::hosts::UserHosts,
+    label: &str,
+) -> Response<Body> {
+    let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref())
+        .unwrap_or_else(|| "/".into());
+    let state = Secret::generate();
+    let to = format!(
+        "{}{}?host={}&state={}&next={}",
+        hosts.main_origin(),
+        app.hub.external(paths::HOST_HANDOFF),
+        http_util::percent_encode(&hosts.user_host(label)),
+        state.expose(),
+        http_util::percent_encode(&next)
+    );
+    let mut r = redirect(&to);
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        app.cookies.host_state_cookie(state.expose()),
+    );
+    mark_sensitive(r.headers_mut());
+    r
+}
+
+/// How long a hand-over code may wait for its exchange on the user's host.
+const HANDOFF_CODE_SECONDS: i64 = 60;
+
+/// On latchkey's host: hands the browser's sign-in over to a user's host as a one-time code
+/// for that host (after signing in, if needed).
+async fn host_handoff(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let Some(hosts) = &app.config.hosts else {
+        return Err(Error::NotFound("There is no such page.".into()));
+    };
+    let caller = signed_in(app, &req).await?;
+    let Some(parent) = caller
+        .login
+        .filter(|_| caller.credential == Credential::Cookie)
+    else {
+        return Err(Error::bad_request(
+            "Sign in with the sign-in form to open a server.",
+        ));
+    };
+    let query = req.uri().query();
+    let label = http_util::query_value(query, "host")
+        .and_then(|h| hosts.label_of_host(&h))
+        .ok_or_else(|| Error::bad_request("This is not the address of a user's server."))?;
+    let state = http_util::query_value(query, "state")
+        .filter(|s| secret::looks_like_token(s))
+        .ok_or_else(|| Error::bad_request("This sign-in link is incomplete."))?;
+    let next =
+        safe_next(http_util::query_value(query, "next").as_deref()).unwrap_or_else(|| "/".into());
+    let code = Secret::generate();
+    let now = clock::now();
+    app.store
+        .put_login(
+            &code.hash(),
+            &LoginRecord {
+                user: caller.identity.name.clone(),
+                created_at: now,
+                expires_at: now + HANDOFF_CODE_SECONDS,
+                on_host: Some(HostLogin {
+                    host: hosts.user_host(&label),
+                    parent: parent.to_hex(),
+                    code: true,
+                }),
+            },
+        )
+        .await?;
+    let to = format!(
+        "{}{}?code={}&state={state}&next={}",
+        hosts.user_origin(&label),
+        app.hub.external(paths::HOST_CALLBACK),
+        code.expose(),
+        http_util::percent_encode(&next)
+    );
+    let mut r = redirect(&to);
+    mark_sensitive(r.headers_mut());
+    Ok(r)
+}
+
+/// On a user's host: exchanges a hand-over code for this host's own sign-in cookie, when the
+/// state matches this browser's, and goes on to the page first asked for.
+async fn host_callback(
+    app: &Arc<App>,
+    req: &Request<Incoming>,
+    hosts: &crate::hosts::UserHosts,
+    label: &str,
+) -> Result<Response<Body>> {
+    let invalid = || {
+        Error::bad_request(
+            "This sign-in link is not valid (any more). Open the server's address again.",
+        )
+    };
+    let query = req.uri().query();
+    let code = http_util::query_value(query, "code")
+        .filter(|c| secret::looks_like_token(c))
+        .ok_or_else(invalid)?;
+    // Taken whatever follows: a code is good for one try, by whoever holds it first.
+    let record = app
+        .store
+        .take_login(&TokenHash::of(&code))
+        .await?
+        .ok_or_else(invalid)?;
+    let state = http_util::query_value(query, "state").unwrap_or_default();
+    let ours = cookies::find(req.headers(), app.cookies.host_state_name()).unwrap_or("");
+    if state.is_empty() || !secret::constant_time_eq(state.as_bytes(), ours.as_bytes()) {
+        return Err(invalid());
+    }
+    let host = hosts.user_host(label);
+    let Some(on) = record.on_host.filter(|on| on.code && on.host == host) else {
+        return Err(invalid());
+    };
+    let parent = TokenHash::from_hex(&on.parent).ok_or_else(invalid)?;
+    let Some(signed_in) = app
+        .cache
+        .login(app.store.as_ref(), &parent)
+        .await?
+        .filter(|p| p.on_host.is_none() && p.user == record.user)
+    else {
+        return Err(invalid());
+    };
+    let id = Secret::generate();
+    app.store
+        .put_login(
+            &id.hash(),
+            &LoginRecord {
+                user: record.user.clone(),
+                created_at: clock::now(),
+                expires_at: signed_in.expires_at,
+                on_host: Some(HostLogin {
+                    host,
+                    parent: on.parent,
+                    code: false,
+                }),
+            },
+        )
+        .await?;
+    let next =
+        safe_next(http_util::query_value(query, "next").as_deref()).unwrap_or_else(|| "/".into());
+    let mut r = redirect(&next);
+    let h = r.headers_mut();
+    h.append(header::SET_COOKIE, app.cookies.session_cookie(id.expose()));
+    h.append(header::SET_COOKIE, app.cookies.clear_host_state_cookie());
+    mark_sensitive(h);
+    Ok(r)
 }
 
 fn static_file(path: &str) -> Result<Response<Body>> {
@@ -94,26 +286,30 @@ impl Xsrf {
 }
 
 /// Frame-busting and content-type hygiene for every page latchkey renders itself.
-fn harden(resp: &mut Response<Body>) {
+fn harden(app: &App, resp: &mut Response<Body>) {
+    const POLICY: &str =
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+    let policy = match &app.config.hosts {
+        // A form's redirects count as its action: signing in or accepting an invite ends on a
+        // user's host.
+        Some(hosts) => HeaderValue::from_str(&format!("{POLICY} {}", hosts.user_origin("*")))
+            .unwrap_or(HeaderValue::from_static(POLICY)),
+        None => HeaderValue::from_static(POLICY),
+    };
     let h = resp.headers_mut();
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static(
-            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-        ),
-    );
+    h.insert("content-security-policy", policy);
 }
 
 /// A page's response with the XSRF cookie and hardening headers.
 fn page<T: askama::Template>(app: &App, xsrf: &Xsrf, status: StatusCode, t: &T) -> Response<Body> {
     let mut r = render(status, t);
     xsrf.apply(app, &mut r);
-    harden(&mut r);
+    harden(app, &mut r);
     r
 }
 
@@ -152,7 +348,7 @@ async fn read_form(
     req: Request<Incoming>,
     ctx: &Ctx,
 ) -> Result<(HeaderMap, Vec<(String, String)>)> {
-    crate::auth::csrf::check_same_origin(
+    crate::auth::csrf::check_form_origin(
         req.headers(),
         app.own_origin(req.headers(), ctx.tls).as_deref(),
         req.uri().authority().map(|a| a.as_str()),

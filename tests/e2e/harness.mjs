@@ -285,6 +285,7 @@ export function startLatchkey(dir, opts = {}) {
 
 async function startLatchkeyOnce(dir, {
   name = 'latchkey', hubPrefix = '/hub/', login = {}, upstreamTimeout = 60, storeUrl = 'memory://',
+  userDomain,
 } = {}) {
   const pub = await freePort();
   const api = await freePort();
@@ -294,6 +295,8 @@ async function startLatchkeyOnce(dir, {
     `listen = "127.0.0.1:${pub}"`,
     `hub_prefix = "${hubPrefix}"`,
     `upstream_timeout = ${upstreamTimeout}`,
+    // Host-based routing: latchkey's pages on userDomain, each user's servers on a host below.
+    ...(userDomain ? [`public_url = "http://${userDomain}:${pub}"`, `user_domain = "${userDomain}"`] : []),
     '',
     '[api]',
     `listen = "127.0.0.1:${api}"`,
@@ -327,6 +330,8 @@ async function startLatchkeyOnce(dir, {
     const b = await request(`${lk.apiBase}/_chp_healthz`);
     return a.status === 200 && b.status === 200;
   });
+  // Browsers use the public URL's host (mapped to 127.0.0.1 with hostResolverArgs).
+  if (userDomain) lk.base = `http://${userDomain}:${pub}`;
   return lk;
 }
 
@@ -465,10 +470,13 @@ async function startJupyterLabOnce(dir, { baseUrl, token, name = 'jupyterlab' })
 // ---------------------------------------------------------------------------------------------
 // The browser
 
-export async function launchBrowser() {
+export async function launchBrowser(extraArgs = []) {
   need(CHROMIUM, 'Install Debian\'s chromium (scripts/test does: apt-get install chromium).');
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs] });
 }
+
+/** Chromium flags that resolve a domain and every host below it to this machine. */
+export const hostResolverArgs = (domain) => [`--host-resolver-rules=MAP ${domain} 127.0.0.1,MAP *.${domain} 127.0.0.1`];
 
 /** A browser context (one person) with a fixed viewport for comparable screenshots. */
 export async function person(browser, lk) {

@@ -355,9 +355,13 @@ impl Latchkey {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Latchkey {
+        // Bound first, so that the config may name the public port ("{public_port}").
+        let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = public.local_addr().unwrap().port().to_string();
         let env: Vec<(String, String)> = env
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), v.replace("{public_port}", &port)))
             .collect();
         let hash = password_hash();
         let text = format!(
@@ -398,8 +402,6 @@ groups = ["team-a"]
         let store = latchkey::store::open_with_timeout(&config.store_url, config.store_timeout)
             .await
             .expect("store opens");
-        let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", public.local_addr().unwrap());
         let api_url = format!("http://{}", api.local_addr().unwrap());
         let app = App::new(config, store).await;

@@ -6,6 +6,7 @@ mod bad_inputs;
 mod cli;
 mod deploy;
 mod fast_path;
+mod hosts;
 mod multi_instance;
 mod production;
 mod route_api;

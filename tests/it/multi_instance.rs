@@ -735,6 +735,7 @@ async fn a_sign_in_read_from_before_a_sign_out_is_not_kept_in_the_cache() {
         user: latchkey::ids::UserName::parse("nina").unwrap(),
         created_at: now,
         expires_at: now + 3600,
+        on_host: None,
     };
     store.put_login(&id, &record).await.unwrap();
 

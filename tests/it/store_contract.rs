@@ -61,6 +61,7 @@ contract!(
     a_regranted_user_has_no_end_reason,
     shared_with_finds_user_and_group_grants,
     logins_are_stored_read_and_deleted,
+    a_login_taken_is_gone_for_every_later_take,
     an_expired_login_is_not_returned,
     api_tokens_are_stored_and_read,
     api_tokens_are_listed_and_deleted_per_user,
@@ -1119,6 +1120,7 @@ async fn logins_are_stored_read_and_deleted(store: &dyn Store) {
         user: user("nina"),
         created_at: now,
         expires_at: now + 3600,
+        on_host: None,
     };
     assert_eq!(store.get_login(&id).await.unwrap(), None);
     store.put_login(&id, &record).await.unwrap();
@@ -1140,6 +1142,49 @@ async fn logins_are_stored_read_and_deleted(store: &dyn Store) {
     store.delete_login(&id).await.unwrap();
 }
 
+async fn a_login_taken_is_gone_for_every_later_take(store: &dyn Store) {
+    let id = Secret::generate().hash();
+    let now = clock::now();
+    let record = LoginRecord {
+        user: user("nina"),
+        created_at: now,
+        expires_at: now + 60,
+        on_host: Some(latchkey::store::HostLogin {
+            host: "john.lab.test".into(),
+            parent: Secret::generate().hash().to_hex(),
+            code: true,
+        }),
+    };
+    assert_eq!(store.take_login(&id).await.unwrap(), None);
+    store.put_login(&id, &record).await.unwrap();
+    assert_eq!(
+        store.get_login(&id).await.unwrap(),
+        Some(record.clone()),
+        "the host fields are stored as given"
+    );
+    assert_eq!(store.take_login(&id).await.unwrap(), Some(record));
+    assert_eq!(
+        store.take_login(&id).await.unwrap(),
+        None,
+        "taken once only"
+    );
+    assert_eq!(store.get_login(&id).await.unwrap(), None);
+
+    let stale = Secret::generate().hash();
+    let expired = LoginRecord {
+        user: user("nina"),
+        created_at: now - 100,
+        expires_at: now - 10,
+        on_host: None,
+    };
+    store.put_login(&stale, &expired).await.unwrap();
+    assert_eq!(
+        store.take_login(&stale).await.unwrap(),
+        None,
+        "an expired record is never taken"
+    );
+}
+
 async fn an_expired_login_is_not_returned(store: &dyn Store) {
     let now = clock::now();
     let stale = Secret::generate().hash();
@@ -1150,6 +1195,7 @@ async fn an_expired_login_is_not_returned(store: &dyn Store) {
                 user: user("nina"),
                 created_at: now - 100,
                 expires_at: now - 10,
+                on_host: None,
             },
         )
         .await
@@ -1165,6 +1211,7 @@ async fn an_expired_login_is_not_returned(store: &dyn Store) {
         user: user("nina"),
         created_at: now,
         expires_at: now + 1,
+        on_host: None,
     };
     store.put_login(&short, &record).await.unwrap();
     assert_eq!(store.get_login(&short).await.unwrap(), Some(record));
@@ -1318,6 +1365,7 @@ async fn every_acknowledged_write_survives_a_redis_restart() {
         user: user("nina"),
         created_at: now,
         expires_at: now + 3600,
+        on_host: None,
     };
     store.put_login(&login_id, &login).await.unwrap();
     let token = Secret::generate().hash();

@@ -1,0 +1,315 @@
+//! Host-based routing: john's server on john.lab.test only, latchkey's pages on lab.test only,
+//! and a sign-in handed over to a user's host with a one-time code and a state cookie.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::both_stores;
+use crate::helpers::{Backend, Browser, Latchkey, Redis, Upstream};
+
+/// latchkey with host-based routing and john's server registered.
+async fn rig(backend: Backend) -> (Upstream, Latchkey, Hosts) {
+    let upstream = Upstream::spawn().await;
+    let redis = match backend {
+        Backend::Memory => None,
+        Backend::Redis => Some(Redis::start().await),
+    };
+    let mut lk = Latchkey::start_with_env(
+        redis.as_ref().map(|r| r.url()).as_deref(),
+        "",
+        &[
+            (
+                "LATCHKEY_SERVER_PUBLIC_URL",
+                "http://lab.test:{public_port}",
+            ),
+            ("LATCHKEY_SERVER_USER_DOMAIN", "lab.test"),
+        ],
+    )
+    .await;
+    lk.redis = redis;
+    lk.register_john(&upstream).await;
+    let addr: SocketAddr = lk.base.trim_start_matches("http://").parse().unwrap();
+    (upstream, lk, Hosts { addr })
+}
+
+/// Where the test's names point: every `*.lab.test` and `lab.test` at latchkey's listener.
+struct Hosts {
+    addr: SocketAddr,
+}
+
+impl Hosts {
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.addr.port())
+    }
+
+    /// A browser whose base is latchkey's own host and which reaches the users' hosts too.
+    fn browser(&self) -> Browser {
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let mut b = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none());
+        for host in ["lab.test", "john.lab.test", "nina.lab.test", "evil.test"] {
+            b = b.resolve(host, self.addr);
+        }
+        Browser {
+            base: self.url("lab.test", ""),
+            client: b.build().unwrap(),
+            jar,
+        }
+    }
+
+    async fn signed_in(&self, user: &str) -> Browser {
+        let b = self.browser();
+        b.login(user).await;
+        b
+    }
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+async fn get(b: &Browser, url: &str) -> reqwest::Response {
+    b.client.get(url).send().await.unwrap()
+}
+
+/// Follows the hand-over from a user's host to latchkey's and back, step by step, checking
+/// each answer; returns the final answer from the user's host.
+async fn open_on_user_host(h: &Hosts, b: &Browser, host: &str, path: &str) -> reqwest::Response {
+    let r = get(b, &h.url(host, path)).await;
+    assert_eq!(r.status(), StatusCode::FOUND, "no sign-in on {host} yet");
+    let to_login = location(&r);
+    assert!(to_login.starts_with("/hub/host-login?next="), "{to_login}");
+    let r = get(b, &h.url(host, &to_login)).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let handoff = location(&r);
+    assert!(
+        handoff.starts_with(&h.url("lab.test", "/hub/host-handoff?host=john.lab.test&state="))
+            || handoff
+                .starts_with(&h.url("lab.test", "/hub/host-handoff?host=nina.lab.test&state=")),
+        "{handoff}"
+    );
+    let r = get(b, &handoff).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let callback = location(&r);
+    assert!(
+        callback.starts_with(&h.url(host, "/hub/host-callback?code=")),
+        "{callback}"
+    );
+    let r = get(b, &callback).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "the code is exchanged");
+    assert_eq!(location(&r), path);
+    get(b, &h.url(host, path)).await
+}
+
+async fn a_sharee_reaches_johns_server_on_johns_host_only(backend: Backend) {
+    let (upstream, _lk, h) = rig(backend).await;
+    let john = h.signed_in("john").await;
+    let (code, _) = john.invite("john/", json!({})).await;
+    let nina = h.signed_in("nina").await;
+    assert_eq!(nina.accept(&code).await.status(), StatusCode::SEE_OTHER);
+
+    // On latchkey's host, a browser is sent to john's host, path and query kept.
+    let r = nina.get("/user/john/lab?x=1").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&r), h.url("john.lab.test", "/user/john/lab?x=1"));
+    let hits = upstream.hits();
+    // A WebSocket or a POST there is not redirected: refused, with where to go.
+    let r = nina
+        .client
+        .post(nina.url("/user/john/api"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.text().await.unwrap().contains("john.lab.test"));
+    assert_eq!(upstream.hits(), hits, "nothing reached the upstream");
+
+    let r = open_on_user_host(&h, &nina, "john.lab.test", "/user/john/lab?x=1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(upstream.hits(), hits + 1);
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-latchkey-user"], "nina");
+    let cookies = seen
+        .headers
+        .get("cookie")
+        .map(|c| c.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(
+        !cookies.contains("latchkey"),
+        "no latchkey cookie reaches the upstream: {cookies:?}"
+    );
+
+    // The host's cookie is its own: not latchkey's sign-in, and good on no other host.
+    let on_john = nina.cookie("latchkey-session", "/").unwrap();
+    let host_cookie = {
+        use reqwest::cookie::CookieStore;
+        let url: reqwest::Url = h.url("john.lab.test", "/").parse().unwrap();
+        nina.jar.cookies(&url).unwrap().to_str().unwrap().to_owned()
+    };
+    assert!(!host_cookie.contains(&on_john), "a cookie of its own");
+    let stranger = h.browser();
+    let r = stranger
+        .client
+        .get(h.url("lab.test", "/hub/api/user"))
+        .header("cookie", host_cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "the host's cookie is not a sign-in on latchkey's host"
+    );
+    let r = stranger
+        .client
+        .get(h.url("nina.lab.test", "/user/john/lab"))
+        .header("cookie", host_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "john's server on nina's host"
+    );
+
+    // latchkey's pages are not on a user's host: a browser is sent to latchkey's host, a
+    // state change is refused; a host that is no one's serves nothing.
+    let r = get(&nina, &h.url("john.lab.test", "/hub/home")).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&r), h.url("lab.test", "/hub/home"));
+    let r = nina
+        .client
+        .post(h.url("john.lab.test", "/hub/api/share-codes/john/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = get(&nina, &h.url("evil.test", "/user/john/lab")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = get(&nina, &h.url("evil.test", "/hub/home")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(upstream.hits(), hits + 1);
+}
+both_stores!(a_sharee_reaches_johns_server_on_johns_host_only);
+
+async fn a_code_is_good_once_on_its_host_with_its_state(backend: Backend) {
+    let (upstream, _lk, h) = rig(backend).await;
+    let john = h.signed_in("john").await;
+    let hits = upstream.hits();
+    let start = get(
+        &john,
+        &h.url("john.lab.test", "/hub/host-login?next=/user/john/"),
+    )
+    .await;
+    let handoff = location(&start);
+    let callback = location(&get(&john, &handoff).await);
+
+    // Another browser with the link but not the state cookie: refused, and the code is spent.
+    let thief = h.browser();
+    let r = get(&thief, &callback).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = get(&john, &callback).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a code is tried once");
+
+    // A code for john's host is no good on nina's, even with the right state.
+    let start = get(&john, &h.url("nina.lab.test", "/hub/host-login?next=/")).await;
+    let state_cookie = {
+        use reqwest::cookie::CookieStore;
+        let url: reqwest::Url = h.url("nina.lab.test", "/").parse().unwrap();
+        john.jar.cookies(&url).unwrap().to_str().unwrap().to_owned()
+    };
+    let handoff = location(&start);
+    let for_nina = location(&get(&john, &handoff).await);
+    let for_john_host = for_nina.replacen("nina.lab.test", "john.lab.test", 1);
+    let r = john
+        .client
+        .get(&for_john_host)
+        .header("cookie", state_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // A hand-over asked for a host that is no user's is refused.
+    let r = john
+        .get("/hub/host-handoff?host=evil.test&state=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(upstream.hits(), hits, "nothing reached the upstream");
+
+    // The real thing still works.
+    let r = open_on_user_host(&h, &john, "john.lab.test", "/user/john/").await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+both_stores!(a_code_is_good_once_on_its_host_with_its_state);
+
+async fn signing_out_ends_the_sign_in_on_every_host(backend: Backend) {
+    let (upstream, _lk, h) = rig(backend).await;
+    let john = h.signed_in("john").await;
+    let r = open_on_user_host(&h, &john, "john.lab.test", "/user/john/").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let hits = upstream.hits();
+
+    let xsrf = john.xsrf().await;
+    let r = john
+        .client
+        .post(john.url("/hub/logout"))
+        .form(&[("_xsrf", xsrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let r = get(&john, &h.url("john.lab.test", "/user/john/")).await;
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert!(location(&r).starts_with("/hub/host-login"));
+    assert_eq!(upstream.hits(), hits);
+}
+both_stores!(signing_out_ends_the_sign_in_on_every_host);
+
+async fn a_page_of_one_host_cannot_post_to_a_server_on_another(backend: Backend) {
+    let (upstream, _lk, h) = rig(backend).await;
+    let john = h.signed_in("john").await;
+    let r = open_on_user_host(&h, &john, "john.lab.test", "/user/john/").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let hits = upstream.hits();
+    // A page served from another user's host posts to john's server with john's cookie.
+    let r = john
+        .client
+        .post(h.url("john.lab.test", "/user/john/api/contents"))
+        .header("origin", h.url("nina.lab.test", ""))
+        .header("sec-fetch-site", "same-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // So does a page of latchkey's own host.
+    let r = john
+        .client
+        .post(h.url("john.lab.test", "/user/john/api/contents"))
+        .header("origin", h.url("lab.test", ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(upstream.hits(), hits, "nothing reached the upstream");
+    // john's own pages may.
+    let r = john
+        .client
+        .post(h.url("john.lab.test", "/user/john/api/contents"))
+        .header("origin", h.url("john.lab.test", ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(upstream.hits(), hits + 1);
+}
+both_stores!(a_page_of_one_host_cannot_post_to_a_server_on_another);

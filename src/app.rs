@@ -182,6 +182,16 @@ const NOT_SERVED_HERE: &str = "Nothing is served at this address.";
 
 impl App {
     pub async fn new(config: Config, store: Arc<dyn Store>) -> Arc<App> {
+        if config.hosts.is_some()
+            && config
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("http://"))
+        {
+            tracing::warn!(
+                "host-based routing over plain http: a page on one user's host can set cookies for the whole domain; serve it over https"
+            );
+        }
         let metrics = crate::metrics::Metrics::new();
         let store = crate::store::metered::wrap(store, &metrics.store);
         let app = Arc::new(App {
@@ -647,6 +657,20 @@ impl App {
             self.hub.external(to),
             http_util::percent_encode(next)
         ))
+    }
+
+    /// No caching, and no Referer for the upstreams: a page's URL may hold an invite code. With
+    /// host-based routing every upstream is on another origin, so `same-origin` keeps the
+    /// Referer from them while latchkey's own form posts carry their real `Origin` (with
+    /// `no-referrer` a browser sends `Origin: null`, which is then refused).
+    pub fn mark_sensitive(&self, headers: &mut HeaderMap) {
+        http_util::mark_sensitive(headers);
+        if self.config.hosts.is_some() {
+            headers.insert(
+                header::REFERRER_POLICY,
+                http::HeaderValue::from_static("same-origin"),
+            );
+        }
     }
 
     /// Which host a request was addressed to: always latchkey's own without host-based routing.

@@ -403,6 +403,8 @@ impl RawConfig {
                     !l.is_empty()
                         && l.len() <= 63
                         && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
                 })
                 && domain.contains('.');
             if !valid {
@@ -412,7 +414,18 @@ impl RawConfig {
                 return None;
             }
             match public_url.as_deref() {
-                Some(u) => crate::hosts::UserHosts::new(u, domain),
+                Some(u) => {
+                    let hosts = crate::hosts::UserHosts::new(u, domain)?;
+                    // latchkey's host may be the domain itself or any host outside it, not one
+                    // that is a user's host too.
+                    if hosts.main_is_a_user_host() {
+                        problems.push(format!(
+                            "server.public_url = {u:?} names a host inside server.user_domain = {domain:?}: use the domain itself (or a host outside it) for latchkey's pages"
+                        ));
+                        return None;
+                    }
+                    Some(hosts)
+                }
                 None => {
                     problems.push(
                         "server.user_domain needs server.public_url (latchkey's own host)".into(),
@@ -723,7 +736,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(problems.join(" ").contains("needs server.public_url"));
-        for bad in ["lab", "lab..test", "lab_x.test", "*.lab.test"] {
+        let overlap = Config::from_sources(
+            &format!("[server]\npublic_url = \"https://hub.lab.test\"\nuser_domain = \"lab.test\"\n{token}"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            overlap.join(" ").contains("names a host inside"),
+            "{overlap:?}"
+        );
+        for bad in [
+            "lab",
+            "lab..test",
+            "lab_x.test",
+            "*.lab.test",
+            "-lab.test",
+            "lab-.test",
+        ] {
             let problems = Config::from_sources(
                 &format!(
                     "[server]\npublic_url = \"https://lab.test\"\nuser_domain = \"{bad}\"\n{token}"

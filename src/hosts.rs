@@ -74,6 +74,15 @@ impl UserHosts {
         }
     }
 
+    /// Whether latchkey's own host has the shape of a user's host (`<label>.<domain>`): that
+    /// user could not be reached.
+    pub fn main_is_a_user_host(&self) -> bool {
+        self.main
+            .strip_suffix(self.domain.as_str())
+            .and_then(|h| h.strip_suffix('.'))
+            .is_some_and(is_label)
+    }
+
     /// The host of a user's servers, without the port.
     pub fn user_host(&self, label: &str) -> String {
         format!("{label}.{}", self.domain)

@@ -48,6 +48,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
             req.headers(),
             app.own_origin(req.headers(), ctx.tls).as_deref(),
             req.uri().authority().map(|a| a.as_str()),
+            app.config.hosts.is_none(),
         )?;
         crate::auth::csrf::check_token(req.headers(), None)?;
     }
@@ -221,7 +222,7 @@ async fn share_codes(
                     origin.as_deref(),
                 ),
             );
-            http_util::mark_sensitive(resp.headers_mut());
+            app.mark_sensitive(resp.headers_mut());
             Ok(resp)
         }
         Method::DELETE => {

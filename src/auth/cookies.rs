@@ -56,7 +56,8 @@ impl CookiePolicy {
         }
     }
 
-    /// The state of a sign-in hand-over on a user's host: host-only, for ten minutes.
+    /// The state of sign-in hand-overs on a user's host: host-only, for ten minutes from the
+    /// last hand-over that began.
     pub fn host_state_cookie(&self, value: &str) -> HeaderValue {
         let c = Cookie::build((self.host_state_name(), value.to_owned()))
             .path("/")
@@ -64,17 +65,6 @@ impl CookiePolicy {
             .secure(self.secure)
             .same_site(SameSite::Lax)
             .max_age(cookie::time::Duration::minutes(10))
-            .build();
-        header_value(&c)
-    }
-
-    pub fn clear_host_state_cookie(&self) -> HeaderValue {
-        let c = Cookie::build((self.host_state_name(), ""))
-            .path("/")
-            .http_only(true)
-            .secure(self.secure)
-            .same_site(SameSite::Lax)
-            .max_age(cookie::time::Duration::ZERO)
             .build();
         header_value(&c)
     }
@@ -97,6 +87,12 @@ fn header_value(c: &Cookie<'_>) -> HeaderValue {
 
 /// The value of the first cookie with this name in the request's Cookie headers.
 pub fn find<'a>(headers: &'a impl Fields, name: &str) -> Option<&'a str> {
+    find_all(headers, name).next()
+}
+
+/// The values of every cookie with this name, in the order sent (a browser sends a cookie of
+/// a longer path first, and a sibling host may have set one for the whole domain).
+pub fn find_all<'a>(headers: &'a impl Fields, name: &str) -> impl Iterator<Item = &'a str> {
     // Bytes, not text: another cookie's non-ASCII value must not hide this one.
     headers
         .get_all("cookie")
@@ -105,8 +101,8 @@ pub fn find<'a>(headers: &'a impl Fields, name: &str) -> Option<&'a str> {
             let eq = pair.iter().position(|b| *b == b'=')?;
             Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
         })
-        .find(|(k, _)| *k == name.as_bytes())
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .filter(move |(k, _)| *k == name.as_bytes())
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
         .map(|v| v.trim_matches('"'))
 }
 

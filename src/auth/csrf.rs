@@ -8,9 +8,10 @@ use crate::paths::XSRF_COOKIE;
 use crate::secret::constant_time_eq;
 
 /// Checks that the XSRF token sent with a state-changing request (form field `_xsrf` or header
-/// `X-XSRFToken`) matches the `_xsrf` cookie.
+/// `X-XSRFToken`) matches an `_xsrf` cookie. Any of them: one planted by a sibling host for the
+/// whole domain must not make latchkey's own forms fail (whoever planted it knows its value
+/// anyway; the Origin check is what stops them).
 pub fn check_token(headers: &HeaderMap, form_value: Option<&str>) -> Result<(), Error> {
-    let cookie = super::cookies::find(headers, XSRF_COOKIE).filter(|c| !c.is_empty());
     let sent = form_value.map(str::to_owned).or_else(|| {
         headers
             .get("x-xsrftoken")
@@ -18,9 +19,17 @@ pub fn check_token(headers: &HeaderMap, form_value: Option<&str>) -> Result<(), 
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     });
-    match (cookie, sent) {
-        (Some(c), Some(s)) if constant_time_eq(c.as_bytes(), s.as_bytes()) => Ok(()),
-        _ => Err(Error::XsrfMismatch),
+    let Some(sent) = sent.filter(|s| !s.is_empty()) else {
+        return Err(Error::XsrfMismatch);
+    };
+    let mut matched = false;
+    for c in super::cookies::find_all(headers, XSRF_COOKIE).filter(|c| !c.is_empty()) {
+        matched |= constant_time_eq(c.as_bytes(), sent.as_bytes());
+    }
+    if matched {
+        Ok(())
+    } else {
+        Err(Error::XsrfMismatch)
     }
 }
 
@@ -72,14 +81,19 @@ pub fn check_same_origin(
 /// [`check_same_origin`] for requests whose XSRF token is checked too (latchkey's forms and its
 /// JSON API), with one allowance: over plain HTTP browsers send no Fetch Metadata to a host name
 /// (it is for secure origins only), so a form posted from one of latchkey's own `no-referrer`
-/// pages arrives with `Origin: null` and nothing else. There, and only when latchkey is served
-/// over plain HTTP, the token is the check. Never for proxied requests, which carry no token.
+/// pages arrives with `Origin: null` and nothing else. There, when latchkey is served over plain
+/// HTTP and `null_allowed`, the token is the check. Not with host-based routing, where users'
+/// pages are on sibling hosts that could plant a `_xsrf` cookie for the domain (and latchkey's
+/// pages then send their real origin: see `App::mark_sensitive`); never for proxied requests,
+/// which carry no token.
 pub fn check_form_origin(
     headers: &impl Fields,
     own_origin: Option<&str>,
     request_authority: Option<&str>,
+    null_allowed: bool,
 ) -> Result<(), Error> {
-    let unknowable = headers.get("origin") == Some(b"null")
+    let unknowable = null_allowed
+        && headers.get("origin") == Some(b"null")
         && headers.get("sec-fetch-site").is_none()
         && own_origin.is_some_and(|o| o.starts_with("http://"));
     if unknowable {
@@ -111,6 +125,13 @@ mod tests {
         assert!(check_token(&h, None).is_ok());
         let h = headers(&[("x-xsrftoken", "abc")]);
         assert_eq!(check_token(&h, None), Err(Error::XsrfMismatch));
+        // A second _xsrf (planted for the whole domain, sent first) hides nothing.
+        let h = headers(&[("cookie", "_xsrf=planted; _xsrf=abc")]);
+        assert!(check_token(&h, Some("abc")).is_ok());
+        assert!(check_token(&h, Some("planted")).is_ok());
+        assert_eq!(check_token(&h, Some("other")), Err(Error::XsrfMismatch));
+        let h = headers(&[("cookie", "_xsrf=")]);
+        assert_eq!(check_token(&h, Some("")), Err(Error::XsrfMismatch));
     }
 
     #[test]
@@ -134,9 +155,14 @@ mod tests {
         let null = headers(&[("origin", "null")]);
         let http = Some("http://lab.test:8000");
         let https = Some("https://lab.test");
-        assert!(check_form_origin(&null, http, None).is_ok());
+        assert!(check_form_origin(&null, http, None, true).is_ok());
         assert_eq!(
-            check_form_origin(&null, https, None),
+            check_form_origin(&null, http, None, false),
+            Err(Error::CrossOrigin),
+            "not with host-based routing"
+        );
+        assert_eq!(
+            check_form_origin(&null, https, None, true),
             Err(Error::CrossOrigin)
         );
         assert_eq!(
@@ -146,17 +172,17 @@ mod tests {
         // With Fetch Metadata (any secure origin, or loopback) the usual rules hold.
         let cross = headers(&[("origin", "null"), ("sec-fetch-site", "cross-site")]);
         assert_eq!(
-            check_form_origin(&cross, http, None),
+            check_form_origin(&cross, http, None, true),
             Err(Error::CrossOrigin)
         );
         let same_site = headers(&[("origin", "null"), ("sec-fetch-site", "same-site")]);
         assert_eq!(
-            check_form_origin(&same_site, http, None),
+            check_form_origin(&same_site, http, None, true),
             Err(Error::CrossOrigin)
         );
         let foreign = headers(&[("origin", "http://evil.test")]);
         assert_eq!(
-            check_form_origin(&foreign, http, None),
+            check_form_origin(&foreign, http, None, true),
             Err(Error::CrossOrigin)
         );
     }

@@ -754,7 +754,9 @@ fn parse_head(buf: &[u8], fields: &mut Vec<u8>) -> Result<Option<(usize, AnswerH
         if status != StatusCode::SWITCHING_PROTOCOLS && (headers::is_hop_by_hop(name) || listed) {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"set-cookie") && headers::sets_own_cookie(h.value) {
+        if (name.eq_ignore_ascii_case(b"set-cookie") && headers::sets_own_cookie(h.value))
+            || name.eq_ignore_ascii_case(headers::SERVICE_WORKER_ALLOWED.as_bytes())
+        {
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-request-id") {

@@ -266,12 +266,18 @@ struct Has {
     forwarded_host: bool,
 }
 
-/// Rewrites response headers for the client: no hop-by-hop headers (except on a 101), and no
-/// attempt by the upstream to set latchkey's own session cookie.
+/// A response field that lets a service worker control more than its script's directory: an
+/// upstream's worker could then answer for latchkey's own paths on the same origin (its pages,
+/// or the sign-in hand-over on a user's host). Never passed on.
+pub const SERVICE_WORKER_ALLOWED: &str = "service-worker-allowed";
+
+/// Rewrites response headers for the client: no hop-by-hop headers (except on a 101), no
+/// attempt by the upstream to set latchkey's own cookies, and no `Service-Worker-Allowed`.
 pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
     if !switching_protocols {
         remove_hop_by_hop(headers);
     }
+    headers.remove(SERVICE_WORKER_ALLOWED);
     let cookies: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()
@@ -288,15 +294,25 @@ pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
     }
 }
 
-/// Whether a `Set-Cookie` value sets latchkey's own session cookie.
+/// Whether a `Set-Cookie` value sets one of latchkey's own cookies (the session, or the state of
+/// a sign-in hand-over on a user's host).
 pub fn sets_own_cookie(value: &[u8]) -> bool {
+    use crate::paths::{
+        HOST_STATE_COOKIE, HOST_STATE_COOKIE_TLS, SESSION_COOKIE, SESSION_COOKIE_TLS,
+    };
     let name = value
         .split(|b| *b == b'=')
         .next()
         .unwrap_or(b"")
         .trim_ascii();
-    name == crate::paths::SESSION_COOKIE.as_bytes()
-        || name == crate::paths::SESSION_COOKIE_TLS.as_bytes()
+    [
+        SESSION_COOKIE,
+        SESSION_COOKIE_TLS,
+        HOST_STATE_COOKIE,
+        HOST_STATE_COOKIE_TLS,
+    ]
+    .iter()
+    .any(|n| name == n.as_bytes())
 }
 
 #[cfg(test)]
@@ -538,7 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn an_upstream_cannot_set_latchkeys_session_cookie() {
+    fn an_upstream_cannot_set_latchkeys_cookies_or_widen_a_service_worker() {
         let mut h = HeaderMap::new();
         h.append(
             "set-cookie",
@@ -546,10 +562,20 @@ mod tests {
         );
         h.append(
             "set-cookie",
+            HeaderValue::from_static("__Host-latchkey-host-state=evil; Path=/; Secure"),
+        );
+        h.append(
+            "set-cookie",
+            HeaderValue::from_static("latchkey-host-state=evil; Path=/"),
+        );
+        h.append("service-worker-allowed", HeaderValue::from_static("/"));
+        h.append(
+            "set-cookie",
             HeaderValue::from_static("_xsrf=ok; Path=/user/john/"),
         );
         prepare_response(&mut h, false);
         let all: Vec<_> = h.get_all("set-cookie").iter().collect();
         assert_eq!(all, vec!["_xsrf=ok; Path=/user/john/"]);
+        assert!(h.get("service-worker-allowed").is_none());
     }
 }

@@ -12,7 +12,7 @@ use crate::auth::Credential;
 use crate::auth::cookies;
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::http_util::{self, Body, form_value, mark_sensitive, redirect};
+use crate::http_util::{self, Body, form_value, redirect};
 use crate::ids::{GroupName, ServerName, ServerRef, UserName};
 use crate::paths;
 use crate::secret::{self, Secret, TokenHash};
@@ -100,7 +100,12 @@ fn host_login(
 ) -> Response<Body> {
     let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref())
         .unwrap_or_else(|| "/".into());
-    let state = Secret::generate();
+    // One state per browser and host while hand-overs run, so that several at once (tabs, or
+    // the loads of a page whose sign-in ended) do not undo each other's.
+    let state = cookies::find(req.headers(), app.cookies.host_state_name())
+        .filter(|s| secret::looks_like_token(s))
+        .map(|s| Secret::from_string(s.to_owned()))
+        .unwrap_or_else(Secret::generate);
     let to = format!(
         "{}{}?host={}&state={}&next={}",
         hosts.main_origin(),
@@ -114,7 +119,7 @@ fn host_login(
         header::SET_COOKIE,
         app.cookies.host_state_cookie(state.expose()),
     );
-    mark_sensitive(r.headers_mut());
+    app.mark_sensitive(r.headers_mut());
     r
 }
 
@@ -127,6 +132,15 @@ async fn host_handoff(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     let Some(hosts) = &app.config.hosts else {
         return Err(Error::NotFound("There is no such page.".into()));
     };
+    // Opened as a page, as the user's host sends it: not an image or a script of another page
+    // (each would store a code).
+    if req
+        .headers()
+        .get("sec-fetch-dest")
+        .is_some_and(|d| d != "document")
+    {
+        return Err(Error::bad_request("Open this address as a page."));
+    }
     let caller = signed_in(app, &req).await?;
     let Some(parent) = caller
         .login
@@ -170,7 +184,7 @@ async fn host_handoff(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
         http_util::percent_encode(&next)
     );
     let mut r = redirect(&to);
-    mark_sensitive(r.headers_mut());
+    app.mark_sensitive(r.headers_mut());
     Ok(r)
 }
 
@@ -236,8 +250,7 @@ async fn host_callback(
     let mut r = redirect(&next);
     let h = r.headers_mut();
     h.append(header::SET_COOKIE, app.cookies.session_cookie(id.expose()));
-    h.append(header::SET_COOKIE, app.cookies.clear_host_state_cookie());
-    mark_sensitive(h);
+    app.mark_sensitive(h);
     Ok(r)
 }
 
@@ -352,6 +365,7 @@ async fn read_form(
         req.headers(),
         app.own_origin(req.headers(), ctx.tls).as_deref(),
         req.uri().authority().map(|a| a.as_str()),
+        app.config.hosts.is_none(),
     )?;
     let (parts, body) = req.into_parts();
     let body = http_util::read_body(body, app.config.max_body).await?;
@@ -391,7 +405,7 @@ async fn login_form(
         },
     );
     // The login URL may carry an invite code in `next`.
-    mark_sensitive(resp.headers_mut());
+    app.mark_sensitive(resp.headers_mut());
     Ok(resp)
 }
 
@@ -469,12 +483,20 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
     let headers = if req.method() == Method::POST {
         read_form(app, req, ctx).await?.0
     } else {
-        // JupyterHub signs out on GET too; another site may not make a browser do it.
+        // JupyterHub signs out on GET too; another site may not make a browser do it, nor a
+        // page of a sibling host (a user's host) with an image or a script.
         crate::auth::csrf::check_same_origin(
             req.headers(),
             app.own_origin(req.headers(), ctx.tls).as_deref(),
             req.uri().authority().map(|a| a.as_str()),
         )?;
+        if req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|s| s != "same-origin" && s != "none")
+        {
+            return Err(Error::CrossOrigin);
+        }
         req.headers().clone()
     };
     if let Some(id) = cookies::find(&headers, app.cookies.session_name())
@@ -685,7 +707,7 @@ async fn render_sharing(
             grants,
         },
     );
-    mark_sensitive(resp.headers_mut());
+    app.mark_sensitive(resp.headers_mut());
     Ok(resp)
 }
 
@@ -809,7 +831,7 @@ async fn render_tokens(
             tokens,
         },
     );
-    mark_sensitive(resp.headers_mut());
+    app.mark_sensitive(resp.headers_mut());
     Ok(resp)
 }
 
@@ -1056,7 +1078,7 @@ async fn accept_form(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Res
             next,
         },
     );
-    mark_sensitive(resp.headers_mut());
+    app.mark_sensitive(resp.headers_mut());
     Ok(resp)
 }
 
@@ -1080,7 +1102,7 @@ async fn accept(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| accepted.server.url_path());
     let mut resp = redirect(&target);
-    mark_sensitive(resp.headers_mut());
+    app.mark_sensitive(resp.headers_mut());
     Ok(resp)
 }
 

@@ -73,8 +73,11 @@ test('nina opens john\'s shared server on his own host, and its pages cannot use
 
   // latchkey's cookies are not this origin's: none is sent by or visible to its pages.
   const cookies = await nina.cookies(`${johnsHost}/user/john/`);
-  const own = cookies.filter((c) => c.name.startsWith('latchkey'));
-  assert.deepEqual(own.map((c) => [c.name, c.domain, c.httpOnly]), [['latchkey-session', 'john.lab.test', true]]);
+  const own = cookies.filter((c) => c.name.startsWith('latchkey')).sort((a, b) => a.name.localeCompare(b.name));
+  assert.deepEqual(own.map((c) => [c.name, c.domain, c.httpOnly]), [
+    ['latchkey-host-state', 'john.lab.test', true],
+    ['latchkey-session', 'john.lab.test', true],
+  ]);
   assert.equal(await ninaPage.evaluate(() => document.cookie), '');
 
   // A script on john's page asks latchkey's API who nina is: on latchkey's host (cross
@@ -82,6 +85,26 @@ test('nina opens john\'s shared server on his own host, and its pages cannot use
   assert.match(await probeApi(ninaPage, lk.hub('api/user')), /^blocked/);
   assert.match(await probeApi(ninaPage, `${johnsHost}/hub/api/user`), /^blocked/);
   assert.match(await probeApi(ninaPage, `${johnsHost}/hub/sharing/nina/`), /^blocked/);
+  // A script on john's page plants an _xsrf cookie for the whole domain and posts latchkey's
+  // sign-out form with it from a no-referrer page (its Origin is then null, and over http
+  // Chromium sends no Fetch Metadata): refused, and nina stays signed in.
+  const [planted] = await Promise.all([
+    ninaPage.waitForResponse((r) => r.url() === lk.hub('logout')),
+    ninaPage.evaluate((action) => {
+      const token = 'A'.repeat(43);
+      document.cookie = `_xsrf=${token}; domain=lab.test; path=${new URL(action).pathname}`;
+      const meta = Object.assign(document.createElement('meta'), { name: 'referrer', content: 'no-referrer' });
+      document.head.append(meta);
+      const sink = Object.assign(document.createElement('iframe'), { name: 'sink' });
+      const form = Object.assign(document.createElement('form'), { method: 'POST', action, target: 'sink' });
+      form.append(Object.assign(document.createElement('input'), { name: '_xsrf', value: token }));
+      document.body.append(sink, form);
+      form.submit();
+    }, lk.hub('logout')),
+  ]);
+  assert.equal(planted.request().headers().origin, 'null');
+  assert.equal(planted.status(), 403);
+
   // The same script on one of latchkey's own pages reads it: the block is the host's doing.
   await ninaPage.goto(lk.hub('home'));
   assert.match(await probeApi(ninaPage, lk.hub('api/user')), /^200 .*"name":"nina"/);

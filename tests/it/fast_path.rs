@@ -806,6 +806,8 @@ async fn hop_by_hop_fields_and_latchkey_cookies_from_the_upstream_stay_behind() 
                 "Set-Cookie: latchkey-session=forged; Path=/; HttpOnly",
                 "Set-Cookie: theirs=1; Path=/user/john/",
                 "Set-Cookie: __Host-latchkey-session=forged; Path=/; Secure",
+                "Set-Cookie: latchkey-host-state=forged; Path=/",
+                "Service-Worker-Allowed: /",
                 "Proxy-Authenticate: Basic",
                 "X-Kept: yes",
             ],
@@ -825,6 +827,7 @@ async fn hop_by_hop_fields_and_latchkey_cookies_from_the_upstream_stay_behind() 
             "keep-alive",
             "proxy-authenticate",
             "connection",
+            "service-worker-allowed",
         ] {
             assert_eq!(r.header(gone), None, "{gone} reached the client");
         }

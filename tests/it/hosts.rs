@@ -110,7 +110,7 @@ async fn open_on_user_host(h: &Hosts, b: &Browser, host: &str, path: &str) -> re
 }
 
 async fn a_sharee_reaches_johns_server_on_johns_host_only(backend: Backend) {
-    let (upstream, _lk, h) = rig(backend).await;
+    let (upstream, lk, h) = rig(backend).await;
     let john = h.signed_in("john").await;
     let (code, _) = john.invite("john/", json!({})).await;
     let nina = h.signed_in("nina").await;
@@ -168,6 +168,27 @@ async fn a_sharee_reaches_johns_server_on_johns_host_only(backend: Backend) {
         StatusCode::UNAUTHORIZED,
         "the host's cookie is not a sign-in on latchkey's host"
     );
+    // On nina's own host, for her own server, her cookie for john's host is nobody's.
+    let s = lk
+        .post_route(
+            "/user/nina",
+            json!({"user": "nina", "server_name": "", "target": upstream.target()}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let r = stranger
+        .client
+        .get(h.url("nina.lab.test", "/user/nina/lab"))
+        .header("cookie", host_cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FOUND,
+        "sent to sign in on nina's host"
+    );
+    assert!(location(&r).starts_with("/hub/host-login"));
     let r = stranger
         .client
         .get(h.url("nina.lab.test", "/user/john/lab"))
@@ -246,9 +267,45 @@ async fn a_code_is_good_once_on_its_host_with_its_state(backend: Backend) {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(upstream.hits(), hits, "nothing reached the upstream");
 
-    // The real thing still works.
-    let r = open_on_user_host(&h, &john, "john.lab.test", "/user/john/").await;
+    // The hand-over answers pages only: an image or a script of another page gets no code.
+    let r = john
+        .client
+        .get(&handoff)
+        .header("sec-fetch-dest", "image")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // Two hand-overs begun at once (two tabs) share the browser's state and both succeed.
+    let begin = async |next: &str| {
+        let r = get(
+            &john,
+            &h.url("john.lab.test", &format!("/hub/host-login?next={next}")),
+        )
+        .await;
+        location(&get(&john, &location(&r)).await)
+    };
+    let first = begin("/user/john/a").await;
+    let second = begin("/user/john/b").await;
+    let state = |url: &str| {
+        url.split("state=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(state(&first), state(&second));
+    for (callback, next) in [(first, "/user/john/a"), (second, "/user/john/b")] {
+        let r = get(&john, &callback).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{callback}");
+        assert_eq!(location(&r), next);
+    }
+    let r = get(&john, &h.url("john.lab.test", "/user/john/")).await;
     assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(upstream.hits(), hits + 1);
 }
 both_stores!(a_code_is_good_once_on_its_host_with_its_state);
 
@@ -258,6 +315,19 @@ async fn signing_out_ends_the_sign_in_on_every_host(backend: Backend) {
     let r = open_on_user_host(&h, &john, "john.lab.test", "/user/john/").await;
     assert_eq!(r.status(), StatusCode::OK);
     let hits = upstream.hits();
+
+    // A page of a user's host (same site) cannot sign john out with an image.
+    let r = john
+        .client
+        .get(john.url("/hub/logout"))
+        .header("sec-fetch-site", "same-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = get(&john, &h.url("john.lab.test", "/user/john/")).await;
+    assert_eq!(r.status(), StatusCode::OK, "still signed in");
+    let hits = hits + 1;
 
     let xsrf = john.xsrf().await;
     let r = john

@@ -199,6 +199,7 @@ async fn accept_loop(
 ) {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder());
+    let inherited = nodelay_for_every_accepted(&listener);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -212,7 +213,9 @@ async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
-        let _ = stream.set_nodelay(true);
+        if !inherited {
+            let _ = stream.set_nodelay(true);
+        }
         let conn = Connection {
             app: app.clone(),
             peer,
@@ -231,6 +234,33 @@ async fn accept_loop(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Sets `TCP_NODELAY` on the listening socket, which Linux copies to every connection it
+/// accepts: one system call at start instead of one per connection. False where it cannot be
+/// relied on (then each accepted connection gets it).
+fn nodelay_for_every_accepted(listener: &TcpListener) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor, and a pointer to an int with its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        rc == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = listener;
+        false
+    }
 }
 
 /// One accepted connection and what serving it needs.
@@ -389,6 +419,23 @@ fn redirect_to_https(app: &App, req: &Request<Incoming>, https_port: u16) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nagle's algorithm is off on every accepted connection, set once on the listener.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_from_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let inherited = nodelay_for_every_accepted(&listener);
+        assert_eq!(inherited, cfg!(target_os = "linux"));
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, _client) = tokio::join!(listener.accept(), client);
+        let (stream, _) = accepted.expect("accept");
+        if inherited {
+            assert!(
+                stream.nodelay().unwrap(),
+                "TCP_NODELAY came with the connection"
+            );
+        }
+    }
 
     /// The plain HTTP/1.1 connection, the common one, is what every accepted connection's
     /// future is sized by; hyper's and the TLS handshake's states, which made it 14 KiB, stay

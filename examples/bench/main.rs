@@ -35,7 +35,8 @@ pub struct Opts {
     pub ws_window: usize,
     pub sharing: bool,
     pub note: String,
-    /// Record a `perf` profile of each proxy during the small GET run, into this directory.
+    /// Record a `perf` profile of each proxy during the small GET, new-connection and WebSocket
+    /// echo runs, into this directory.
     pub perf: Option<PathBuf>,
     /// Seconds of mixed load on a fresh latchkey, sampling its memory (0: no soak).
     pub soak: u64,
@@ -430,9 +431,13 @@ fn measure(
     if want("close") {
         let mut close_headers = run.headers.clone();
         close_headers.push("Connection: close".into());
+        let perf = record_perf(o, run, first, "close", d);
         let meter = Meter::start(run);
         let r = wrk::run(&small, CLOSE_CONNS, d, &close_headers);
         let used = meter.stop(run, ticks);
+        if let Some(mut p) = perf {
+            let _ = p.wait();
+        }
         check("new connection per request", &r);
         eprintln!(
             "  new connection per request: {:.0} req/s (others {:.0}%)",

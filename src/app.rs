@@ -186,7 +186,7 @@ impl App {
             && config
                 .public_url
                 .as_deref()
-                .is_some_and(|u| u.starts_with("http://"))
+                .is_some_and(|u| u.starts_with("http://") && !u.starts_with("http://localhost"))
         {
             tracing::warn!(
                 "host-based routing over plain http: a page on one user's host can set cookies for the whole domain; serve it over https"

@@ -48,6 +48,10 @@ enum Command {
         listen: String,
         #[arg(long, default_value = "127.0.0.1:8001")]
         api_listen: String,
+        /// Host-based routing: latchkey at http://localhost:PORT, john's server at
+        /// http://john.localhost:PORT (browsers resolve *.localhost to this machine).
+        #[arg(long)]
+        user_hosts: bool,
     },
     /// Check a configuration file and report every problem at once.
     CheckConfig {
@@ -110,9 +114,11 @@ fn run(cli: Cli) -> ExitCode {
             Ok(config) => runtime().block_on(serve(config, Duration::from_secs(drain))),
             Err(problems) => report(&problems),
         },
-        Command::Demo { listen, api_listen } => {
-            runtime().block_on(crate::demo::run(&listen, &api_listen))
-        }
+        Command::Demo {
+            listen,
+            api_listen,
+            user_hosts,
+        } => runtime().block_on(crate::demo::run(&listen, &api_listen, user_hosts)),
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
                 println!(

@@ -406,10 +406,10 @@ impl RawConfig {
                         && !l.starts_with('-')
                         && !l.ends_with('-')
                 })
-                && domain.contains('.');
+                && (domain.contains('.') || domain.eq_ignore_ascii_case("localhost"));
             if !valid {
                 problems.push(format!(
-                    "server.user_domain = {domain:?} must be a domain like \"lab.example.org\" (each user's servers at <user>.lab.example.org)"
+                    "server.user_domain = {domain:?} must be a domain like \"lab.example.org\" (each user's servers at <user>.lab.example.org) or \"localhost\""
                 ));
                 return None;
             }

@@ -22,7 +22,7 @@ use crate::ids::{GroupName, ServerName, ServerRef, UserName};
 use crate::secret::{self, Secret};
 use crate::store::NewRoute;
 
-pub async fn run(listen: &str, api_listen: &str) -> ExitCode {
+pub async fn run(listen: &str, api_listen: &str, user_hosts: bool) -> ExitCode {
     let passwords: Vec<(String, String)> = ["john", "nina"]
         .iter()
         .map(|u| (u.to_string(), Secret::generate().expose()[..12].to_owned()))
@@ -39,8 +39,28 @@ pub async fn run(listen: &str, api_listen: &str) -> ExitCode {
             groups: vec![GroupName::parse("demo").expect("valid group")],
         });
     }
+    // With host-based routing the public URL names the port, so the port is taken first.
+    let (Ok(listen_addr), Ok(api_addr)) = (listen.parse(), api_listen.parse()) else {
+        eprintln!("--listen and --api-listen take addresses like 127.0.0.1:8000");
+        return ExitCode::FAILURE;
+    };
+    let (public, api) = match crate::cli::bind(listen_addr, api_addr).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!(
+                "{e}\nTry: latchkey demo --listen 127.0.0.1:9000 --api-listen 127.0.0.1:9001"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let port = public.local_addr().expect("bound").port();
+    let hosts = if user_hosts {
+        format!("public_url = \"http://localhost:{port}\"\nuser_domain = \"localhost\"\n")
+    } else {
+        String::new()
+    };
     let text = format!(
-        "[server]\nlisten = {listen:?}\n[api]\nlisten = {api_listen:?}\ntoken = {:?}\n",
+        "[server]\nlisten = {listen:?}\n{hosts}[api]\nlisten = {api_listen:?}\ntoken = {:?}\n",
         Secret::generate().expose()
     );
     let mut config = match Config::from_sources(&text, &[]) {
@@ -66,16 +86,14 @@ pub async fn run(listen: &str, api_listen: &str) -> ExitCode {
         .expect("bound listener has an address");
     tokio::spawn(serve_upstream(upstream));
 
-    let (public, api) = match crate::cli::bind(config.listen, config.api_listen).await {
-        Ok(pair) => pair,
-        Err(e) => {
-            eprintln!(
-                "{e}\nTry: latchkey demo --listen 127.0.0.1:9000 --api-listen 127.0.0.1:9001"
-            );
-            return ExitCode::FAILURE;
-        }
+    let base = match user_hosts {
+        true => format!("http://localhost:{port}"),
+        false => format!("http://{}", public.local_addr().expect("bound")),
     };
-    let base = format!("http://{}", public.local_addr().expect("bound"));
+    let johns = match user_hosts {
+        true => format!("http://john.localhost:{port}"),
+        false => base.clone(),
+    };
     let store = crate::store::open("memory://")
         .await
         .expect("memory store opens");
@@ -117,7 +135,7 @@ pub async fn run(listen: &str, api_listen: &str) -> ExitCode {
     println!();
     println!("  1. As john, open {base}/hub/home, click Share, create an invite link and copy it.");
     println!("  2. In a private window, sign in as nina and open the link; click Accept.");
-    println!("  3. nina lands in john's server at {base}/user/john/ (page + WebSocket echo).");
+    println!("  3. nina lands in john's server at {johns}/user/john/ (page + WebSocket echo).");
     println!(
         "  4. Back as john, Refresh the sharing menu: nina is listed, connected. Click Revoke."
     );

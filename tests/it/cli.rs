@@ -214,3 +214,87 @@ async fn the_cli_lists_and_deletes_your_api_tokens() {
     assert!(!ok);
     assert!(err.contains("404") && err.contains("no API token"), "{err}");
 }
+
+/// `latchkey demo` as the README runs it: prints its URL and the two passwords, and john's
+/// server answers john through latchkey (with `--user-hosts`, on john.localhost after the
+/// sign-in hand-over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_the_story_with_and_without_user_hosts() {
+    use std::io::{BufRead, BufReader};
+    for user_hosts in [false, true] {
+        let mut args = vec![
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ];
+        if user_hosts {
+            args.push("--user-hosts");
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+            .args(&args)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the latchkey binary runs");
+        let stdout = child.stdout.take().unwrap();
+        let lines = tokio::task::spawn_blocking(move || {
+            let mut lines = vec![];
+            for line in BufReader::new(stdout).lines() {
+                let line = line.unwrap();
+                let done = line.starts_with("Press Ctrl-C");
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            lines
+        })
+        .await
+        .unwrap();
+        let find = |prefix: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
+                .unwrap_or_else(|| panic!("{prefix:?} in {lines:#?}"))
+        };
+        let base = find("latchkey demo is running at ");
+        let base = base.trim_end_matches('/').to_owned();
+        let password = find("Sign in as john (owner):  user john, password ");
+        let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
+        assert_eq!(
+            base.starts_with("http://localhost:"),
+            user_hosts,
+            "the URL to open: {base}"
+        );
+
+        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let client = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .resolve("localhost", addr)
+            .resolve("john.localhost", addr)
+            .build()
+            .unwrap();
+        let b = Browser {
+            base: base.clone(),
+            client,
+            jar,
+        };
+        let r = b.try_login("john", &password).await;
+        assert_eq!(r.status(), StatusCode::OK, "signed in and sent home");
+        assert!(r.url().path().ends_with("/hub/home"));
+        // Redirects followed: on john's own host with --user-hosts.
+        let r = b.get("/user/john/").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let johns = match user_hosts {
+            true => format!("http://john.localhost:{port}/user/john/"),
+            false => format!("{base}/user/john/"),
+        };
+        assert_eq!(r.url().as_str(), johns);
+        assert!(r.text().await.unwrap().contains("john"));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -60,6 +60,16 @@ pub fn iso(ts: Timestamp) -> String {
         .unwrap_or_default()
 }
 
+/// A time for people who cannot see it localised (a label read by a screen reader):
+/// "2026-12-07 06:50 UTC".
+pub fn readable_utc(ts: Timestamp) -> String {
+    let iso = iso(ts);
+    match (iso.get(..10), iso.get(11..16)) {
+        (Some(day), Some(time)) => format!("{day} {time} UTC"),
+        _ => iso,
+    }
+}
+
 /// ISO 8601 with milliseconds, as configurable-http-proxy reports `last_activity` (JavaScript's
 /// `toISOString`): always three digits, so that the strings also sort in time order.
 pub fn iso_millis(ms: i64) -> String {

@@ -25,6 +25,15 @@
     });
   }
 
+  // Buttons that take access away from many people at once ask first.
+  function wireConfirmations() {
+    document.querySelectorAll("button[data-confirm]").forEach(function (button) {
+      button.addEventListener("click", function (event) {
+        if (!window.confirm(button.getAttribute("data-confirm"))) event.preventDefault();
+      });
+    });
+  }
+
   function describe(seconds) {
     if (seconds <= 0) return "expired";
     var h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
@@ -74,6 +83,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     settleShownOnce();
     wireCopyButtons();
+    wireConfirmations();
     localTimes();
     tickCountdowns();
     setInterval(tickCountdowns, 1000);

@@ -22,6 +22,7 @@ use pages::*;
 
 static STYLE_CSS: &str = include_str!("../../static/style.css");
 static APP_JS: &str = include_str!("../../static/app.js");
+static FAVICON_SVG: &str = include_str!("../../static/favicon.svg");
 
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
     let path = req.uri().path().to_owned();
@@ -258,6 +259,7 @@ fn static_file(path: &str) -> Result<Response<Body>> {
     let (body, ty) = match path.strip_prefix(paths::STATIC) {
         Some("style.css") => (STYLE_CSS, "text/css; charset=utf-8"),
         Some("app.js") => (APP_JS, "text/javascript; charset=utf-8"),
+        Some("favicon.svg") => (FAVICON_SVG, "image/svg+xml"),
         _ => return Err(Error::NotFound("There is no such file.".into())),
     };
     let mut r = Response::new(http_util::full(body));
@@ -638,6 +640,7 @@ async fn render_sharing(
             id: i.id,
             role: i.role.to_string(),
             created: clock::iso(i.created_at),
+            created_label: clock::readable_utc(i.created_at),
             created_by: i.created_by.to_string(),
             expires_iso: clock::iso(i.expires_at),
             expires_epoch: i.expires_at,

@@ -89,6 +89,8 @@ pub struct LinkRow {
     pub id: String,
     pub role: String,
     pub created: String,
+    /// The creation time for a screen reader: "2026-12-07 06:50 UTC".
+    pub created_label: String,
     pub created_by: String,
     pub expires_iso: String,
     pub expires_epoch: i64,

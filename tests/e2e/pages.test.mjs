@@ -107,6 +107,9 @@ test('the sign-in page refuses a wrong password, then signs john in by keyboard'
   let resp = await johnPage.goto(lk.url('/user/john/'));
   assert.equal(new URL(johnPage.url()).pathname, '/hub/login');
   assert.equal(resp.status(), 200);
+  // The page names its icon, so the browser asks for no /favicon.ico (a 404 in the log).
+  const icon = await johnPage.locator('link[rel=icon]').getAttribute('href');
+  assert.equal((await request(lk.url(icon))).status, 200);
   await checkAccessible(johnPage);
   await shot(johnPage, dir, 'login');
   // The user name field has focus on arrival (autofocus).
@@ -238,13 +241,20 @@ test('revoke one link, revoke all users, revoke all links', async () => {
   // Revoke the view link (the one that expires in 5 minutes).
   const viewRow = links.filter({ hasText: /in [45] min/ });
   assert.equal(await viewRow.count(), 1);
-  await viewRow.getByRole('button', { name: /^Revoke link created/ }).click();
+  await viewRow.getByRole('button', { name: /^Revoke the view link created \d{4}-\d\d-\d\d \d\d:\d\d UTC$/ }).click();
   await johnPage.getByRole('status').filter({ hasText: 'The link was revoked.' }).waitFor();
   assert.equal(await links.count(), 2);
   let resp = await ninaPage.goto(viewLink);
   await errorPage(ninaPage, resp, 404, 'Invite link not valid', /unknown, has expired or was revoked/, 'error-invite-not-valid');
 
-  // Revoke all users: nina and the group lose access at once.
+  // Revoke all users asks first: dismissed, nothing happens; accepted, nina and the group lose
+  // access at once.
+  const asked = [];
+  johnPage.once('dialog', (d) => { asked.push(d.message()); return d.dismiss(); });
+  await johnPage.getByRole('button', { name: 'Revoke all users' }).click();
+  assert.match(asked[0] ?? '', /Revoke everyone's access to this server\?/);
+  assert.equal(await people.count(), 2, 'nothing revoked after Cancel');
+  johnPage.once('dialog', (d) => d.accept());
   await johnPage.getByRole('button', { name: 'Revoke all users' }).click();
   await johnPage.getByRole('status').filter({ hasText: "Everyone's access was revoked." }).waitFor();
   // The links still active would let them back in: the notice says so.
@@ -253,9 +263,11 @@ test('revoke one link, revoke all users, revoke all links', async () => {
   resp = await ninaPage.goto(lk.url('/user/john/'));
   await errorPage(ninaPage, resp, 403, 'Access ended', /The owner revoked your access/, 'error-access-revoked');
 
-  // Revoke all links: the remaining links stop working.
+  // Revoke all links (after saying yes): the remaining links stop working.
+  johnPage.once('dialog', (d) => { asked.push(d.message()); return d.accept(); });
   await johnPage.getByRole('button', { name: 'Revoke all links' }).click();
   await johnPage.getByRole('status').filter({ hasText: 'All links were revoked.' }).waitFor();
+  assert.match(asked[1] ?? '', /^Revoke all 2 active links\?/);
   assert.match(await johnPage.locator('section[aria-labelledby=links]').innerText(), /No active links/);
   await shot(johnPage, dir, 'sharing-after-revoke-all');
   for (const link of [firstLink, useLink]) {
@@ -329,6 +341,7 @@ test('an accept page left open past the link\'s expiry disables Accept and says 
   } finally {
     await ctx.close();
   }
+  johnPage.once('dialog', (d) => d.accept());
   await johnPage.getByRole('button', { name: 'Revoke all links' }).click();
   await johnPage.getByRole('status').filter({ hasText: 'All links were revoked.' }).waitFor();
 });

@@ -244,18 +244,23 @@ impl App {
             req.headers(),
             begun.internal.as_deref().unwrap_or(begun.uri.path()),
         );
-        // An error page names who is signed in: keep the cookies for it (shared bytes), as
-        // dispatch takes the request.
+        // An error page names who is signed in: keep the cookies for it (shared bytes), and the
+        // host (a user's host has sign-ins of its own), as dispatch takes the request.
         let cookies = if json {
             Cookies::default()
         } else {
-            Cookies(
-                req.headers()
+            Cookies {
+                cookies: req
+                    .headers()
                     .get_all(header::COOKIE)
                     .iter()
                     .cloned()
                     .collect(),
-            )
+                host: self.config.hosts.as_ref().and_then(|_| {
+                    crate::hosts::authority(req.uri(), req.headers())
+                        .and_then(|a| http::HeaderValue::from_str(a).ok())
+                }),
+            }
         };
         let result = self.dispatch(req, begun.internal.clone(), &begun.ctx).await;
         let own_page = begun.internal.is_some();
@@ -523,7 +528,7 @@ impl App {
                 (Site::User(label), Some(owner)) if *label == owner => {
                     user_host = Some(hosts.user_host(label));
                 }
-                (Site::Main, Some(owner)) => {
+                (Site::Main | Site::User(_), Some(owner)) => {
                     let to = format!(
                         "{}{}",
                         hosts.user_origin(&owner),
@@ -693,7 +698,18 @@ impl App {
         if !err.names_viewer() {
             return None;
         }
-        let caller = self.identify(headers).await.ok()??;
+        // On a user's host, its own sign-in.
+        let user_host = match (
+            self.site(&http::Uri::default(), headers),
+            &self.config.hosts,
+        ) {
+            (Site::User(label), Some(hosts)) => Some(hosts.user_host(&label)),
+            _ => None,
+        };
+        let caller = self
+            .identify_on(headers, user_host.as_deref(), None)
+            .await
+            .ok()??;
         (caller.credential == Credential::Cookie).then(|| crate::error::Viewer {
             name: caller.identity.name.to_string(),
             xsrf: own_page
@@ -736,17 +752,23 @@ impl App {
                 }));
             }
         }
-        let Some(id) = cookies::find(headers, self.cookies.session_name()) else {
-            return Ok(None);
-        };
-        if !secret::looks_like_token(id) {
-            return Ok(None);
+        // Usually one cookie; a page of the same host may have planted another of the same name
+        // (a longer path comes first), which must not hide the real one.
+        let mut memo = memo;
+        let mut found = None;
+        for id in cookies::find_all(headers, self.cookies.session_name())
+            .filter(|id| secret::looks_like_token(id))
+        {
+            let hash = match memo.as_deref_mut() {
+                Some(memo) => memo.hash(id),
+                None => TokenHash::of(id),
+            };
+            if let Some(rec) = self.cache.login(self.store.as_ref(), &hash).await? {
+                found = Some((hash, rec));
+                break;
+            }
         }
-        let hash = match memo {
-            Some(memo) => memo.hash(id),
-            None => TokenHash::of(id),
-        };
-        let Some(rec) = self.cache.login(self.store.as_ref(), &hash).await? else {
+        let Some((hash, rec)) = found else {
             return Ok(None);
         };
         let (login, expires) = match (&rec.on_host, user_host) {
@@ -1119,12 +1141,17 @@ fn distinct(hashes: impl Iterator<Item = TokenHash>) -> Vec<TokenHash> {
     list
 }
 
-/// A request's `Cookie` fields alone, kept past the request for its error page.
+/// A request's `Cookie` fields, and with host-based routing its host, kept past the request for
+/// its error page.
 #[derive(Default)]
-struct Cookies(Vec<http::HeaderValue>);
+struct Cookies {
+    cookies: Vec<http::HeaderValue>,
+    host: Option<http::HeaderValue>,
+}
 
 impl Fields for Cookies {
     fn each(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.0.iter().map(|v| (&b"cookie"[..], v.as_bytes()))
+        let cookies = self.cookies.iter().map(|v| (&b"cookie"[..], v.as_bytes()));
+        cookies.chain(self.host.iter().map(|h| (&b"host"[..], h.as_bytes())))
     }
 }

@@ -108,12 +108,13 @@ fn host_login(
         .map(|s| Secret::from_string(s.to_owned()))
         .unwrap_or_else(Secret::generate);
     let to = format!(
-        "{}{}?host={}&state={}&next={}",
+        "{}{}?host={}&state={}&next={}{}",
         hosts.main_origin(),
         app.hub.external(paths::HOST_HANDOFF),
         http_util::percent_encode(&hosts.user_host(label)),
         state.expose(),
-        http_util::percent_encode(&next)
+        http_util::percent_encode(&next),
+        again(req.uri().query())
     );
     let mut r = redirect(&to);
     r.headers_mut().append(
@@ -122,6 +123,14 @@ fn host_login(
     );
     app.mark_sensitive(r.headers_mut());
     r
+}
+
+/// "&again=1" when a hand-over is already the second try (see `host_callback`).
+fn again(query: Option<&str>) -> &'static str {
+    match http_util::query_value(query, "again").as_deref() {
+        Some("1") => "&again=1",
+        _ => "",
+    }
 }
 
 /// How long a hand-over code may wait for its exchange on the user's host.
@@ -178,11 +187,12 @@ async fn host_handoff(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
         )
         .await?;
     let to = format!(
-        "{}{}?code={}&state={state}&next={}",
+        "{}{}?code={}&state={state}&next={}{}",
         hosts.user_origin(&label),
         app.hub.external(paths::HOST_CALLBACK),
         code.expose(),
-        http_util::percent_encode(&next)
+        http_util::percent_encode(&next),
+        again(query)
     );
     let mut r = redirect(&to);
     app.mark_sensitive(r.headers_mut());
@@ -213,9 +223,24 @@ async fn host_callback(
         .await?
         .ok_or_else(invalid)?;
     let state = http_util::query_value(query, "state").unwrap_or_default();
-    let ours = cookies::find(req.headers(), app.cookies.host_state_name()).unwrap_or("");
-    if state.is_empty() || !secret::constant_time_eq(state.as_bytes(), ours.as_bytes()) {
-        return Err(invalid());
+    let mut matches = false;
+    for ours in cookies::find_all(req.headers(), app.cookies.host_state_name()) {
+        matches |= !state.is_empty() && secret::constant_time_eq(state.as_bytes(), ours.as_bytes());
+    }
+    if !matches {
+        // This browser's state is gone (its cookie lasts ten minutes, and a sign-in form may
+        // have waited longer) or was never this one's: begin once more with a fresh state,
+        // rather than end on an error; a second failure is one.
+        if !again(query).is_empty() {
+            return Err(invalid());
+        }
+        let next = safe_next(http_util::query_value(query, "next").as_deref())
+            .unwrap_or_else(|| "/".into());
+        return Ok(redirect(&format!(
+            "{}?next={}&again=1",
+            app.hub.external(paths::HOST_LOGIN),
+            http_util::percent_encode(&next)
+        )));
     }
     let host = hosts.user_host(label);
     let Some(on) = record.on_host.filter(|on| on.code && on.host == host) else {
@@ -481,23 +506,52 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
     Ok(resp)
 }
 
+/// "Sign out of latchkey?", with the button that does it.
+async fn sign_out_page(app: &App, req: &Request<Incoming>) -> Result<Response<Body>> {
+    let Some(caller) = app.identify(req.headers()).await? else {
+        return Ok(redirect(&app.hub.external(paths::LOGIN)));
+    };
+    let xsrf = Xsrf::of(req.headers());
+    Ok(page(
+        app,
+        &xsrf,
+        StatusCode::OK,
+        &SignOutPage {
+            prefix: app.hub.as_str().to_owned(),
+            user: Some(caller.identity.name.to_string()),
+            xsrf: xsrf.value.clone(),
+        },
+    ))
+}
+
 async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
     let headers = if req.method() == Method::POST {
         read_form(app, req, ctx).await?.0
     } else {
-        // JupyterHub signs out on GET too; another site may not make a browser do it, nor a
-        // page of a sibling host (a user's host) with an image or a script.
-        crate::auth::csrf::check_same_origin(
+        // JupyterHub signs out on GET too (its pages and JupyterLab's Log Out link here). From
+        // latchkey's own pages or the address bar that is what happens; from anywhere else (a
+        // link or an image on a user's server, another site) the browser is asked first.
+        // (Over plain HTTP to a host name there is no Fetch Metadata: the Referer, when sent,
+        // tells the same.)
+        let own = app.own_origin(req.headers(), ctx.tls);
+        let from_here = crate::auth::csrf::check_same_origin(
             req.headers(),
-            app.own_origin(req.headers(), ctx.tls).as_deref(),
+            own.as_deref(),
             req.uri().authority().map(|a| a.as_str()),
-        )?;
-        if req
-            .headers()
-            .get("sec-fetch-site")
-            .is_some_and(|s| s != "same-origin" && s != "none")
-        {
-            return Err(Error::CrossOrigin);
+        )
+        .is_ok()
+            && !req
+                .headers()
+                .get("sec-fetch-site")
+                .is_some_and(|s| s != "same-origin" && s != "none")
+            && req.headers().get(header::REFERER).is_none_or(|r| {
+                own.as_deref().is_some_and(|o| {
+                    r.to_str()
+                        .is_ok_and(|r| r.to_ascii_lowercase().starts_with(&format!("{o}/")))
+                })
+            });
+        if !from_here {
+            return sign_out_page(app, &req).await;
         }
         req.headers().clone()
     };

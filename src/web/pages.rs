@@ -17,6 +17,16 @@ pub struct LoginPage {
     pub error: Option<String>,
 }
 
+/// Asks before signing out when the request to sign out came from elsewhere (a link on a
+/// user's server).
+#[derive(Template)]
+#[template(path = "signout.html")]
+pub struct SignOutPage {
+    pub prefix: String,
+    pub user: Option<String>,
+    pub xsrf: String,
+}
+
 pub struct MyServerRow {
     pub label: String,
     pub url: String,

@@ -114,9 +114,20 @@ test('nina opens john\'s shared server on his own host, and its pages cannot use
   assert.equal(ninaPage.url(), `${johnsHost}/user/john/`);
   assert.match(await ninaPage.locator('h1').innerText(), /john's notebook/);
 
-  // Signing out on latchkey's host ends the sign-in on john's host too.
-  await ninaPage.goto(lk.hub('home'));
-  await Promise.all([ninaPage.waitForURL(/\/hub\/login/), ninaPage.getByRole('button', { name: 'Sign out' }).click()]);
+  // A Log out link on john's page (JupyterLab's goes to /hub/logout) reaches latchkey's host,
+  // which asks first; signing out there ends the sign-in on john's host too.
+  await ninaPage.evaluate(() => {
+    const a = Object.assign(document.createElement('a'), { href: '/hub/logout', textContent: 'Log out' });
+    document.body.append(a);
+  });
+  await ninaPage.getByRole('link', { name: 'Log out' }).click();
+  await ninaPage.getByRole('heading', { name: 'Sign out of latchkey?' }).waitFor();
+  assert.equal(ninaPage.url(), lk.hub('logout'));
+  await shot(ninaPage, dir, 'sign-out-asked');
+  await Promise.all([
+    ninaPage.waitForURL(/\/hub\/login/),
+    ninaPage.locator('main').getByRole('button', { name: 'Sign out' }).click(),
+  ]);
   await ninaPage.goto(`${johnsHost}/user/john/`);
   assert.ok(ninaPage.url().startsWith(lk.hub('login')), ninaPage.url());
   await john.close();

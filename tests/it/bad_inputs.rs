@@ -369,7 +369,20 @@ async fn another_site_cannot_sign_a_user_out() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Not signed out: asked, with a page whose button posts the sign-out form.
+    assert_eq!(r.status(), StatusCode::OK);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Sign out of latchkey?"), "{page}");
+    assert_eq!(john.get("/user/john/").await.status(), StatusCode::OK);
+    // So is a link from another origin over plain HTTP (no Fetch Metadata, a Referer).
+    let r = john
+        .client
+        .get(john.url("/hub/logout"))
+        .header("referer", "http://elsewhere.example/page")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(john.get("/user/john/").await.status(), StatusCode::OK);
     // A same-site GET signs out, as JupyterHub's does.
     let r = john.get("/hub/logout").await;

@@ -68,6 +68,21 @@ impl Hosts {
     }
 }
 
+trait JarCookies {
+    fn jar_cookies(&self, url: &str) -> String;
+}
+
+impl JarCookies for Browser {
+    /// The Cookie field this browser would send to `url`.
+    fn jar_cookies(&self, url: &str) -> String {
+        use reqwest::cookie::CookieStore;
+        self.jar
+            .cookies(&url.parse().unwrap())
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+}
+
 fn location(r: &reqwest::Response) -> String {
     r.headers()
         .get("location")
@@ -189,17 +204,51 @@ async fn a_sharee_reaches_johns_server_on_johns_host_only(backend: Backend) {
         "sent to sign in on nina's host"
     );
     assert!(location(&r).starts_with("/hub/host-login"));
+    // john's server asked for on another user's host: the browser is sent to john's host.
     let r = stranger
         .client
-        .get(h.url("nina.lab.test", "/user/john/lab"))
-        .header("cookie", host_cookie)
+        .get(h.url("nina.lab.test", "/user/john/lab?x=1"))
+        .header("cookie", host_cookie.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(
         r.status(),
-        StatusCode::NOT_FOUND,
+        StatusCode::SEE_OTHER,
         "john's server on nina's host"
+    );
+    assert_eq!(location(&r), h.url("john.lab.test", "/user/john/lab?x=1"));
+
+    // A session cookie planted by a page of john's host (a longer path, so sent first) does
+    // not hide nina's own.
+    let real = host_cookie
+        .split("; ")
+        .find_map(|c| c.strip_prefix("latchkey-session="))
+        .unwrap()
+        .to_owned();
+    let planted = "A".repeat(43);
+    let r = stranger
+        .client
+        .get(h.url("john.lab.test", "/user/john/lab"))
+        .header(
+            "cookie",
+            format!("latchkey-session={planted}; latchkey-session={real}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(upstream.last().headers["x-latchkey-user"], "nina");
+    let hits = hits + 1;
+
+    // Revoked, nina's page on john's host names her, as it would on latchkey's host.
+    john.revoke("john/", "nina").await;
+    let r = get(&nina, &h.url("john.lab.test", "/user/john/lab")).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("Signed in as <strong>nina</strong>"),
+        "{page}"
     );
 
     // latchkey's pages are not on a user's host: a browser is sent to latchkey's host, a
@@ -234,12 +283,25 @@ async fn a_code_is_good_once_on_its_host_with_its_state(backend: Backend) {
     let handoff = location(&start);
     let callback = location(&get(&john, &handoff).await);
 
-    // Another browser with the link but not the state cookie: refused, and the code is spent.
+    // Another browser with the link but not the state cookie: not signed in, the code is
+    // spent, and that browser is sent to begin a hand-over of its own, once.
     let thief = h.browser();
     let r = get(&thief, &callback).await;
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        location(&r),
+        "/hub/host-login?next=%2Fuser%2Fjohn%2F&again=1"
+    );
+    assert!(thief.jar_cookies(&h.url("john.lab.test", "/")).is_empty());
+    let r = get(&thief, &h.url("john.lab.test", &location(&r))).await;
+    let retry = location(&r);
+    assert!(retry.ends_with("&again=1"), "{retry}");
     let r = get(&john, &callback).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a code is tried once");
+    // A second try that fails too ends on the error page, not in a loop.
+    let again = format!("{callback}&again=1");
+    let r = get(&h.browser(), &again).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // A code for john's host is no good on nina's, even with the right state.
     let start = get(&john, &h.url("nina.lab.test", "/hub/host-login?next=/")).await;
@@ -316,7 +378,7 @@ async fn signing_out_ends_the_sign_in_on_every_host(backend: Backend) {
     assert_eq!(r.status(), StatusCode::OK);
     let hits = upstream.hits();
 
-    // A page of a user's host (same site) cannot sign john out with an image.
+    // A link or an image on a user's host (same site) does not sign john out: he is asked.
     let r = john
         .client
         .get(john.url("/hub/logout"))
@@ -324,7 +386,9 @@ async fn signing_out_ends_the_sign_in_on_every_host(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.status(), StatusCode::OK);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Sign out of latchkey?"), "{page}");
     let r = get(&john, &h.url("john.lab.test", "/user/john/")).await;
     assert_eq!(r.status(), StatusCode::OK, "still signed in");
     let hits = hits + 1;

@@ -35,6 +35,13 @@ pub const XSRF_COOKIE: &str = "_xsrf";
 /// The state of a sign-in hand-over, on a user's host while it runs.
 pub const HOST_STATE_COOKIE: &str = "latchkey-host-state";
 pub const HOST_STATE_COOKIE_TLS: &str = "__Host-latchkey-host-state";
+/// latchkey's cookies that never reach an upstream and that an upstream may never set.
+pub const OWN_COOKIES: [&str; 4] = [
+    SESSION_COOKIE,
+    SESSION_COOKIE_TLS,
+    HOST_STATE_COOKIE,
+    HOST_STATE_COOKIE_TLS,
+];
 
 /// The hub prefix as configured (e.g. "/latchkey/"), mapping between the paths clients see and
 /// the internal paths above, which always start with "/hub/".

@@ -85,6 +85,13 @@ fn header_value(c: &Cookie<'_>) -> HeaderValue {
     HeaderValue::from_str(&c.encoded().to_string()).unwrap_or(HeaderValue::from_static(""))
 }
 
+/// Whether a cookie name (as sent) is one of latchkey's own cookies.
+pub fn is_own(name: &[u8]) -> bool {
+    crate::paths::OWN_COOKIES
+        .iter()
+        .any(|n| name == n.as_bytes())
+}
+
 /// The value of the first cookie with this name in the request's Cookie headers.
 pub fn find<'a>(headers: &'a impl Fields, name: &str) -> Option<&'a str> {
     find_all(headers, name).next()
@@ -117,14 +124,7 @@ pub fn without_own<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>
             .next()
             .unwrap_or(b"")
             .trim_ascii();
-        [
-            SESSION_COOKIE,
-            SESSION_COOKIE_TLS,
-            HOST_STATE_COOKIE,
-            HOST_STATE_COOKIE_TLS,
-        ]
-        .iter()
-        .any(|n| name == n.as_bytes())
+        is_own(name)
     };
     // Bytes, not text: a cookie value with a non-ASCII byte must not hide latchkey's cookie.
     let mut ours = false;

@@ -297,22 +297,12 @@ pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
 /// Whether a `Set-Cookie` value sets one of latchkey's own cookies (the session, or the state of
 /// a sign-in hand-over on a user's host).
 pub fn sets_own_cookie(value: &[u8]) -> bool {
-    use crate::paths::{
-        HOST_STATE_COOKIE, HOST_STATE_COOKIE_TLS, SESSION_COOKIE, SESSION_COOKIE_TLS,
-    };
     let name = value
         .split(|b| *b == b'=')
         .next()
         .unwrap_or(b"")
         .trim_ascii();
-    [
-        SESSION_COOKIE,
-        SESSION_COOKIE_TLS,
-        HOST_STATE_COOKIE,
-        HOST_STATE_COOKIE_TLS,
-    ]
-    .iter()
-    .any(|n| name == n.as_bytes())
+    crate::auth::cookies::is_own(name)
 }
 
 #[cfg(test)]

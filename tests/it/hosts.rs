@@ -371,11 +371,17 @@ async fn a_code_is_good_once_on_its_host_with_its_state(backend: Backend) {
 }
 both_stores!(a_code_is_good_once_on_its_host_with_its_state);
 
-async fn signing_out_ends_the_sign_in_on_every_host(backend: Backend) {
-    let (upstream, _lk, h) = rig(backend).await;
+/// The rig with john signed in on latchkey's host and on his own.
+async fn john_on_his_host(backend: Backend) -> (Upstream, Latchkey, Hosts, Browser) {
+    let (upstream, lk, h) = rig(backend).await;
     let john = h.signed_in("john").await;
     let r = open_on_user_host(&h, &john, "john.lab.test", "/user/john/").await;
     assert_eq!(r.status(), StatusCode::OK);
+    (upstream, lk, h, john)
+}
+
+async fn signing_out_ends_the_sign_in_on_every_host(backend: Backend) {
+    let (upstream, _lk, h, john) = john_on_his_host(backend).await;
     let hits = upstream.hits();
 
     // A link or an image on a user's host (same site) does not sign john out: he is asked.
@@ -410,10 +416,7 @@ async fn signing_out_ends_the_sign_in_on_every_host(backend: Backend) {
 both_stores!(signing_out_ends_the_sign_in_on_every_host);
 
 async fn a_page_of_one_host_cannot_post_to_a_server_on_another(backend: Backend) {
-    let (upstream, _lk, h) = rig(backend).await;
-    let john = h.signed_in("john").await;
-    let r = open_on_user_host(&h, &john, "john.lab.test", "/user/john/").await;
-    assert_eq!(r.status(), StatusCode::OK);
+    let (upstream, _lk, h, john) = john_on_his_host(backend).await;
     let hits = upstream.hits();
     // A page served from another user's host posts to john's server with john's cookie.
     let r = john

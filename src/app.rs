@@ -140,9 +140,9 @@ impl Prepared {
     }
 }
 
-/// The session cookie of a connection's last request, and its hash: a browser sends the same
-/// cookie with every request on a connection, and hashing it was the costliest step of telling
-/// who is calling.
+/// The session cookie that signed in a connection's last request, and its hash: a browser sends
+/// the same cookie with every request on a connection, and hashing it was the costliest step of
+/// telling who is calling.
 #[derive(Default)]
 pub struct SessionMemo {
     last: String,
@@ -150,17 +150,22 @@ pub struct SessionMemo {
 }
 
 impl SessionMemo {
-    fn hash(&mut self, id: &str) -> TokenHash {
-        if let Some(hash) = self.hash
-            && secret::constant_time_eq(self.last.as_bytes(), id.as_bytes())
-        {
-            return hash;
+    /// The hash of a session id: remembered when it is the connection's last signed-in one.
+    fn hash_of(&self, id: &str) -> TokenHash {
+        match self.hash {
+            Some(hash) if secret::constant_time_eq(self.last.as_bytes(), id.as_bytes()) => hash,
+            _ => TokenHash::of(id),
         }
-        let hash = TokenHash::of(id);
-        self.last.clear();
-        self.last.push_str(id);
-        self.hash = Some(hash);
-        hash
+    }
+
+    /// Remembers the id that signed the request in (not one that was tried and failed, which
+    /// would make the two take turns).
+    fn remember(&mut self, id: &str, hash: TokenHash) {
+        if self.hash != Some(hash) {
+            self.last.clear();
+            self.last.push_str(id);
+            self.hash = Some(hash);
+        }
     }
 }
 
@@ -186,7 +191,8 @@ impl App {
             && config
                 .public_url
                 .as_deref()
-                .is_some_and(|u| u.starts_with("http://") && !u.starts_with("http://localhost"))
+                .and_then(|u| u.parse::<http::Uri>().ok())
+                .is_some_and(|u| u.scheme_str() == Some("http") && u.host() != Some("localhost"))
         {
             tracing::warn!(
                 "host-based routing over plain http: a page on one user's host can set cookies for the whole domain; serve it over https"
@@ -422,8 +428,8 @@ impl App {
         if let Some(resp) = crate::health::answer(self, path).await {
             return Ok(resp);
         }
-        let site = self.site(req.uri(), req.headers());
         if let Some(internal) = internal {
+            let site = self.site(req.uri(), req.headers());
             // Handlers see internal "/hub/..." paths whatever the configured prefix.
             let pq = match req.uri().query() {
                 Some(q) => format!("{internal}?{q}"),
@@ -541,6 +547,18 @@ impl App {
                         "This server is served at {}.",
                         hosts.user_origin(&owner)
                     )));
+                }
+                // A route that is no user's (a JupyterHub at "/"): on latchkey's host only;
+                // a browser is sent there (JupyterLab's links to the hub, say).
+                (Site::User(_), None)
+                    if !websocket && (*method == Method::GET || *method == Method::HEAD) =>
+                {
+                    let to = format!(
+                        "{}{}",
+                        hosts.main_origin(),
+                        uri.path_and_query().map_or("/", |p| p.as_str())
+                    );
+                    return Ok(Proxied::Answer(http_util::redirect(&to)));
                 }
                 _ => {
                     return Err(Error::NotFound(
@@ -753,48 +771,61 @@ impl App {
             }
         }
         // Usually one cookie; a page of the same host may have planted another of the same name
-        // (a longer path comes first), which must not hide the real one.
+        // (a longer path comes first): the first that is a live sign-in valid here wins.
         let mut memo = memo;
-        let mut found = None;
         for id in cookies::find_all(headers, self.cookies.session_name())
             .filter(|id| secret::looks_like_token(id))
         {
-            let hash = match memo.as_deref_mut() {
-                Some(memo) => memo.hash(id),
+            let hash = match memo.as_deref() {
+                Some(memo) => memo.hash_of(id),
                 None => TokenHash::of(id),
             };
-            if let Some(rec) = self.cache.login(self.store.as_ref(), &hash).await? {
-                found = Some((hash, rec));
-                break;
+            let Some(rec) = self.cache.login(self.store.as_ref(), &hash).await? else {
+                continue;
+            };
+            let Some((login, expires)) = self.valid_here(hash, &rec, user_host).await? else {
+                continue;
+            };
+            if let Some(memo) = memo.as_deref_mut() {
+                memo.remember(id, hash);
             }
+            return Ok(self.users.identity(&rec.user).map(|identity| Caller {
+                identity,
+                credential: Credential::Cookie,
+                login: Some(login),
+                expires: Some(expires),
+                token: None,
+            }));
         }
-        let Some((hash, rec)) = found else {
-            return Ok(None);
-        };
-        let (login, expires) = match (&rec.on_host, user_host) {
-            (None, None) => (hash, rec.expires_at),
+        Ok(None)
+    }
+
+    /// Whether a sign-in record is good on this host (`user_host` None: latchkey's own): the
+    /// sign-in it belongs to (for a user's host, the one it was handed from: signing out there
+    /// ends it, and the connections opened with it close with that sign-in's) and until when.
+    async fn valid_here(
+        &self,
+        hash: TokenHash,
+        rec: &crate::store::LoginRecord,
+        user_host: Option<&str>,
+    ) -> Result<Option<(TokenHash, crate::clock::Timestamp)>> {
+        match (&rec.on_host, user_host) {
+            (None, None) => Ok(Some((hash, rec.expires_at))),
             (Some(on), Some(host)) if !on.code && on.host == host => {
-                // Only as long as the sign-in it was handed from: signing out there ends it,
-                // and the connections opened with it close with that sign-in's.
                 let Some(parent) = TokenHash::from_hex(&on.parent) else {
                     return Ok(None);
                 };
-                match self.cache.login(self.store.as_ref(), &parent).await? {
-                    Some(p) if p.on_host.is_none() && p.user == rec.user => {
-                        (parent, rec.expires_at.min(p.expires_at))
-                    }
-                    _ => return Ok(None),
-                }
+                Ok(
+                    match self.cache.login(self.store.as_ref(), &parent).await? {
+                        Some(p) if p.on_host.is_none() && p.user == rec.user => {
+                            Some((parent, rec.expires_at.min(p.expires_at)))
+                        }
+                        _ => None,
+                    },
+                )
             }
-            _ => return Ok(None),
-        };
-        Ok(self.users.identity(&rec.user).map(|identity| Caller {
-            identity,
-            credential: Credential::Cookie,
-            login: Some(login),
-            expires: Some(expires),
-            token: None,
-        }))
+            _ => Ok(None),
+        }
     }
 
     /// The origin this request was addressed to.

@@ -398,16 +398,7 @@ impl RawConfig {
         });
 
         let hosts = self.server.user_domain.as_deref().and_then(|domain| {
-            let valid = !domain.is_empty()
-                && domain.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                        && !l.starts_with('-')
-                        && !l.ends_with('-')
-                })
-                && (domain.contains('.') || domain.eq_ignore_ascii_case("localhost"));
-            if !valid {
+            if !crate::hosts::valid_domain(domain) {
                 problems.push(format!(
                     "server.user_domain = {domain:?} must be a domain like \"lab.example.org\" (each user's servers at <user>.lab.example.org) or \"localhost\""
                 ));

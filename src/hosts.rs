@@ -51,7 +51,7 @@ impl UserHosts {
         Some(UserHosts {
             scheme: uri.scheme_str()?.to_owned(),
             main: uri.host()?.to_ascii_lowercase(),
-            domain: domain.trim_matches('.').to_ascii_lowercase(),
+            domain: domain.to_ascii_lowercase(),
             port: uri.port_u16(),
         })
     }
@@ -65,22 +65,23 @@ impl UserHosts {
         if host == self.main {
             return Site::Main;
         }
-        match host
-            .strip_suffix(self.domain.as_str())
-            .and_then(|h| h.strip_suffix('.'))
-        {
-            Some(label) if is_label(label) => Site::User(label.to_owned()),
-            _ => Site::Unknown,
+        match self.label_in_domain(&host) {
+            Some(label) => Site::User(label.to_owned()),
+            None => Site::Unknown,
         }
     }
 
     /// Whether latchkey's own host has the shape of a user's host (`<label>.<domain>`): that
     /// user could not be reached.
     pub fn main_is_a_user_host(&self) -> bool {
-        self.main
-            .strip_suffix(self.domain.as_str())
+        self.label_in_domain(&self.main).is_some()
+    }
+
+    /// The label of `<label>.<domain>` (lower case, no port), if `host` has that shape.
+    fn label_in_domain<'h>(&self, host: &'h str) -> Option<&'h str> {
+        host.strip_suffix(self.domain.as_str())
             .and_then(|h| h.strip_suffix('.'))
-            .is_some_and(is_label)
+            .filter(|l| is_label(l))
     }
 
     /// The host of a user's servers, without the port.
@@ -126,6 +127,13 @@ fn strip_port(authority: &str) -> &str {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority,
     }
+}
+
+/// A domain for the users' hosts: DNS labels (any case) joined by dots, at least two of them,
+/// or `localhost`.
+pub fn valid_domain(domain: &str) -> bool {
+    let lower = domain.to_ascii_lowercase();
+    (lower.contains('.') || lower == "localhost") && lower.split('.').all(is_label)
 }
 
 /// A DNS label of lower-case letters, digits and inner hyphens, at most 63 long.
@@ -179,6 +187,9 @@ mod tests {
             "-x.lab.example.org",
             "xlab.example.org",
             "127.0.0.1",
+            "[::1]:8000",
+            "",
+            "lab.example.org.",
         ] {
             assert_eq!(h.site(Some(other)), Site::Unknown, "{other}");
         }

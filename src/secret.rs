@@ -106,6 +106,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
+/// Whether `sent` equals any of `candidates` (several cookies of one name may be sent), each
+/// compared in constant time and all of them compared. An empty `sent` matches nothing.
+pub fn matches_any<'a>(sent: &str, candidates: impl Iterator<Item = &'a str>) -> bool {
+    let mut matched = false;
+    for c in candidates {
+        matched |= !sent.is_empty() && constant_time_eq(c.as_bytes(), sent.as_bytes());
+    }
+    matched
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

@@ -5,7 +5,6 @@ use http::HeaderMap;
 use crate::error::Error;
 use crate::http_util::{Fields, text};
 use crate::paths::XSRF_COOKIE;
-use crate::secret::constant_time_eq;
 
 /// Checks that the XSRF token sent with a state-changing request (form field `_xsrf` or header
 /// `X-XSRFToken`) matches an `_xsrf` cookie. Any of them: one planted by a sibling host for the
@@ -22,11 +21,7 @@ pub fn check_token(headers: &HeaderMap, form_value: Option<&str>) -> Result<(), 
     let Some(sent) = sent.filter(|s| !s.is_empty()) else {
         return Err(Error::XsrfMismatch);
     };
-    let mut matched = false;
-    for c in super::cookies::find_all(headers, XSRF_COOKIE).filter(|c| !c.is_empty()) {
-        matched |= constant_time_eq(c.as_bytes(), sent.as_bytes());
-    }
-    if matched {
+    if crate::secret::matches_any(&sent, super::cookies::find_all(headers, XSRF_COOKIE)) {
         Ok(())
     } else {
         Err(Error::XsrfMismatch)

@@ -270,6 +270,7 @@ struct Has {
 /// upstream's worker could then answer for latchkey's own paths on the same origin (its pages,
 /// or the sign-in hand-over on a user's host). Never passed on.
 pub const SERVICE_WORKER_ALLOWED: &str = "service-worker-allowed";
+const SERVICE_WORKER_ALLOWED_NAME: HeaderName = HeaderName::from_static(SERVICE_WORKER_ALLOWED);
 
 /// Rewrites response headers for the client: no hop-by-hop headers (except on a 101), no
 /// attempt by the upstream to set latchkey's own cookies, and no `Service-Worker-Allowed`.
@@ -277,7 +278,7 @@ pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
     if !switching_protocols {
         remove_hop_by_hop(headers);
     }
-    headers.remove(SERVICE_WORKER_ALLOWED);
+    headers.remove(SERVICE_WORKER_ALLOWED_NAME);
     let cookies: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()

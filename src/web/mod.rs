@@ -99,8 +99,7 @@ fn host_login(
     hosts: &crate::hosts::UserHosts,
     label: &str,
 ) -> Response<Body> {
-    let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref())
-        .unwrap_or_else(|| "/".into());
+    let next = next_path(req.uri().query());
     // One state per browser and host while hand-overs run, so that several at once (tabs, or
     // the loads of a page whose sign-in ended) do not undo each other's.
     let state = cookies::find(req.headers(), app.cookies.host_state_name())
@@ -167,8 +166,7 @@ async fn host_handoff(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     let state = http_util::query_value(query, "state")
         .filter(|s| secret::looks_like_token(s))
         .ok_or_else(|| Error::bad_request("This sign-in link is incomplete."))?;
-    let next =
-        safe_next(http_util::query_value(query, "next").as_deref()).unwrap_or_else(|| "/".into());
+    let next = next_path(query);
     let code = Secret::generate();
     let now = clock::now();
     app.store
@@ -223,19 +221,17 @@ async fn host_callback(
         .await?
         .ok_or_else(invalid)?;
     let state = http_util::query_value(query, "state").unwrap_or_default();
-    let mut matches = false;
-    for ours in cookies::find_all(req.headers(), app.cookies.host_state_name()) {
-        matches |= !state.is_empty() && secret::constant_time_eq(state.as_bytes(), ours.as_bytes());
-    }
-    if !matches {
+    if !secret::matches_any(
+        &state,
+        cookies::find_all(req.headers(), app.cookies.host_state_name()),
+    ) {
         // This browser's state is gone (its cookie lasts ten minutes, and a sign-in form may
         // have waited longer) or was never this one's: begin once more with a fresh state,
         // rather than end on an error; a second failure is one.
         if !again(query).is_empty() {
             return Err(invalid());
         }
-        let next = safe_next(http_util::query_value(query, "next").as_deref())
-            .unwrap_or_else(|| "/".into());
+        let next = next_path(query);
         return Ok(redirect(&format!(
             "{}?next={}&again=1",
             app.hub.external(paths::HOST_LOGIN),
@@ -271,8 +267,7 @@ async fn host_callback(
             },
         )
         .await?;
-    let next =
-        safe_next(http_util::query_value(query, "next").as_deref()).unwrap_or_else(|| "/".into());
+    let next = next_path(query);
     let mut r = redirect(&next);
     let h = r.headers_mut();
     h.append(header::SET_COOKIE, app.cookies.session_cookie(id.expose()));
@@ -351,6 +346,11 @@ fn page<T: askama::Template>(app: &App, xsrf: &Xsrf, status: StatusCode, t: &T) 
     xsrf.apply(app, &mut r);
     harden(app, &mut r);
     r
+}
+
+/// The hand-over's `next`: a path on the user's host, "/" when missing or not one.
+fn next_path(query: Option<&str>) -> String {
+    safe_next(http_util::query_value(query, "next").as_deref()).unwrap_or_else(|| "/".into())
 }
 
 /// Only paths on latchkey's own origin are valid `next` targets.
@@ -555,8 +555,10 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
         }
         req.headers().clone()
     };
-    if let Some(id) = cookies::find(&headers, app.cookies.session_name())
-        && secret::looks_like_token(id)
+    // Every session cookie sent: one planted by a page of the same site, sent first, must not
+    // leave the real sign-in (and the sign-ins handed over from it) alive.
+    for id in cookies::find_all(&headers, app.cookies.session_name())
+        .filter(|id| secret::looks_like_token(id))
     {
         app.end_login(&crate::secret::TokenHash::of(id)).await?;
     }

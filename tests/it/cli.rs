@@ -217,9 +217,9 @@ async fn the_cli_lists_and_deletes_your_api_tokens() {
 
 /// `latchkey demo` as the README runs it: prints its URL and the two passwords, and john's
 /// server answers john through latchkey (with `--user-hosts`, on john.localhost after the
-/// sign-in hand-over).
+/// sign-in hand-over). The sharing story itself is tested on `serve` (tests/it/story.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_runs_the_story_with_and_without_user_hosts() {
+async fn the_demo_prints_how_to_sign_in_and_john_reaches_his_server_both_ways() {
     use std::io::{BufRead, BufReader};
     for user_hosts in [false, true] {
         let mut args = vec![
@@ -232,13 +232,23 @@ async fn the_demo_runs_the_story_with_and_without_user_hosts() {
         if user_hosts {
             args.push("--user-hosts");
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
-            .args(&args)
-            .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("the latchkey binary runs");
-        let stdout = child.stdout.take().unwrap();
+        /// Stops the demo even when an assertion fails.
+        struct Demo(std::process::Child);
+        impl Drop for Demo {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut demo = Demo(
+            Command::new(env!("CARGO_BIN_EXE_latchkey"))
+                .args(&args)
+                .env("RUST_LOG", "error")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("the latchkey binary runs"),
+        );
+        let stdout = demo.0.stdout.take().unwrap();
         let lines = tokio::task::spawn_blocking(move || {
             let mut lines = vec![];
             for line in BufReader::new(stdout).lines() {
@@ -294,7 +304,6 @@ async fn the_demo_runs_the_story_with_and_without_user_hosts() {
         };
         assert_eq!(r.url().as_str(), johns);
         assert!(r.text().await.unwrap().contains("john"));
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(demo);
     }
 }

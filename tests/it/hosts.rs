@@ -164,11 +164,7 @@ async fn a_sharee_reaches_johns_server_on_johns_host_only(backend: Backend) {
 
     // The host's cookie is its own: not latchkey's sign-in, and good on no other host.
     let on_john = nina.cookie("latchkey-session", "/").unwrap();
-    let host_cookie = {
-        use reqwest::cookie::CookieStore;
-        let url: reqwest::Url = h.url("john.lab.test", "/").parse().unwrap();
-        nina.jar.cookies(&url).unwrap().to_str().unwrap().to_owned()
-    };
+    let host_cookie = nina.jar_cookies(&h.url("john.lab.test", "/"));
     assert!(!host_cookie.contains(&on_john), "a cookie of its own");
     let stranger = h.browser();
     let r = stranger
@@ -239,7 +235,19 @@ async fn a_sharee_reaches_johns_server_on_johns_host_only(backend: Backend) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(upstream.last().headers["x-latchkey-user"], "nina");
-    let hits = hits + 1;
+    // Nor does a real sign-in that is not for this host (nina's own, from latchkey's host).
+    let r = stranger
+        .client
+        .get(h.url("john.lab.test", "/user/john/lab"))
+        .header(
+            "cookie",
+            format!("latchkey-session={on_john}; latchkey-session={real}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let hits = hits + 2;
 
     // Revoked, nina's page on john's host names her, as it would on latchkey's host.
     john.revoke("john/", "nina").await;
@@ -250,6 +258,35 @@ async fn a_sharee_reaches_johns_server_on_johns_host_only(backend: Backend) {
         page.contains("Signed in as <strong>nina</strong>"),
         "{page}"
     );
+    // Over HTTP/2 too (hyper's path, where the host is the request's authority).
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("john.lab.test", h.addr)
+        .build()
+        .unwrap();
+    let r = h2
+        .get(h.url("john.lab.test", "/user/john/lab"))
+        .header("cookie", nina.jar_cookies(&h.url("john.lab.test", "/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("Signed in as <strong>nina</strong>"),
+        "{page}"
+    );
+
+    // A route that is no user's (a JupyterHub at "/", say) is on latchkey's host: a browser
+    // asking a user's host for it is sent there.
+    let s = lk
+        .post_route("/services/hub", json!({"target": upstream.target()}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let r = get(&nina, &h.url("john.lab.test", "/services/hub/x?y=1")).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&r), h.url("lab.test", "/services/hub/x?y=1"));
 
     // latchkey's pages are not on a user's host: a browser is sent to latchkey's host, a
     // state change is refused; a host that is no one's serves nothing.
@@ -298,18 +335,22 @@ async fn a_code_is_good_once_on_its_host_with_its_state(backend: Backend) {
     assert!(retry.ends_with("&again=1"), "{retry}");
     let r = get(&john, &callback).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a code is tried once");
-    // A second try that fails too ends on the error page, not in a loop.
-    let again = format!("{callback}&again=1");
-    let r = get(&h.browser(), &again).await;
+    // A second try whose state does not match either ends on the error page, not in a loop:
+    // a fresh code, taken, then refused for the state.
+    let start = get(
+        &john,
+        &h.url("john.lab.test", "/hub/host-login?next=/user/john/"),
+    )
+    .await;
+    let fresh = location(&get(&john, &location(&start)).await);
+    let r = get(&h.browser(), &format!("{fresh}&again=1")).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = get(&john, &fresh).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "and the code is spent");
 
-    // A code for john's host is no good on nina's, even with the right state.
+    // A code for nina's host is no good on john's, even with the right state.
     let start = get(&john, &h.url("nina.lab.test", "/hub/host-login?next=/")).await;
-    let state_cookie = {
-        use reqwest::cookie::CookieStore;
-        let url: reqwest::Url = h.url("nina.lab.test", "/").parse().unwrap();
-        john.jar.cookies(&url).unwrap().to_str().unwrap().to_owned()
-    };
+    let state_cookie = john.jar_cookies(&h.url("nina.lab.test", "/"));
     let handoff = location(&start);
     let for_nina = location(&get(&john, &handoff).await);
     let for_john_host = for_nina.replacen("nina.lab.test", "john.lab.test", 1);

@@ -260,7 +260,9 @@ const DEMO_PAGE: &str = r#"<!doctype html>
 <form method="post"><input name="note" value="a note" aria-label="Note"> <button>Save (POST)</button></form>
 <script>
 const log = document.getElementById('log');
-const url = location.href.replace(/^http/, 'ws').replace(/[^/]*$/, '') + 'echo';
+// The server's own directory, also when the page was opened without its trailing slash.
+const dir = location.pathname.endsWith('/') ? location.pathname : location.pathname + '/';
+const url = location.origin.replace(/^http/, 'ws') + dir + 'echo';
 const ws = new WebSocket(url);
 ws.onopen = () => log.textContent += 'connected\n';
 ws.onmessage = (e) => log.textContent += 'echo: ' + e.data + '\n';

@@ -21,7 +21,7 @@ use crate::connections::{Connections, OpenConnection, Registrar, Registration};
 use crate::error::{Error, Result};
 use crate::hosts::Site;
 use crate::http_util::{self, Body, Fields};
-use crate::ids::ServerRef;
+use crate::ids::{GroupName, ServerRef, UserName};
 use crate::paths;
 use crate::proxy::{self, UpstreamClient, headers::Forwarding};
 use crate::routes::Route;
@@ -34,6 +34,8 @@ pub struct App {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub users: Users,
+    /// Sign-in through an OpenID Connect provider, when configured.
+    pub oidc: Option<crate::auth::oidc::Oidc>,
     pub cache: Cache,
     pub connections: Arc<Connections>,
     pub client: UpstreamClient,
@@ -203,6 +205,11 @@ impl App {
         let app = Arc::new(App {
             cache: Cache::new(config.max_staleness),
             users: Users::new(&config.users),
+            oidc: config.oidc.clone().and_then(|c| {
+                crate::auth::oidc::Oidc::new(c)
+                    .map_err(|e| tracing::error!(error = %e, "OpenID Connect sign-in is off"))
+                    .ok()
+            }),
             cookies: CookiePolicy {
                 secure: config.secure_cookies(),
                 max_age: config.session_max_age,
@@ -758,7 +765,7 @@ impl App {
         {
             let hash = TokenHash::of(token);
             if let Some(rec) = self.cache.api_token(self.store.as_ref(), &hash).await?
-                && let Some(identity) = self.users.identity(&rec.user)
+                && let Some(identity) = self.identity_of(&rec.user).await?
             {
                 return Ok(Some(Caller {
                     identity,
@@ -789,7 +796,7 @@ impl App {
             if let Some(memo) = memo.as_deref_mut() {
                 memo.remember(id, hash);
             }
-            return Ok(self.users.identity(&rec.user).map(|identity| Caller {
+            return Ok(self.identity_of(&rec.user).await?.map(|identity| Caller {
                 identity,
                 credential: Credential::Cookie,
                 login: Some(login),
@@ -798,6 +805,35 @@ impl App {
             }));
         }
         Ok(None)
+    }
+
+    /// Who a user is: one of the configuration's, or one who signed in through the identity
+    /// provider (none once that sign-in is no longer configured).
+    pub async fn identity_of(&self, name: &UserName) -> Result<Option<Arc<Identity>>> {
+        if let Some(identity) = self.users.identity(name) {
+            return Ok(Some(identity));
+        }
+        if self.oidc.is_none() {
+            return Ok(None);
+        }
+        self.cache.user(self.store.as_ref(), name).await
+    }
+
+    /// Whether a group has members: in the configuration, or among the users who signed in
+    /// through the identity provider (as of their last sign-in).
+    pub async fn group_exists(&self, group: &GroupName) -> Result<bool> {
+        if self.users.is_group(group) {
+            return Ok(true);
+        }
+        if self.oidc.is_none() {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .list_users()
+            .await?
+            .iter()
+            .any(|u| u.groups.contains(group)))
     }
 
     /// Whether a sign-in record is good on this host (`user_host` None: latchkey's own): the
@@ -849,21 +885,40 @@ impl App {
             .collect();
         servers.sort();
         servers.dedup();
+        // Who each connection's user is now (a user the store cannot tell about keeps theirs
+        // until the next check, as with grants below).
+        let mut identities: std::collections::HashMap<UserName, Option<Arc<Identity>>> =
+            Default::default();
+        for c in &open {
+            if !identities.contains_key(&c.user)
+                && let Ok(identity) = self.identity_of(&c.user).await
+            {
+                identities.insert(c.user.clone(), identity);
+            }
+        }
         for server in servers {
             let session = table.server_route(&server).map(|r| r.session.clone());
             // Without the store, connections stay open until the next successful check.
             let grants = self.cache.grants(self.store.as_ref(), &server).await.ok();
             self.connections.close_where(|c| {
-                c.server == server && !self.may_stay(c, session.as_deref(), grants.as_deref(), now)
+                c.server == server
+                    && !self.may_stay(
+                        c,
+                        identities.get(&c.user),
+                        session.as_deref(),
+                        grants.as_deref(),
+                        now,
+                    )
             });
         }
     }
 
-    /// Whether an open connection's user may still hold it, given its server's current
-    /// session and grants (`None`: not known, the store is away).
+    /// Whether an open connection's user may still hold it, given who they are now, its
+    /// server's current session and grants (`None`: not known, the store is away).
     fn may_stay(
         &self,
         c: &OpenConnection,
+        identity: Option<&Option<Arc<Identity>>>,
         session: Option<&str>,
         grants: Option<&ServerGrants>,
         now: clock::Timestamp,
@@ -874,8 +929,10 @@ impl App {
         if c.expires.is_some_and(|e| e <= now) {
             return false;
         }
-        let Some(identity) = self.users.identity(&c.user) else {
-            return false;
+        let identity = match identity {
+            Some(Some(identity)) => identity,
+            Some(None) => return false,
+            None => return true,
         };
         if identity.name == c.server.owner {
             return true;
@@ -916,8 +973,15 @@ impl App {
             return Ok(registration);
         };
         let grants = self.cache.grants(self.store.as_ref(), &c.server).await.ok();
+        let identity = self.identity_of(&c.user).await.ok();
         if self.credential_ended(&c).await
-            || !self.may_stay(&c, session, grants.as_deref(), clock::now())
+            || !self.may_stay(
+                &c,
+                identity.as_ref(),
+                session,
+                grants.as_deref(),
+                clock::now(),
+            )
         {
             tracing::info!(user = %c.user, "access ended while the request was on its way");
             return Err(Error::access_ended_meanwhile());

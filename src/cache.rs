@@ -12,7 +12,8 @@ use std::sync::{Arc, RwLock};
 
 use crate::clock::{self, Timestamp};
 use crate::error::Result;
-use crate::ids::ServerRef;
+use crate::auth::Identity;
+use crate::ids::{ServerRef, UserName};
 use crate::routes::{Route, RouteTable};
 use crate::secret::TokenHash;
 use crate::store::{ApiTokenRecord, LoginRecord, ServerGrants, Store};
@@ -36,6 +37,8 @@ pub struct Cache {
     /// the token's deletion).
     forgets: AtomicU64,
     tokens: Credentials<ApiTokenRecord>,
+    /// Users who signed in through an identity provider, with the time each was read.
+    users: RwLock<HashMap<UserName, (Arc<Identity>, Timestamp)>>,
     /// The store revision seen by the last poll.
     revision: AtomicU64,
     /// The highest revision whose announcement arrived.
@@ -171,6 +174,34 @@ impl Cache {
             || store.get_api_token(token),
         )
         .await
+    }
+
+    /// A user who signed in through an identity provider: as read from the store less than
+    /// `CREDENTIAL_TTL` ago while the cache is fresh (so a change of groups at another
+    /// instance's sign-in shows here within that time), else read again.
+    pub async fn user(&self, store: &dyn Store, name: &UserName) -> Result<Option<Arc<Identity>>> {
+        let now = clock::now();
+        if self.is_fresh()
+            && let Some((identity, at)) = read(&self.users).get(name)
+            && now - at < CREDENTIAL_TTL
+        {
+            return Ok(Some(identity.clone()));
+        }
+        let Some(record) = store.get_user(name).await? else {
+            write(&self.users).remove(name);
+            return Ok(None);
+        };
+        Ok(Some(self.remember_user(record.name, record.groups)))
+    }
+
+    /// What this instance just stored of a user.
+    pub fn remember_user(&self, name: UserName, groups: Vec<crate::ids::GroupName>) -> Arc<Identity> {
+        let identity = Arc::new(Identity {
+            name: name.clone(),
+            groups,
+        });
+        write(&self.users).insert(name, (identity.clone(), clock::now()));
+        identity
     }
 
     /// Forgets a deleted API token.

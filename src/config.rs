@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub store: RawStore,
     pub sharing: RawSharing,
     pub login: RawLogin,
+    pub oidc: RawOidc,
     pub users: Vec<RawUser>,
     /// Servers declared here rather than through the route API.
     pub routes: Vec<RawRoute>,
@@ -91,6 +92,70 @@ pub struct RawLogin {
     pub failure_window: u64,
 }
 
+/// Sign-in through an OpenID Connect provider (Keycloak, Dex, Google, Entra ID, ...), on when
+/// `issuer` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOidc {
+    /// The provider's issuer URL; its `/.well-known/openid-configuration` is read from there.
+    pub issuer: Option<String>,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    /// Where the provider sends the browser back; by default `<public_url><hub prefix>oauth_callback`.
+    pub redirect_url: Option<String>,
+    /// Scopes asked for besides `openid`.
+    pub scopes: Vec<String>,
+    /// The claim that names the user (ID token, else userinfo), e.g. "preferred_username",
+    /// "email", "sub". Lower-cased; must be a valid latchkey user name.
+    pub username_claim: String,
+    /// The claim with the user's groups (a list of names); "" for none.
+    pub groups_claim: String,
+    /// When not empty, only members of one of these groups may sign in.
+    pub allowed_groups: Vec<String>,
+    /// The provider's name on the sign-in button ("Sign in with ...").
+    pub display_name: String,
+}
+
+impl Default for RawOidc {
+    fn default() -> Self {
+        RawOidc {
+            issuer: None,
+            client_id: String::new(),
+            client_secret: None,
+            redirect_url: None,
+            scopes: vec!["profile".into(), "email".into()],
+            username_claim: "preferred_username".into(),
+            groups_claim: "groups".into(),
+            allowed_groups: vec![],
+            display_name: "single sign-on".into(),
+        }
+    }
+}
+
+/// Checked `[oidc]` settings.
+#[derive(Clone)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub redirect_url: String,
+    pub scopes: Vec<String>,
+    pub username_claim: String,
+    pub groups_claim: Option<String>,
+    pub allowed_groups: Vec<GroupName>,
+    pub display_name: String,
+}
+
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("redirect_url", &self.redirect_url)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRoute {
@@ -150,6 +215,7 @@ impl Default for RawConfig {
                 max_failures: 10,
                 failure_window: 60,
             },
+            oidc: RawOidc::default(),
             users: vec![],
             routes: vec![],
         }
@@ -211,6 +277,8 @@ pub struct Config {
     pub max_failures: u32,
     pub failure_window: u64,
     pub users: Vec<UserConfig>,
+    /// Sign-in through an OpenID Connect provider, when configured.
+    pub oidc: Option<OidcConfig>,
     /// Routes to register at start: (normalised path, route data as the route API takes it).
     pub routes: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
 }
@@ -289,7 +357,7 @@ impl Config {
     }
 }
 
-const SECTIONS: &[&str] = &["server", "api", "store", "sharing", "login"];
+const SECTIONS: &[&str] = &["server", "api", "store", "sharing", "login", "oidc"];
 
 /// Applies `LATCHKEY_SECTION_KEY=value` (and `CONFIGPROXY_AUTH_TOKEN`, and `*_FILE` variants for
 /// secrets) on top of the file. Values take the type the key has by default.
@@ -618,6 +686,10 @@ impl RawConfig {
             });
         }
 
+        let oidc = self
+            .oidc
+            .check(public_url.as_deref(), &hub_prefix, &mut problems);
+
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -649,7 +721,80 @@ impl RawConfig {
             max_failures: self.login.max_failures,
             failure_window: self.login.failure_window,
             users,
+            oidc,
             routes,
+        })
+    }
+}
+
+impl RawOidc {
+    fn check(
+        self,
+        public_url: Option<&str>,
+        hub_prefix: &str,
+        problems: &mut Vec<String>,
+    ) -> Option<OidcConfig> {
+        let issuer = self.issuer?.trim_end_matches('/').to_owned();
+        let url_ok = |u: &str| {
+            (u.starts_with("https://") || u.starts_with("http://"))
+                && u.parse::<http::Uri>().is_ok_and(|uri| uri.host().is_some())
+        };
+        if !url_ok(&issuer) {
+            problems.push(format!(
+                "oidc.issuer = {issuer:?} must be a URL like \"https://id.example.org/realms/lab\""
+            ));
+        }
+        if self.client_id.is_empty() {
+            problems.push("oidc.client_id is required with oidc.issuer".into());
+        }
+        let redirect_url = match (self.redirect_url, public_url) {
+            (Some(u), _) => {
+                if !url_ok(&u) {
+                    problems.push(format!(
+                        "oidc.redirect_url = {u:?} must be a URL like \"https://share.example.org/hub/oauth_callback\""
+                    ));
+                }
+                u
+            }
+            // (The prefix is checked above: "/name/".)
+            (None, Some(base)) => format!("{base}{hub_prefix}oauth_callback"),
+            (None, None) => {
+                problems.push(
+                    "oidc.redirect_url (or server.public_url) is required with oidc.issuer: the provider must know where to send the browser back".into(),
+                );
+                String::new()
+            }
+        };
+        if self.username_claim.is_empty() {
+            problems.push("oidc.username_claim must name a claim, e.g. \"preferred_username\"".into());
+        }
+        let mut allowed_groups = vec![];
+        for g in &self.allowed_groups {
+            match GroupName::parse(g) {
+                Ok(g) => allowed_groups.push(g),
+                Err(e) => problems.push(format!("oidc.allowed_groups: {e}")),
+            }
+        }
+        if !allowed_groups.is_empty() && self.groups_claim.is_empty() {
+            problems.push(
+                "oidc.allowed_groups needs oidc.groups_claim (the claim the groups are read from)"
+                    .into(),
+            );
+        }
+        Some(OidcConfig {
+            issuer,
+            client_id: self.client_id,
+            client_secret: self.client_secret.filter(|s| !s.is_empty()),
+            redirect_url,
+            scopes: self
+                .scopes
+                .into_iter()
+                .filter(|s| !s.is_empty() && s != "openid")
+                .collect(),
+            username_claim: self.username_claim,
+            groups_claim: Some(self.groups_claim).filter(|c| !c.is_empty()),
+            allowed_groups,
+            display_name: self.display_name,
         })
     }
 }

@@ -53,6 +53,9 @@ pub enum Error {
     UpstreamUnavailable,
     UpstreamTimeout,
     StoreUnavailable,
+    /// The OpenID Connect provider could not be reached or did not complete the sign-in (the
+    /// cause is logged).
+    IdentityProvider,
     /// A bug or an unexpected failure; the cause was logged with the request id.
     Internal,
 }
@@ -90,6 +93,7 @@ impl Error {
             Error::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Error::IdentityProvider => StatusCode::BAD_GATEWAY,
             Error::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,6 +123,7 @@ impl Error {
             Error::UpstreamUnavailable => "Server not reachable",
             Error::UpstreamTimeout => "Server did not answer",
             Error::StoreUnavailable => "Temporarily unavailable",
+            Error::IdentityProvider => "Sign-in provider failed",
             Error::Internal => "Something went wrong",
         }
     }
@@ -166,6 +171,9 @@ impl Error {
             Error::UpstreamTimeout => "The server behind this address did not answer in time.".into(),
             Error::StoreUnavailable => {
                 "latchkey cannot reach its store right now. Try again in a moment; you stay signed in.".into()
+            }
+            Error::IdentityProvider => {
+                "The sign-in provider could not be reached or did not complete the sign-in. Try again in a moment.".into()
             }
             Error::Internal => "An unexpected error happened. It has been logged.".into(),
         }

@@ -17,6 +17,10 @@ pub const STATIC: &str = "/hub/static/";
 pub const HOST_LOGIN: &str = "/hub/host-login";
 pub const HOST_HANDOFF: &str = "/hub/host-handoff";
 pub const HOST_CALLBACK: &str = "/hub/host-callback";
+/// Sign-in through an OpenID Connect provider: where it starts, and where the provider sends
+/// the browser back (JupyterHub's OAuthenticator uses the same two paths).
+pub const OIDC_LOGIN: &str = "/hub/oauth_login";
+pub const OIDC_CALLBACK: &str = "/hub/oauth_callback";
 pub const API: &str = "/hub/api/";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
@@ -35,12 +39,17 @@ pub const XSRF_COOKIE: &str = "_xsrf";
 /// The state of a sign-in hand-over, on a user's host while it runs.
 pub const HOST_STATE_COOKIE: &str = "latchkey-host-state";
 pub const HOST_STATE_COOKIE_TLS: &str = "__Host-latchkey-host-state";
+/// The secret of a sign-in at an OpenID Connect provider, while it runs.
+pub const OIDC_STATE_COOKIE: &str = "latchkey-oidc-state";
+pub const OIDC_STATE_COOKIE_TLS: &str = "__Host-latchkey-oidc-state";
 /// latchkey's cookies that never reach an upstream and that an upstream may never set.
-pub const OWN_COOKIES: [&str; 4] = [
+pub const OWN_COOKIES: [&str; 6] = [
     SESSION_COOKIE,
     SESSION_COOKIE_TLS,
     HOST_STATE_COOKIE,
     HOST_STATE_COOKIE_TLS,
+    OIDC_STATE_COOKIE,
+    OIDC_STATE_COOKIE_TLS,
 ];
 
 /// The hub prefix as configured (e.g. "/latchkey/"), mapping between the paths clients see and

@@ -5,7 +5,8 @@ use http::HeaderValue;
 
 use crate::http_util::Fields;
 use crate::paths::{
-    HOST_STATE_COOKIE, HOST_STATE_COOKIE_TLS, SESSION_COOKIE, SESSION_COOKIE_TLS, XSRF_COOKIE,
+    HOST_STATE_COOKIE, HOST_STATE_COOKIE_TLS, OIDC_STATE_COOKIE, OIDC_STATE_COOKIE_TLS,
+    SESSION_COOKIE, SESSION_COOKIE_TLS, XSRF_COOKIE,
 };
 
 /// Cookie settings that depend on how latchkey is served.
@@ -59,12 +60,34 @@ impl CookiePolicy {
     /// The state of sign-in hand-overs on a user's host: host-only, for ten minutes from the
     /// last hand-over that began.
     pub fn host_state_cookie(&self, value: &str) -> HeaderValue {
-        let c = Cookie::build((self.host_state_name(), value.to_owned()))
+        self.state_cookie(self.host_state_name(), value, 10)
+    }
+
+    pub fn oidc_state_name(&self) -> &'static str {
+        if self.secure {
+            OIDC_STATE_COOKIE_TLS
+        } else {
+            OIDC_STATE_COOKIE
+        }
+    }
+
+    /// The secret of sign-ins at the identity provider: for ten minutes from the last one that
+    /// began (sent back on the provider's redirect, a top-level GET, so `Lax` suffices).
+    pub fn oidc_state_cookie(&self, value: &str) -> HeaderValue {
+        self.state_cookie(self.oidc_state_name(), value, 10)
+    }
+
+    pub fn clear_oidc_state_cookie(&self) -> HeaderValue {
+        self.state_cookie(self.oidc_state_name(), "", 0)
+    }
+
+    fn state_cookie(&self, name: &'static str, value: &str, minutes: i64) -> HeaderValue {
+        let c = Cookie::build((name, value.to_owned()))
             .path("/")
             .http_only(true)
             .secure(self.secure)
             .same_site(SameSite::Lax)
-            .max_age(cookie::time::Duration::minutes(10))
+            .max_age(cookie::time::Duration::minutes(minutes))
             .build();
         header_value(&c)
     }

@@ -1,6 +1,7 @@
 //! Who is calling: local users, sign-in sessions, API tokens, CSRF, and rate limits.
 
 pub mod cookies;
+pub mod oidc;
 pub mod csrf;
 pub mod password;
 pub mod ratelimit;

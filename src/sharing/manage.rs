@@ -141,7 +141,7 @@ impl App {
             )));
         }
         for g in &groups {
-            if !self.users.is_group(g) {
+            if !self.group_exists(g).await? {
                 return Err(Error::bad_request(format!("There is no group {g}.")));
             }
         }
@@ -284,10 +284,10 @@ impl App {
             Grantee::User(u) if u == &server.owner => {
                 return Err(Error::bad_request("The owner already has full access."));
             }
-            Grantee::User(u) if !self.users.exists(u) => {
+            Grantee::User(u) if self.identity_of(u).await?.is_none() => {
                 return Err(Error::bad_request(format!("There is no user {u}.")));
             }
-            Grantee::Group(g) if !self.users.is_group(g) => {
+            Grantee::Group(g) if !self.group_exists(g).await? => {
                 return Err(Error::bad_request(format!("There is no group {g}.")));
             }
             _ => {}

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{
     Accepted, ApiTokenRecord, Failures, InviteView, LoginRecord, NewRoute, RouteChange,
-    ServerGrants, Store, StoredRoute, merged_role,
+    ServerGrants, Store, StoredRoute, UserRecord, merged_role,
 };
 use crate::auth::Identity;
 use crate::auth::ratelimit::FixedWindows;
@@ -30,6 +30,7 @@ struct Inner {
     servers: HashMap<ServerRef, ServerState>,
     logins: HashMap<TokenHash, LoginRecord>,
     tokens: HashMap<TokenHash, ApiTokenRecord>,
+    users: BTreeMap<UserName, UserRecord>,
     /// Code hash -> (server, session, invite id).
     codes: HashMap<TokenHash, (ServerRef, String, String)>,
     /// Failed sign-ins per client.
@@ -240,6 +241,19 @@ impl Store for MemoryStore {
     async fn take_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>> {
         let now = clock::now();
         Ok(self.lock().logins.remove(id).filter(|r| r.expires_at > now))
+    }
+
+    async fn put_user(&self, user: &UserRecord) -> Result<()> {
+        self.lock().users.insert(user.name.clone(), user.clone());
+        Ok(())
+    }
+
+    async fn get_user(&self, name: &UserName) -> Result<Option<UserRecord>> {
+        Ok(self.lock().users.get(name).cloned())
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        Ok(self.lock().users.values().cloned().collect())
     }
 
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {

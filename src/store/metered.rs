@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{
     Accepted, ApiTokenRecord, Failures, InviteView, LoginRecord, NewRoute, RouteChange,
-    ServerGrants, Store, StoreEvent, StoredRoute,
+    ServerGrants, Store, StoreEvent, StoredRoute, UserRecord,
 };
 use crate::auth::Identity;
 use crate::clock::Timestamp;
@@ -111,6 +111,18 @@ impl Store for MeteredStore {
 
     async fn take_login(&self, id: &TokenHash) -> Result<Option<LoginRecord>> {
         self.timed("take_login", self.inner.take_login(id)).await
+    }
+
+    async fn put_user(&self, user: &UserRecord) -> Result<()> {
+        self.timed("put_user", self.inner.put_user(user)).await
+    }
+
+    async fn get_user(&self, name: &UserName) -> Result<Option<UserRecord>> {
+        self.timed("get_user", self.inner.get_user(name)).await
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        self.timed("list_users", self.inner.list_users()).await
     }
 
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {

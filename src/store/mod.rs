@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::Identity;
 use crate::clock::Timestamp;
 use crate::error::Result;
-use crate::ids::{ServerRef, UserName};
+use crate::ids::{GroupName, ServerRef, UserName};
 use crate::secret::TokenHash;
 use crate::sharing::{EndReason, Grant, Grantee, InviteRecord, Role};
 
@@ -53,6 +53,16 @@ pub struct RouteChange {
     pub route: Option<StoredRoute>,
     /// The server whose previous session ended, with that session's id.
     pub ended: Option<(ServerRef, String)>,
+}
+
+/// A user who signed in through an identity provider (OpenID Connect), as last seen: users of
+/// the service like those in the configuration, so they may be shared with by name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: UserName,
+    pub groups: Vec<GroupName>,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
 }
 
 /// A signed-in browser session.
@@ -183,6 +193,12 @@ pub trait Store: Send + Sync + 'static {
     /// `client`'s failed sign-ins in its open window, if it has one (`window`: the length a
     /// window found without an end is given).
     async fn sign_in_failures(&self, client: &str, window: u64) -> Result<Option<Failures>>;
+    /// Stores a user who signed in through an identity provider, replacing what was known of
+    /// them (their groups are the provider's at their last sign-in).
+    async fn put_user(&self, user: &UserRecord) -> Result<()>;
+    async fn get_user(&self, name: &UserName) -> Result<Option<UserRecord>>;
+    /// Every user stored with `put_user`, by name.
+    async fn list_users(&self) -> Result<Vec<UserRecord>>;
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()>;
     async fn get_api_token(&self, token: &TokenHash) -> Result<Option<ApiTokenRecord>>;
     /// The user's live API tokens with their hashes, newest first.

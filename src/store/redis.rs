@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Accepted, ApiTokenRecord, Failures, InviteView, LoginRecord, NewRoute, RouteChange,
-    ServerGrants, Store, StoredRoute,
+    ServerGrants, Store, StoredRoute, UserRecord,
 };
 use crate::auth::Identity;
 use crate::clock::{self, Timestamp};
@@ -28,6 +28,8 @@ use crate::sharing::{EndReason, Grant, Grantee, InviteRecord};
 const ROUTES: &str = "{lk}:routes";
 const ROUTE_SESSIONS: &str = "{lk}:route_sessions";
 const ACTIVITY: &str = "{lk}:activity";
+/// Users who signed in through an identity provider: name -> record.
+const USERS: &str = "lk:users";
 const REVISION: &str = "{lk}:rev";
 /// The pub/sub channel on which every write is announced.
 pub const EVENTS: &str = "lk:events";
@@ -587,6 +589,32 @@ impl Store for RedisStore {
             )),
             None => Ok(None),
         }
+    }
+
+    async fn put_user(&self, user: &UserRecord) -> Result<()> {
+        self.conn()
+            .hset::<_, _, _, ()>(USERS, user.name.as_str(), encode(user))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn get_user(&self, name: &UserName) -> Result<Option<UserRecord>> {
+        let raw: Option<String> = self
+            .conn()
+            .hget(USERS, name.as_str())
+            .await
+            .map_err(unavailable)?;
+        raw.map(|r| decode(&r, "user")).transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        let all: Vec<(String, String)> = self.conn().hgetall(USERS).await.map_err(unavailable)?;
+        let mut users = all
+            .iter()
+            .map(|(_, r)| decode::<UserRecord>(r, "user"))
+            .collect::<Result<Vec<_>>>()?;
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(users)
     }
 
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {

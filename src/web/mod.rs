@@ -34,6 +34,12 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         (Method::GET | Method::HEAD, p) if p.starts_with(paths::STATIC) => static_file(p),
         (Method::GET | Method::HEAD, paths::LOGIN) => login_form(app, req, None).await,
         (Method::POST, paths::LOGIN) => login(app, req, ctx).await,
+        (Method::GET | Method::HEAD, paths::OIDC_LOGIN) if app.oidc.is_some() => {
+            oidc_login(app, &req).await
+        }
+        (Method::GET, paths::OIDC_CALLBACK) if app.oidc.is_some() => {
+            oidc_callback(app, &req, ctx).await
+        }
         (Method::GET | Method::POST, paths::LOGOUT) => logout(app, req, ctx).await,
         (Method::GET | Method::HEAD, paths::HOME) => home(app, req).await,
         (Method::GET | Method::HEAD, paths::ACCEPT_SHARE) => accept_form(app, req, ctx).await,
@@ -429,6 +435,8 @@ async fn login_form(
             next_encoded: http_util::percent_encode(&next),
             username,
             error: message,
+            provider: app.oidc.as_ref().map(|o| o.config().display_name.clone()),
+            passwords: !app.config.users.is_empty() || app.oidc.is_none(),
         },
     );
     // The login URL may carry an invite code in `next`.
@@ -486,6 +494,8 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
                 next_encoded: http_util::percent_encode(&next),
                 username,
                 error: Some("Invalid user name or password.".into()),
+                provider: app.oidc.as_ref().map(|o| o.config().display_name.clone()),
+                passwords: true,
             },
         ));
     };
@@ -503,6 +513,105 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
     let mut resp = redirect(&next);
     resp.headers_mut()
         .append(header::SET_COOKIE, app.cookies.session_cookie(id.expose()));
+    Ok(resp)
+}
+
+/// Sign-in through the OpenID Connect provider: a secret for this browser in a cookie (the
+/// same while one runs, so that sign-ins in several tabs do not undo each other's) and off to
+/// the provider.
+async fn oidc_login(app: &App, req: &Request<Incoming>) -> Result<Response<Body>> {
+    let Some(oidc) = &app.oidc else {
+        return Err(Error::NotFound("There is no such page.".into()));
+    };
+    let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref())
+        .unwrap_or_else(|| app.hub.external(paths::HOME));
+    let secret = cookies::find(req.headers(), app.cookies.oidc_state_name())
+        .filter(|s| secret::looks_like_token(s))
+        .map(|s| Secret::from_string(s.to_owned()))
+        .unwrap_or_else(Secret::generate);
+    let to = oidc.authorize_url(secret.expose(), &next).await?;
+    let mut resp = redirect(&to);
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        app.cookies.oidc_state_cookie(secret.expose()),
+    );
+    app.mark_sensitive(resp.headers_mut());
+    Ok(resp)
+}
+
+/// Where the provider sends the browser back: the state checked against this browser's
+/// secret, the code exchanged, the ID token verified, and the user signed in.
+async fn oidc_callback(app: &App, req: &Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let Some(oidc) = &app.oidc else {
+        return Err(Error::NotFound("There is no such page.".into()));
+    };
+    let store = app.store.as_ref();
+    app.sign_ins.allowed(store, ctx.client_ip).await?;
+    let query = req.uri().query();
+    if let Some(error) = http_util::query_value(query, "error") {
+        // An OAuth error code (access_denied, login_required, ...): short, and shown as text.
+        let code: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(40)
+            .collect();
+        return Err(Error::Forbidden(format!(
+            "The sign-in provider did not sign you in ({code})."
+        )));
+    }
+    let again = "This sign-in was not started in this browser, or took longer than ten minutes. Sign in again.";
+    let Some(secret) = cookies::find(req.headers(), app.cookies.oidc_state_name())
+        .filter(|s| secret::looks_like_token(s))
+    else {
+        return Err(Error::bad_request(again));
+    };
+    let next = http_util::query_value(query, "state")
+        .and_then(|state| crate::auth::oidc::check_state(secret, &state))
+        .and_then(|next| safe_next(Some(&next)))
+        .ok_or_else(|| Error::bad_request(again))?;
+    let Some(code) = http_util::query_value(query, "code").filter(|c| !c.is_empty()) else {
+        return Err(Error::bad_request("The sign-in provider sent no code."));
+    };
+    let claims = oidc.finish(secret, &code).await?;
+    let identity =
+        crate::auth::oidc::identity_from_claims(&claims, oidc.config()).map_err(|message| {
+            tracing::info!(client = %ctx.client_ip, "sign-in through the provider refused");
+            Error::Forbidden(message)
+        })?;
+    if app.users.exists(&identity.name) {
+        // A local account keeps its name: whoever controls a provider account of the same
+        // name does not become that user.
+        return Err(Error::Forbidden(format!(
+            "{} is an account of latchkey's own: sign in with its password.",
+            identity.name
+        )));
+    }
+    let now = clock::now();
+    let first_seen = store
+        .get_user(&identity.name)
+        .await?
+        .map_or(now, |u| u.first_seen);
+    store
+        .put_user(&crate::store::UserRecord {
+            name: identity.name.clone(),
+            groups: identity.groups.clone(),
+            first_seen,
+            last_seen: now,
+        })
+        .await?;
+    let identity = app.cache.remember_user(identity.name, identity.groups);
+    if let Some(old) = cookies::find(req.headers(), app.cookies.session_name())
+        && secret::looks_like_token(old)
+    {
+        let _ = app.end_login(&TokenHash::of(old)).await;
+    }
+    let id = app.start_login(&identity).await?;
+    tracing::info!(user = %identity.name, via = "oidc", "signed in");
+    let mut resp = redirect(&next);
+    let headers = resp.headers_mut();
+    headers.append(header::SET_COOKIE, app.cookies.session_cookie(id.expose()));
+    headers.append(header::SET_COOKIE, app.cookies.clear_oidc_state_cookie());
+    app.mark_sensitive(headers);
     Ok(resp)
 }
 

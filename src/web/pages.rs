@@ -15,6 +15,10 @@ pub struct LoginPage {
     pub next_encoded: String,
     pub username: String,
     pub error: Option<String>,
+    /// The identity provider's name, when sign-in through it is on.
+    pub provider: Option<String>,
+    /// Whether the password form is shown: there are local users, or no other way in.
+    pub passwords: bool,
 }
 
 /// Asks before signing out when the request to sign out came from elsewhere (a link on a

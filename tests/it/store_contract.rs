@@ -12,7 +12,7 @@ use latchkey::secret::{Secret, TokenHash, random_id};
 use latchkey::sharing::{EndReason, Grant, Grantee, InviteRecord, Role, Via};
 use latchkey::store::memory::MemoryStore;
 use latchkey::store::redis::RedisStore;
-use latchkey::store::{ApiTokenRecord, InviteView, LoginRecord, NewRoute, Store};
+use latchkey::store::{ApiTokenRecord, InviteView, LoginRecord, NewRoute, Store, UserRecord};
 
 use crate::helpers::{Redis, eventually};
 
@@ -64,6 +64,7 @@ contract!(
     a_login_taken_is_gone_for_every_later_take,
     an_expired_login_is_not_returned,
     api_tokens_are_stored_and_read,
+    users_from_an_identity_provider_are_stored_replaced_and_listed,
     api_tokens_are_listed_and_deleted_per_user,
     the_revision_increases_with_every_change,
     recorded_activity_shows_in_the_route_list,
@@ -1140,6 +1141,43 @@ async fn logins_are_stored_read_and_deleted(store: &dyn Store) {
         "deleting one login keeps the others"
     );
     store.delete_login(&id).await.unwrap();
+}
+
+async fn users_from_an_identity_provider_are_stored_replaced_and_listed(store: &dyn Store) {
+    assert_eq!(store.get_user(&user("nina")).await.unwrap(), None);
+    assert_eq!(store.list_users().await.unwrap(), vec![]);
+    let now = clock::now();
+    let nina = UserRecord {
+        name: user("nina"),
+        groups: vec![group("physics"), group("lab")],
+        first_seen: now - 100,
+        last_seen: now - 100,
+    };
+    let ada = UserRecord {
+        name: user("ada"),
+        groups: vec![],
+        first_seen: now,
+        last_seen: now,
+    };
+    store.put_user(&nina).await.unwrap();
+    store.put_user(&ada).await.unwrap();
+    assert_eq!(store.get_user(&user("nina")).await.unwrap(), Some(nina.clone()));
+    let again = UserRecord {
+        groups: vec![group("lab")],
+        last_seen: now,
+        ..nina
+    };
+    store.put_user(&again).await.unwrap();
+    assert_eq!(
+        store.get_user(&user("nina")).await.unwrap(),
+        Some(again.clone()),
+        "a later sign-in replaces the groups"
+    );
+    assert_eq!(
+        store.list_users().await.unwrap(),
+        vec![ada, again],
+        "listed by name"
+    );
 }
 
 async fn a_login_taken_is_gone_for_every_later_take(store: &dyn Store) {

@@ -948,7 +948,7 @@ impl App {
             websocket: c.websocket,
         };
         matches!(
-            access::decide(&c.server.owner, Some(&identity), &grants.grants, kind, now),
+            access::decide(&c.server.owner, Some(identity), &grants.grants, kind, now),
             Decision::Allow(_)
         )
     }
@@ -1048,6 +1048,32 @@ impl App {
             )
             .await?;
         Ok(id)
+    }
+
+    /// Signs in a user the identity provider vouched for: stores them with the groups the
+    /// provider gives now (shared with by name from then on, and known to every instance),
+    /// then starts a sign-in.
+    pub async fn start_provider_login(
+        &self,
+        identity: Identity,
+    ) -> Result<(Arc<Identity>, Secret)> {
+        let now = clock::now();
+        let first_seen = self
+            .store
+            .get_user(&identity.name)
+            .await?
+            .map_or(now, |u| u.first_seen);
+        self.store
+            .put_user(&crate::store::UserRecord {
+                name: identity.name.clone(),
+                groups: identity.groups.clone(),
+                first_seen,
+                last_seen: now,
+            })
+            .await?;
+        let identity = self.cache.remember_user(identity.name, identity.groups);
+        let id = self.start_login(&identity).await?;
+        Ok((identity, id))
     }
 
     /// Ends a sign-in session and closes the connections opened with it.

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::auth::Identity;
 use crate::clock::{self, Timestamp};
 use crate::error::Result;
-use crate::auth::Identity;
 use crate::ids::{ServerRef, UserName};
 use crate::routes::{Route, RouteTable};
 use crate::secret::TokenHash;
@@ -195,7 +195,11 @@ impl Cache {
     }
 
     /// What this instance just stored of a user.
-    pub fn remember_user(&self, name: UserName, groups: Vec<crate::ids::GroupName>) -> Arc<Identity> {
+    pub fn remember_user(
+        &self,
+        name: UserName,
+        groups: Vec<crate::ids::GroupName>,
+    ) -> Arc<Identity> {
         let identity = Arc::new(Identity {
             name: name.clone(),
             groups,

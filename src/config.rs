@@ -766,7 +766,8 @@ impl RawOidc {
             }
         };
         if self.username_claim.is_empty() {
-            problems.push("oidc.username_claim must name a claim, e.g. \"preferred_username\"".into());
+            problems
+                .push("oidc.username_claim must name a claim, e.g. \"preferred_username\"".into());
         }
         let mut allowed_groups = vec![];
         for g in &self.allowed_groups {
@@ -861,6 +862,59 @@ mod tests {
         ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
+    }
+
+    #[test]
+    fn oidc_is_off_by_default_and_checked_when_on() {
+        let token = "[api]\ntoken = \"0123456789abcdef\"\n";
+        assert!(Config::from_sources(token, &[]).unwrap().oidc.is_none());
+
+        let problems = Config::from_sources(
+            &format!("{token}[oidc]\nissuer = \"id.example.org\"\nallowed_groups = [\"lab\"]\ngroups_claim = \"\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .join("\n");
+        for needle in [
+            "oidc.issuer",
+            "oidc.client_id is required",
+            "oidc.redirect_url (or server.public_url)",
+            "oidc.allowed_groups needs oidc.groups_claim",
+        ] {
+            assert!(
+                problems.contains(needle),
+                "{needle} missing from {problems}"
+            );
+        }
+
+        // The callback is under the public URL and hub prefix; the secret may come from a
+        // file named in the environment; "openid" is always asked for, not listed twice.
+        let dir = std::env::temp_dir().join(format!("latchkey-oidc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let c = Config::from_sources(
+            &format!(
+                "{token}[server]\npublic_url = \"https://share.example.org/\"\nhub_prefix = \"/latchkey/\"\n[oidc]\nissuer = \"https://id.example.org/realms/lab/\"\nclient_id = \"latchkey\"\nscopes = [\"openid\", \"email\"]\n"
+            ),
+            &env(&[("LATCHKEY_OIDC_CLIENT_SECRET_FILE", secret.to_str().unwrap())]),
+        )
+        .unwrap();
+        let o = c.oidc.unwrap();
+        assert_eq!(o.issuer, "https://id.example.org/realms/lab");
+        assert_eq!(
+            o.redirect_url,
+            "https://share.example.org/latchkey/oauth_callback"
+        );
+        assert_eq!(o.client_secret.as_deref(), Some("s3cret"));
+        assert_eq!(o.scopes, ["email"]);
+        assert_eq!(o.username_claim, "preferred_username");
+        assert_eq!(o.groups_claim.as_deref(), Some("groups"));
+        assert!(
+            !format!("{o:?}").contains("s3cret"),
+            "the secret is not in Debug"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

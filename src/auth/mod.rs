@@ -1,8 +1,8 @@
 //! Who is calling: local users, sign-in sessions, API tokens, CSRF, and rate limits.
 
 pub mod cookies;
-pub mod oidc;
 pub mod csrf;
+pub mod oidc;
 pub mod password;
 pub mod ratelimit;
 

@@ -15,8 +15,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    OAuth2TokenResponse, RequestTokenError, Scope, TokenResponse,
+    EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, RequestTokenError, Scope, TokenResponse,
 };
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -391,8 +391,18 @@ mod tests {
         assert_eq!(check_state(other.expose(), &state), None);
         assert_eq!(check_state(secret.expose(), "no-dot"), None);
         // The values sent in URLs say nothing of the verifier or the nonce.
-        assert_ne!(derive(secret.expose(), "pkce"), derive(secret.expose(), "state"));
-        assert_ne!(derive(secret.expose(), "nonce"), derive(secret.expose(), "pkce"));
-        assert_eq!(derive(secret.expose(), "pkce").len(), 43, "a valid PKCE verifier");
+        assert_ne!(
+            derive(secret.expose(), "pkce"),
+            derive(secret.expose(), "state")
+        );
+        assert_ne!(
+            derive(secret.expose(), "nonce"),
+            derive(secret.expose(), "pkce")
+        );
+        assert_eq!(
+            derive(secret.expose(), "pkce").len(),
+            43,
+            "a valid PKCE verifier"
+        );
     }
 }

@@ -586,26 +586,12 @@ async fn oidc_callback(app: &App, req: &Request<Incoming>, ctx: &Ctx) -> Result<
             identity.name
         )));
     }
-    let now = clock::now();
-    let first_seen = store
-        .get_user(&identity.name)
-        .await?
-        .map_or(now, |u| u.first_seen);
-    store
-        .put_user(&crate::store::UserRecord {
-            name: identity.name.clone(),
-            groups: identity.groups.clone(),
-            first_seen,
-            last_seen: now,
-        })
-        .await?;
-    let identity = app.cache.remember_user(identity.name, identity.groups);
     if let Some(old) = cookies::find(req.headers(), app.cookies.session_name())
         && secret::looks_like_token(old)
     {
         let _ = app.end_login(&TokenHash::of(old)).await;
     }
-    let id = app.start_login(&identity).await?;
+    let (identity, id) = app.start_provider_login(identity).await?;
     tracing::info!(user = %identity.name, via = "oidc", "signed in");
     let mut resp = redirect(&next);
     let headers = resp.headers_mut();

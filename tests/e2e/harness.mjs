@@ -277,7 +277,8 @@ export function users() {
 
 /**
  * Starts `latchkey serve` with a generated config on free ports and waits for its liveness
- * checks. `hubPrefix` moves latchkey's pages and API; `login` sets the sign-in rate limit.
+ * checks. `hubPrefix` moves latchkey's pages and API; `login` sets the sign-in rate limit;
+ * `oidc` turns on sign-in through an OpenID Connect provider.
  */
 export function startLatchkey(dir, opts = {}) {
   return withFreshPorts(() => startLatchkeyOnce(dir, opts));
@@ -285,7 +286,7 @@ export function startLatchkey(dir, opts = {}) {
 
 async function startLatchkeyOnce(dir, {
   name = 'latchkey', hubPrefix = '/hub/', login = {}, upstreamTimeout = 60, storeUrl = 'memory://',
-  userDomain,
+  userDomain, oidc,
 } = {}) {
   const pub = await freePort();
   const api = await freePort();
@@ -310,6 +311,19 @@ async function startLatchkeyOnce(dir, {
     `max_failures = ${login.maxFailures ?? 1000}`,
     `failure_window = ${login.failureWindow ?? 60}`,
     '',
+    // Sign-in through an OpenID Connect provider: { issuer, clientId, clientSecret, scopes,
+    // allowedGroups, displayName }; the provider sends browsers back to this listener.
+    ...(oidc ? [
+      '[oidc]',
+      `issuer = "${oidc.issuer}"`,
+      `client_id = "${oidc.clientId}"`,
+      `client_secret = "${oidc.clientSecret}"`,
+      `redirect_url = "http://127.0.0.1:${pub}${hubPrefix}oauth_callback"`,
+      `scopes = ${JSON.stringify(oidc.scopes ?? ['profile', 'groups'])}`,
+      `allowed_groups = ${JSON.stringify(oidc.allowedGroups ?? [])}`,
+      `display_name = "${oidc.displayName ?? 'Test ID'}"`,
+      '',
+    ] : []),
     ...Object.values(u).flatMap((x) => [
       '[[users]]',
       `name = "${x.name}"`,

@@ -8,6 +8,7 @@ mod deploy;
 mod fast_path;
 mod hosts;
 mod multi_instance;
+mod oidc;
 mod production;
 mod route_api;
 mod sharing;

@@ -1161,7 +1161,10 @@ async fn users_from_an_identity_provider_are_stored_replaced_and_listed(store: &
     };
     store.put_user(&nina).await.unwrap();
     store.put_user(&ada).await.unwrap();
-    assert_eq!(store.get_user(&user("nina")).await.unwrap(), Some(nina.clone()));
+    assert_eq!(
+        store.get_user(&user("nina")).await.unwrap(),
+        Some(nina.clone())
+    );
     let again = UserRecord {
         groups: vec![group("lab")],
         last_seen: now,

@@ -122,7 +122,7 @@ fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
                 println!(
-                    "configuration is valid: public listener {}, route API {}, store {}, {} local user(s)",
+                    "configuration is valid: public listener {}, route API {}, store {}, {} local user(s){}",
                     c.listen,
                     c.api_listen,
                     if c.store_url == "memory://" {
@@ -130,7 +130,11 @@ fn run(cli: Cli) -> ExitCode {
                     } else {
                         "redis"
                     },
-                    c.users.len()
+                    c.users.len(),
+                    match &c.oidc {
+                        Some(o) => format!(", OpenID Connect sign-in at {}", o.issuer),
+                        None => String::new(),
+                    }
                 );
                 ExitCode::SUCCESS
             }

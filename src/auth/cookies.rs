@@ -19,12 +19,13 @@ pub struct CookiePolicy {
 }
 
 impl CookiePolicy {
+    /// A cookie's name: with the `__Host-` prefix when cookies are `Secure`.
+    fn named(&self, plain: &'static str, tls: &'static str) -> &'static str {
+        if self.secure { tls } else { plain }
+    }
+
     pub fn session_name(&self) -> &'static str {
-        if self.secure {
-            SESSION_COOKIE_TLS
-        } else {
-            SESSION_COOKIE
-        }
+        self.named(SESSION_COOKIE, SESSION_COOKIE_TLS)
     }
 
     pub fn session_cookie(&self, value: &str) -> HeaderValue {
@@ -50,11 +51,7 @@ impl CookiePolicy {
     }
 
     pub fn host_state_name(&self) -> &'static str {
-        if self.secure {
-            HOST_STATE_COOKIE_TLS
-        } else {
-            HOST_STATE_COOKIE
-        }
+        self.named(HOST_STATE_COOKIE, HOST_STATE_COOKIE_TLS)
     }
 
     /// The state of sign-in hand-overs on a user's host: host-only, for ten minutes from the
@@ -64,11 +61,7 @@ impl CookiePolicy {
     }
 
     pub fn oidc_state_name(&self) -> &'static str {
-        if self.secure {
-            OIDC_STATE_COOKIE_TLS
-        } else {
-            OIDC_STATE_COOKIE
-        }
+        self.named(OIDC_STATE_COOKIE, OIDC_STATE_COOKIE_TLS)
     }
 
     /// The secret of sign-ins at the identity provider: for ten minutes from the last one that
@@ -210,6 +203,11 @@ mod tests {
         h.append(
             header::COOKIE,
             HeaderValue::from_static("__Host-latchkey-session=t"),
+        );
+        // The secret of a sign-in at the identity provider, too.
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("latchkey-oidc-state=u; __Host-latchkey-oidc-state=v"),
         );
         let kept = without_own(h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()));
         assert_eq!(kept.as_deref(), Some(&b"_xsrf=jupyter; x=1"[..]));

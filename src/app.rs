@@ -808,15 +808,20 @@ impl App {
     }
 
     /// Who a user is: one of the configuration's, or one who signed in through the identity
-    /// provider (none once that sign-in is no longer configured).
+    /// provider (none once that sign-in is no longer configured, or their groups at their last
+    /// sign-in are no longer among the allowed ones).
     pub async fn identity_of(&self, name: &UserName) -> Result<Option<Arc<Identity>>> {
         if let Some(identity) = self.users.identity(name) {
             return Ok(Some(identity));
         }
-        if self.oidc.is_none() {
+        let Some(oidc) = &self.oidc else {
             return Ok(None);
-        }
-        self.cache.user(self.store.as_ref(), name).await
+        };
+        Ok(self
+            .cache
+            .user(self.store.as_ref(), name)
+            .await?
+            .filter(|i| oidc.config().admits(&i.groups)))
     }
 
     /// Whether a group has members: in the configuration, or among the users who signed in
@@ -1034,6 +1039,12 @@ impl App {
 
     /// Starts a sign-in session; returns the cookie value (shown only to the browser).
     pub async fn start_login(&self, identity: &Identity) -> Result<Secret> {
+        self.start_login_for(identity, self.config.session_max_age)
+            .await
+    }
+
+    /// A sign-in that lasts `max_age` seconds.
+    async fn start_login_for(&self, identity: &Identity, max_age: u64) -> Result<Secret> {
         let id = Secret::generate();
         let now = clock::now();
         self.store
@@ -1042,7 +1053,7 @@ impl App {
                 &crate::store::LoginRecord {
                     user: identity.name.clone(),
                     created_at: now,
-                    expires_at: now + self.config.session_max_age as i64,
+                    expires_at: now + max_age as i64,
                     on_host: None,
                 },
             )
@@ -1050,29 +1061,41 @@ impl App {
         Ok(id)
     }
 
-    /// Signs in a user the identity provider vouched for: stores them with the groups the
-    /// provider gives now (shared with by name from then on, and known to every instance),
-    /// then starts a sign-in.
+    /// Signs in a user the identity provider vouched for (`subject`: the provider's `sub`):
+    /// stores them with the groups the provider gives now (shared with by name from then on,
+    /// and known to every instance), then starts a sign-in of `[oidc] session_max_age`. A name
+    /// first seen with another subject stays that account's: refused.
     pub async fn start_provider_login(
         &self,
         identity: Identity,
+        subject: &str,
     ) -> Result<(Arc<Identity>, Secret)> {
         let now = clock::now();
-        let first_seen = self
-            .store
-            .get_user(&identity.name)
-            .await?
-            .map_or(now, |u| u.first_seen);
+        let known = self.store.get_user(&identity.name).await?;
+        if let Some(known) = &known
+            && known.subject != subject
+        {
+            tracing::warn!(user = %identity.name, "sign-in refused: the name belongs to another account at the provider");
+            return Err(Error::Forbidden(format!(
+                "The user name {} belongs to another account at the sign-in provider. Ask an administrator.",
+                identity.name
+            )));
+        }
         self.store
             .put_user(&crate::store::UserRecord {
                 name: identity.name.clone(),
+                subject: subject.to_owned(),
                 groups: identity.groups.clone(),
-                first_seen,
+                first_seen: known.map_or(now, |u| u.first_seen),
                 last_seen: now,
             })
             .await?;
         let identity = self.cache.remember_user(identity.name, identity.groups);
-        let id = self.start_login(&identity).await?;
+        let max_age = self
+            .oidc
+            .as_ref()
+            .map_or(self.config.session_max_age, |o| o.config().session_max_age);
+        let id = self.start_login_for(&identity, max_age).await?;
         Ok((identity, id))
     }
 

@@ -194,6 +194,9 @@ impl Cache {
         Ok(Some(self.remember_user(record.name, record.groups)))
     }
 
+    /// How many users the cache keeps before it starts over.
+    const MAX_USERS: usize = 100_000;
+
     /// What this instance just stored of a user.
     pub fn remember_user(
         &self,
@@ -204,7 +207,11 @@ impl Cache {
             name: name.clone(),
             groups,
         });
-        write(&self.users).insert(name, (identity.clone(), clock::now()));
+        let mut users = write(&self.users);
+        if users.len() >= Self::MAX_USERS {
+            users.clear();
+        }
+        users.insert(name, (identity.clone(), clock::now()));
         identity
     }
 

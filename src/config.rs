@@ -114,6 +114,9 @@ pub struct RawOidc {
     pub allowed_groups: Vec<String>,
     /// The provider's name on the sign-in button ("Sign in with ...").
     pub display_name: String,
+    /// Seconds a sign-in through the provider lasts (at most `server.session_max_age`): how
+    /// long someone removed at the provider keeps latchkey's pages and servers.
+    pub session_max_age: u64,
 }
 
 impl Default for RawOidc {
@@ -128,6 +131,7 @@ impl Default for RawOidc {
             groups_claim: "groups".into(),
             allowed_groups: vec![],
             display_name: "single sign-on".into(),
+            session_max_age: 86_400,
         }
     }
 }
@@ -144,6 +148,14 @@ pub struct OidcConfig {
     pub groups_claim: Option<String>,
     pub allowed_groups: Vec<GroupName>,
     pub display_name: String,
+    pub session_max_age: u64,
+}
+
+impl OidcConfig {
+    /// Whether a user in these groups may use the service (no allowed groups: everyone).
+    pub fn admits(&self, groups: &[GroupName]) -> bool {
+        self.allowed_groups.is_empty() || groups.iter().any(|g| self.allowed_groups.contains(g))
+    }
 }
 
 impl std::fmt::Debug for OidcConfig {
@@ -686,9 +698,12 @@ impl RawConfig {
             });
         }
 
-        let oidc = self
-            .oidc
-            .check(public_url.as_deref(), &hub_prefix, &mut problems);
+        let oidc = self.oidc.check(
+            public_url.as_deref(),
+            &hub_prefix,
+            self.server.session_max_age,
+            &mut problems,
+        );
 
         if !problems.is_empty() {
             return Err(problems);
@@ -732,9 +747,12 @@ impl RawOidc {
         self,
         public_url: Option<&str>,
         hub_prefix: &str,
+        session_max_age: u64,
         problems: &mut Vec<String>,
     ) -> Option<OidcConfig> {
-        let issuer = self.issuer?.trim_end_matches('/').to_owned();
+        // As the provider writes it (a trailing slash included): discovery checks that the
+        // provider's metadata names exactly this issuer.
+        let issuer = self.issuer?;
         let url_ok = |u: &str| {
             (u.starts_with("https://") || u.starts_with("http://"))
                 && u.parse::<http::Uri>().is_ok_and(|uri| uri.host().is_some())
@@ -796,6 +814,7 @@ impl RawOidc {
             groups_claim: Some(self.groups_claim).filter(|c| !c.is_empty()),
             allowed_groups,
             display_name: self.display_name,
+            session_max_age: self.session_max_age.min(session_max_age),
         })
     }
 }
@@ -901,7 +920,11 @@ mod tests {
         )
         .unwrap();
         let o = c.oidc.unwrap();
-        assert_eq!(o.issuer, "https://id.example.org/realms/lab");
+        assert_eq!(
+            o.issuer, "https://id.example.org/realms/lab/",
+            "exactly as written"
+        );
+        assert_eq!(o.session_max_age, 86_400);
         assert_eq!(
             o.redirect_url,
             "https://share.example.org/latchkey/oauth_callback"

@@ -115,11 +115,7 @@ impl Oidc {
     pub async fn authorize_url(&self, secret: &str, next: &str) -> Result<String> {
         let provider = self.provider().await?;
         let verifier = PkceCodeVerifier::new(derive(secret, "pkce"));
-        let state = format!(
-            "{}.{}",
-            derive(secret, "state"),
-            URL_SAFE_NO_PAD.encode(next)
-        );
+        let state = state_for(secret, next);
         let nonce = derive(secret, "nonce");
         let mut request = provider
             .client
@@ -237,14 +233,22 @@ impl Oidc {
     }
 }
 
+/// The `state` sent to the provider: the page to come back to, and a MAC of it under the
+/// browser's secret.
+fn state_for(secret: &str, next: &str) -> String {
+    format!(
+        "{}.{}",
+        derive(secret, &format!("state\0{next}")),
+        URL_SAFE_NO_PAD.encode(next)
+    )
+}
+
 /// The page to come back to, when `state` (as the provider returned it) was made for the
 /// browser's `secret`.
 pub fn check_state(secret: &str, state: &str) -> Option<String> {
-    let (mac, next) = state.split_once('.')?;
-    if !secret::constant_time_eq(mac.as_bytes(), derive(secret, "state").as_bytes()) {
-        return None;
-    }
-    String::from_utf8(URL_SAFE_NO_PAD.decode(next).ok()?).ok()
+    let (_, encoded) = state.split_once('.')?;
+    let next = String::from_utf8(URL_SAFE_NO_PAD.decode(encoded).ok()?).ok()?;
+    secret::constant_time_eq(state.as_bytes(), state_for(secret, &next).as_bytes()).then_some(next)
 }
 
 /// `label`'s value for this secret: 43 base64url characters (also a valid PKCE verifier).
@@ -262,14 +266,26 @@ fn jwt_payload(jwt: &str) -> Option<Map<String, Value>> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
 }
 
-/// Who the claims say the user is: the user name claim (lower-cased) and the groups claim
-/// (names latchkey cannot use are left out). Refused, with a message for the person, when the
-/// name is missing or unusable or the user is in none of the allowed groups.
+/// Who the claims say the user is: the provider's subject, the user name claim (lower-cased)
+/// and the groups claim (names latchkey cannot use are left out). Refused, with a message for
+/// the person, when the name is missing or unusable (or an email address the provider has not
+/// verified), or the user is in none of the allowed groups.
 pub fn identity_from_claims(
     claims: &Map<String, Value>,
     config: &OidcConfig,
-) -> std::result::Result<Identity, String> {
+) -> std::result::Result<(Identity, String), String> {
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("The sign-in provider did not say who you are (no \"sub\").")?
+        .to_owned();
     let claim = &config.username_claim;
+    if claim == "email" && claims.get("email_verified") != Some(&Value::Bool(true)) {
+        return Err(
+            "Your email address at the sign-in provider is not verified, so it cannot be your user name here.".into(),
+        );
+    }
     let raw = claims.get(claim).and_then(Value::as_str).ok_or_else(|| {
         format!("Your account at the sign-in provider has no {claim:?} to use as your user name.")
     })?;
@@ -292,14 +308,12 @@ pub fn identity_from_claims(
     };
     groups.sort();
     groups.dedup();
-    if !config.allowed_groups.is_empty()
-        && !groups.iter().any(|g| config.allowed_groups.contains(g))
-    {
+    if !config.admits(&groups) {
         return Err(format!(
             "{name} is not in a group that may use this service. Ask an administrator to add you to one."
         ));
     }
-    Ok(Identity { name, groups })
+    Ok((Identity { name, groups }, subject))
 }
 
 #[cfg(test)]
@@ -321,6 +335,7 @@ mod tests {
                 .map(|g| GroupName::parse(g).unwrap())
                 .collect(),
             display_name: "Example".into(),
+            session_max_age: 3600,
         }
     }
 
@@ -330,7 +345,7 @@ mod tests {
 
     #[test]
     fn the_name_is_lower_cased_and_groups_are_kept_when_usable() {
-        let id = identity_from_claims(
+        let (id, sub) = identity_from_claims(
             &claims(json!({
                 "sub": "1234",
                 "preferred_username": "Nina",
@@ -339,6 +354,7 @@ mod tests {
             &config(&[]),
         )
         .unwrap();
+        assert_eq!(sub, "1234");
         assert_eq!(id.name.as_str(), "nina");
         let groups: Vec<&str> = id.groups.iter().map(|g| g.as_str()).collect();
         assert_eq!(groups, ["lab", "physics"], "Keycloak's leading '/' dropped");
@@ -349,11 +365,36 @@ mod tests {
         let e = identity_from_claims(&claims(json!({"sub": "1"})), &config(&[])).unwrap_err();
         assert!(e.contains("\"preferred_username\""), "{e}");
         let e = identity_from_claims(
-            &claims(json!({"preferred_username": "nina smith"})),
+            &claims(json!({"sub": "1", "preferred_username": "nina smith"})),
             &config(&[]),
         )
         .unwrap_err();
         assert!(e.contains("cannot be used here"), "{e}");
+        let e = identity_from_claims(&claims(json!({"preferred_username": "nina"})), &config(&[]))
+            .unwrap_err();
+        assert!(e.contains("no \"sub\""), "{e}");
+    }
+
+    #[test]
+    fn an_email_address_is_a_name_only_when_the_provider_verified_it() {
+        let mut c = config(&[]);
+        c.username_claim = "email".into();
+        for verified in [json!(false), json!("true"), Value::Null] {
+            let e = identity_from_claims(
+                &claims(
+                    json!({"sub": "1", "email": "Nina@Example.org", "email_verified": verified}),
+                ),
+                &c,
+            )
+            .unwrap_err();
+            assert!(e.contains("not verified"), "{e}");
+        }
+        let (id, _) = identity_from_claims(
+            &claims(json!({"sub": "1", "email": "Nina@Example.org", "email_verified": true})),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(id.name.as_str(), "nina@example.org");
     }
 
     #[test]
@@ -361,28 +402,30 @@ mod tests {
         let c = config(&["lab"]);
         assert!(
             identity_from_claims(
-                &claims(json!({"preferred_username": "nina", "groups": ["lab"]})),
+                &claims(json!({"sub": "1", "preferred_username": "nina", "groups": ["lab"]})),
                 &c
             )
             .is_ok()
         );
         let e = identity_from_claims(
-            &claims(json!({"preferred_username": "eve", "groups": ["other"]})),
+            &claims(json!({"sub": "2", "preferred_username": "eve", "groups": ["other"]})),
             &c,
         )
         .unwrap_err();
         assert!(e.contains("eve is not in a group"), "{e}");
-        assert!(identity_from_claims(&claims(json!({"preferred_username": "eve"})), &c).is_err());
+        assert!(
+            identity_from_claims(
+                &claims(json!({"sub": "2", "preferred_username": "eve"})),
+                &c
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn the_state_belongs_to_one_secret_and_carries_the_page_to_return_to() {
         let secret = crate::secret::Secret::generate();
-        let state = format!(
-            "{}.{}",
-            derive(secret.expose(), "state"),
-            URL_SAFE_NO_PAD.encode("/hub/accept-share?code=x")
-        );
+        let state = state_for(secret.expose(), "/hub/accept-share?code=x");
         assert_eq!(
             check_state(secret.expose(), &state).as_deref(),
             Some("/hub/accept-share?code=x")
@@ -390,6 +433,10 @@ mod tests {
         let other = crate::secret::Secret::generate();
         assert_eq!(check_state(other.expose(), &state), None);
         assert_eq!(check_state(secret.expose(), "no-dot"), None);
+        // The page to come back to is covered by the MAC: another one is refused.
+        let (mac, _) = state.split_once('.').unwrap();
+        let moved = format!("{mac}.{}", URL_SAFE_NO_PAD.encode("/hub/token"));
+        assert_eq!(check_state(secret.expose(), &moved), None);
         // The values sent in URLs say nothing of the verifier or the nonce.
         assert_ne!(
             derive(secret.expose(), "pkce"),

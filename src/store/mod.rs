@@ -60,6 +60,9 @@ pub struct RouteChange {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserRecord {
     pub name: UserName,
+    /// The provider's subject (`sub`) the name belongs to: another account that later calls
+    /// itself by the same name at the provider does not become this user.
+    pub subject: String,
     pub groups: Vec<GroupName>,
     pub first_seen: Timestamp,
     pub last_seen: Timestamp,

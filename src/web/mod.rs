@@ -516,19 +516,16 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
     Ok(resp)
 }
 
-/// Sign-in through the OpenID Connect provider: a secret for this browser in a cookie (the
-/// same while one runs, so that sign-ins in several tabs do not undo each other's) and off to
-/// the provider.
+/// Sign-in through the OpenID Connect provider: a fresh secret for this browser in a cookie
+/// (never one the browser already has: a page of a sibling host may have planted it), and off
+/// to the provider.
 async fn oidc_login(app: &App, req: &Request<Incoming>) -> Result<Response<Body>> {
     let Some(oidc) = &app.oidc else {
         return Err(Error::NotFound("There is no such page.".into()));
     };
     let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref())
         .unwrap_or_else(|| app.hub.external(paths::HOME));
-    let secret = cookies::find(req.headers(), app.cookies.oidc_state_name())
-        .filter(|s| secret::looks_like_token(s))
-        .map(|s| Secret::from_string(s.to_owned()))
-        .unwrap_or_else(Secret::generate);
+    let secret = Secret::generate();
     let to = oidc.authorize_url(secret.expose(), &next).await?;
     let mut resp = redirect(&to);
     resp.headers_mut().append(
@@ -560,21 +557,22 @@ async fn oidc_callback(app: &App, req: &Request<Incoming>, ctx: &Ctx) -> Result<
         )));
     }
     let again = "This sign-in was not started in this browser, or took longer than ten minutes. Sign in again.";
-    let Some(secret) = cookies::find(req.headers(), app.cookies.oidc_state_name())
+    // Every state cookie sent (one planted by a page of the same site must not hide the
+    // real one): the one the state was made for.
+    let state = http_util::query_value(query, "state").unwrap_or_default();
+    let Some((secret, next)) = cookies::find_all(req.headers(), app.cookies.oidc_state_name())
         .filter(|s| secret::looks_like_token(s))
+        .find_map(|s| Some((s, crate::auth::oidc::check_state(s, &state)?)))
     else {
         return Err(Error::bad_request(again));
     };
-    let next = http_util::query_value(query, "state")
-        .and_then(|state| crate::auth::oidc::check_state(secret, &state))
-        .and_then(|next| safe_next(Some(&next)))
-        .ok_or_else(|| Error::bad_request(again))?;
+    let next = safe_next(Some(&next)).ok_or_else(|| Error::bad_request(again))?;
     let Some(code) = http_util::query_value(query, "code").filter(|c| !c.is_empty()) else {
         return Err(Error::bad_request("The sign-in provider sent no code."));
     };
     let claims = oidc.finish(secret, &code).await?;
-    let identity =
-        crate::auth::oidc::identity_from_claims(&claims, oidc.config()).map_err(|message| {
+    let (identity, subject) = crate::auth::oidc::identity_from_claims(&claims, oidc.config())
+        .map_err(|message| {
             tracing::info!(client = %ctx.client_ip, "sign-in through the provider refused");
             Error::Forbidden(message)
         })?;
@@ -591,7 +589,7 @@ async fn oidc_callback(app: &App, req: &Request<Incoming>, ctx: &Ctx) -> Result<
     {
         let _ = app.end_login(&TokenHash::of(old)).await;
     }
-    let (identity, id) = app.start_provider_login(identity).await?;
+    let (identity, id) = app.start_provider_login(identity, &subject).await?;
     tracing::info!(user = %identity.name, via = "oidc", "signed in");
     let mut resp = redirect(&next);
     let headers = resp.headers_mut();

@@ -54,7 +54,11 @@ async fn a_provider_user_is_known_to_every_instance_and_reaches_a_server_shared_
 
     // bob signs in through the provider at instance a (what the callback does once the
     // provider's ID token checked out); his browser then goes to instance b.
-    let (_, session) = a.app.start_provider_login(bob()).await.unwrap();
+    let (_, session) = a
+        .app
+        .start_provider_login(bob(), "sub-of-bob")
+        .await
+        .unwrap();
     let browser = Browser::new(&b.base);
     browser.jar.add_cookie_str(
         &format!("latchkey-session={}; Path=/", session.expose()),
@@ -102,6 +106,38 @@ async fn a_provider_user_is_known_to_every_instance_and_reaches_a_server_shared_
         "{users}"
     );
     assert!(!rig.redis_cli(&["KEYS", "*"]).contains(session.expose()));
+
+    // Another account at the provider that now calls itself bob does not become bob.
+    let taken = b
+        .app
+        .start_provider_login(bob(), "sub-of-someone-else")
+        .await;
+    assert!(
+        matches!(&taken, Err(latchkey::error::Error::Forbidden(m)) if m.contains("belongs to another account")),
+        "{:?}",
+        taken.err()
+    );
+    assert!(
+        rig.redis_cli(&["HGET", "lk:users", "bob"])
+            .contains("sub-of-bob"),
+        "the record is unchanged"
+    );
+
+    // An instance whose allowed groups no longer include bob's does not let him in with the
+    // same sign-in.
+    let strict = Latchkey::start(
+        Some(&rig.redis.url()),
+        &OIDC.replace("display_name", "allowed_groups = [\"staff\"]\ndisplay_name"),
+    )
+    .await;
+    let there = Browser::new(&strict.base);
+    there.jar.add_cookie_str(
+        &format!("latchkey-session={}; Path=/", session.expose()),
+        &strict.base.parse().unwrap(),
+    );
+    let r = there.get("/user/john/").await;
+    assert_eq!(r.status(), StatusCode::FOUND, "sent to sign in");
+    strict.stop().await;
 }
 
 #[tokio::test]

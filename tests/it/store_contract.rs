@@ -1149,12 +1149,14 @@ async fn users_from_an_identity_provider_are_stored_replaced_and_listed(store: &
     let now = clock::now();
     let nina = UserRecord {
         name: user("nina"),
+        subject: "f81d4fae-7dec-11d0-a765-00a0c91e6bf6".into(),
         groups: vec![group("physics"), group("lab")],
         first_seen: now - 100,
         last_seen: now - 100,
     };
     let ada = UserRecord {
         name: user("ada"),
+        subject: "ada@provider".into(),
         groups: vec![],
         first_seen: now,
         last_seen: now,

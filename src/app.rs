@@ -353,7 +353,10 @@ impl App {
                 }
                 let json = json();
                 let viewer = match json {
-                    false => self.viewer(fields, &e, own_page).await,
+                    false => {
+                        self.viewer(fields, &e, own_page, begun.ctx.trusted_peer)
+                            .await
+                    }
                     true => None,
                 };
                 let mut resp = e.render_with_prefix(
@@ -575,7 +578,7 @@ impl App {
             }
         }
         let caller = self
-            .identify_on(headers, user_host.as_deref(), memo)
+            .identify_on(headers, ctx.trusted_peer, user_host.as_deref(), memo)
             .await?;
 
         let mut role = None;
@@ -719,6 +722,7 @@ impl App {
         headers: &impl Fields,
         err: &Error,
         own_page: bool,
+        trusted_peer: bool,
     ) -> Option<crate::error::Viewer> {
         if !err.names_viewer() {
             return None;
@@ -732,7 +736,7 @@ impl App {
             _ => None,
         };
         let caller = self
-            .identify_on(headers, user_host.as_deref(), None)
+            .identify_on(headers, trusted_peer, user_host.as_deref(), None)
             .await
             .ok()??;
         (caller.credential == Credential::Cookie).then(|| crate::error::Viewer {
@@ -745,10 +749,15 @@ impl App {
         })
     }
 
-    /// Who is calling on latchkey's own host: an API token in `Authorization`, else the session
+    /// Who is calling on latchkey's own host: an API token in `Authorization`, else the user
+    /// a trusted proxy names (`trusted_peer`: the request came from one), else the session
     /// cookie.
-    pub async fn identify(&self, headers: &impl Fields) -> Result<Option<Caller>> {
-        self.identify_on(headers, None, None).await
+    pub async fn identify(
+        &self,
+        headers: &impl Fields,
+        trusted_peer: bool,
+    ) -> Result<Option<Caller>> {
+        self.identify_on(headers, trusted_peer, None, None).await
     }
 
     /// [`identify`](Self::identify) on latchkey's own host (`user_host` None) or on a user's
@@ -757,6 +766,7 @@ impl App {
     pub async fn identify_on(
         &self,
         headers: &impl Fields,
+        trusted_peer: bool,
         user_host: Option<&str>,
         memo: Option<&mut SessionMemo>,
     ) -> Result<Option<Caller>> {
@@ -776,6 +786,21 @@ impl App {
                     token: Some(hash),
                 }));
             }
+        }
+        if trusted_peer
+            && let Some(th) = &self.config.trusted_header
+            && let Some(name) = headers.get(&th.user)
+        {
+            let groups = th.groups.as_deref().and_then(|g| headers.get(g));
+            let identity = self.proxy_named(name, groups).await?;
+            return Ok(Some(Caller {
+                identity,
+                // A browser: its state changes need the XSRF token, as with the cookie.
+                credential: Credential::Cookie,
+                login: None,
+                expires: None,
+                token: None,
+            }));
         }
         // Usually one cookie; a page of the same host may have planted another of the same name
         // (a longer path comes first): the first that is a live sign-in valid here wins.
@@ -814,14 +839,68 @@ impl App {
         if let Some(identity) = self.users.identity(name) {
             return Ok(Some(identity));
         }
-        let Some(oidc) = &self.oidc else {
+        if self.oidc.is_none() && self.config.trusted_header.is_none() {
             return Ok(None);
-        };
+        }
         Ok(self
             .cache
             .user(self.store.as_ref(), name)
             .await?
-            .filter(|i| oidc.config().admits(&i.groups)))
+            .filter(|i| {
+                self.oidc
+                    .as_ref()
+                    .is_none_or(|o| o.config().admits(&i.groups))
+            }))
+    }
+
+    /// The user a trusted proxy names in its header (lower-cased), with the groups of its
+    /// groups header (comma-separated; names latchkey cannot use are left out). Recorded in the
+    /// store like a provider's user when new or when the groups changed, so that they may be
+    /// shared with by name; a name of the configuration's users is refused.
+    async fn proxy_named(&self, name: &[u8], groups: Option<&[u8]>) -> Result<Arc<Identity>> {
+        let unusable = || {
+            Error::Forbidden(
+                "The user name your sign-in proxy sent cannot be used here: latchkey's names are 1 to 64 letters, digits, '.', '_', '-' or '@'.".into(),
+            )
+        };
+        let name = std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| UserName::parse(&n.trim().to_lowercase()).ok())
+            .ok_or_else(unusable)?;
+        if self.users.exists(&name) {
+            return Err(Error::Forbidden(format!(
+                "{name} is an account of latchkey's own: sign in with its password."
+            )));
+        }
+        let mut groups: Vec<GroupName> = groups
+            .and_then(|g| std::str::from_utf8(g).ok())
+            .into_iter()
+            .flat_map(|g| g.split(','))
+            .filter_map(|g| GroupName::parse(g.trim().trim_start_matches('/')).ok())
+            .collect();
+        groups.sort();
+        groups.dedup();
+        if let Some(known) = self.cache.user(self.store.as_ref(), &name).await?
+            && known.groups == groups
+        {
+            return Ok(known);
+        }
+        let now = clock::now();
+        let first_seen = self
+            .store
+            .get_user(&name)
+            .await?
+            .map_or(now, |u| u.first_seen);
+        self.store
+            .put_user(&crate::store::UserRecord {
+                name: name.clone(),
+                subject: String::new(),
+                groups: groups.clone(),
+                first_seen,
+                last_seen: now,
+            })
+            .await?;
+        Ok(self.cache.remember_user(name, groups))
     }
 
     /// Whether a group has members: in the configuration, or among the users who signed in
@@ -830,7 +909,7 @@ impl App {
         if self.users.is_group(group) {
             return Ok(true);
         }
-        if self.oidc.is_none() {
+        if self.oidc.is_none() && self.config.trusted_header.is_none() {
             return Ok(false);
         }
         Ok(self

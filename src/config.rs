@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub sharing: RawSharing,
     pub login: RawLogin,
     pub oidc: RawOidc,
+    pub trusted_header: RawTrustedHeader,
     pub users: Vec<RawUser>,
     /// Servers declared here rather than through the route API.
     pub routes: Vec<RawRoute>,
@@ -136,6 +137,29 @@ impl Default for RawOidc {
     }
 }
 
+/// Sign-in by an authenticating proxy in front of latchkey (oauth2-proxy, Authelia,
+/// Authentik, ...), which names the user in a request header: on when `user` is set, believed
+/// only from `server.trusted_proxies`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTrustedHeader {
+    /// The header with the user name, e.g. "X-Forwarded-User" or "Remote-User".
+    pub user: Option<String>,
+    /// The header with the user's groups, comma-separated, e.g. "X-Forwarded-Groups".
+    pub groups: Option<String>,
+    /// Where Sign out sends the browser (the proxy's own sign-out), instead of latchkey's
+    /// sign-in page.
+    pub logout_url: Option<String>,
+}
+
+/// Checked `[trusted_header]` settings (header names lower-cased).
+#[derive(Debug, Clone)]
+pub struct TrustedHeaderConfig {
+    pub user: String,
+    pub groups: Option<String>,
+    pub logout_url: Option<String>,
+}
+
 /// Checked `[oidc]` settings.
 #[derive(Clone)]
 pub struct OidcConfig {
@@ -228,6 +252,7 @@ impl Default for RawConfig {
                 failure_window: 60,
             },
             oidc: RawOidc::default(),
+            trusted_header: RawTrustedHeader::default(),
             users: vec![],
             routes: vec![],
         }
@@ -291,6 +316,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// Sign-in through an OpenID Connect provider, when configured.
     pub oidc: Option<OidcConfig>,
+    /// Sign-in by a proxy in front that names the user in a header, when configured.
+    pub trusted_header: Option<TrustedHeaderConfig>,
     /// Routes to register at start: (normalised path, route data as the route API takes it).
     pub routes: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
 }
@@ -369,7 +396,15 @@ impl Config {
     }
 }
 
-const SECTIONS: &[&str] = &["server", "api", "store", "sharing", "login", "oidc"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "api",
+    "store",
+    "sharing",
+    "login",
+    "oidc",
+    "trusted_header",
+];
 
 /// Applies `LATCHKEY_SECTION_KEY=value` (and `CONFIGPROXY_AUTH_TOKEN`, and `*_FILE` variants for
 /// secrets) on top of the file. Values take the type the key has by default.
@@ -544,7 +579,7 @@ impl RawConfig {
             }),
         };
 
-        let trusted_proxies = self
+        let trusted_proxies: Vec<IpAddr> = self
             .server
             .trusted_proxies
             .iter()
@@ -705,6 +740,10 @@ impl RawConfig {
             &mut problems,
         );
 
+        let trusted_header = self
+            .trusted_header
+            .check(!trusted_proxies.is_empty(), &mut problems);
+
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -737,7 +776,39 @@ impl RawConfig {
             failure_window: self.login.failure_window,
             users,
             oidc,
+            trusted_header,
             routes,
+        })
+    }
+}
+
+impl RawTrustedHeader {
+    fn check(self, have_proxies: bool, problems: &mut Vec<String>) -> Option<TrustedHeaderConfig> {
+        let user = self.user?.to_ascii_lowercase();
+        // Only names latchkey already removes from every request it forwards: the proxy's
+        // header must never reach an upstream, whoever sent it.
+        let named = |key: &str, name: &str, problems: &mut Vec<String>| {
+            if !crate::proxy::headers::is_identity_header(name.as_bytes()) {
+                problems.push(format!(
+                    "trusted_header.{key} = {name:?} is not a header latchkey removes before forwarding; use one of {}",
+                    crate::proxy::headers::TRUSTED_HEADER_NAMES.join(", ")
+                ));
+            }
+        };
+        named("user", &user, problems);
+        let groups = self.groups.map(|g| g.to_ascii_lowercase());
+        if let Some(g) = &groups {
+            named("groups", g, problems);
+        }
+        if !have_proxies {
+            problems.push(
+                "trusted_header needs server.trusted_proxies: the addresses of the proxy that sets the header (from anyone else it is ignored)".into(),
+            );
+        }
+        Some(TrustedHeaderConfig {
+            user,
+            groups,
+            logout_url: self.logout_url,
         })
     }
 }
@@ -938,6 +1009,34 @@ mod tests {
             "the secret is not in Debug"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_trusted_header_needs_trusted_proxies_and_a_header_that_is_stripped() {
+        let token = "[api]\ntoken = \"0123456789abcdef\"\n";
+        let problems = Config::from_sources(
+            &format!("{token}[trusted_header]\nuser = \"X-User\"\ngroups = \"Remote-Groups\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .join("\n");
+        assert!(
+            problems.contains("trusted_header.user = \"x-user\" is not a header latchkey removes"),
+            "{problems}"
+        );
+        assert!(!problems.contains("trusted_header.groups"), "{problems}");
+        assert!(
+            problems.contains("needs server.trusted_proxies"),
+            "{problems}"
+        );
+        let c = Config::from_sources(
+            &format!("{token}[server]\ntrusted_proxies = [\"10.0.0.5\"]\n[trusted_header]\nuser = \"Remote-User\"\n"),
+            &[],
+        )
+        .unwrap();
+        let th = c.trusted_header.unwrap();
+        assert_eq!(th.user, "remote-user");
+        assert_eq!(th.groups, None);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
     }
 
     let caller = app
-        .identify(req.headers())
+        .identify(req.headers(), ctx.trusted_peer)
         .await?
         .ok_or(Error::Unauthorized)?;
     let changes_state = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);

@@ -8,6 +8,31 @@ use crate::http_util::Fields;
 pub const USER_HEADER: &str = "x-latchkey-user";
 pub const ROLE_HEADER: &str = "x-latchkey-role";
 
+/// Headers an authenticating proxy in front may name the user or their groups in
+/// (`[trusted_header]`): each is removed from every request latchkey forwards.
+pub const TRUSTED_HEADER_NAMES: [&str; 14] = [
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-preferred-username",
+    "x-auth-request-groups",
+    "remote-user",
+    "remote-email",
+    "remote-name",
+    "remote-groups",
+    "x-remote-user",
+    "x-remote-group",
+];
+
+/// Whether latchkey removes this header (any case) from every request it forwards as one that
+/// says who the caller is.
+pub fn is_identity_header(name: &[u8]) -> bool {
+    kind(name) == Kind::Identity
+}
+
 /// What a header field is to the proxy.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -31,7 +56,8 @@ enum Kind {
 
 /// The kind of a header name, in any case.
 fn kind(name: &[u8]) -> Kind {
-    let mut lower = [0u8; 32];
+    // Longer than every name below (the longest, x-auth-request-preferred-username, has 33).
+    let mut lower = [0u8; 40];
     let Some(lower) = lower.get_mut(..name.len()) else {
         return Kind::Other;
     };
@@ -58,8 +84,14 @@ fn kind(name: &[u8]) -> Kind {
         | b"x-forwarded-access-token"
         | b"x-auth-request-user"
         | b"x-auth-request-email"
+        | b"x-auth-request-groups"
+        | b"x-auth-request-preferred-username"
         | b"remote-user"
-        | b"x-remote-user" => Kind::Identity,
+        | b"remote-groups"
+        | b"remote-email"
+        | b"remote-name"
+        | b"x-remote-user"
+        | b"x-remote-group" => Kind::Identity,
         b"forwarded"
         | b"x-real-ip"
         | b"x-scheme"
@@ -386,6 +418,20 @@ mod tests {
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "share.example");
         assert_eq!(h.get("x-request-id").unwrap(), "rid");
+    }
+
+    #[test]
+    fn every_header_a_trusted_proxy_may_name_the_user_in_is_removed() {
+        for name in TRUSTED_HEADER_NAMES {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_bytes(name.to_ascii_uppercase().as_bytes()).unwrap(),
+                HeaderValue::from_static("admin"),
+            );
+            prepare_request(&mut h, &forwarding(&[]));
+            assert!(!h.contains_key(name), "{name}");
+            assert!(is_identity_header(name.to_ascii_uppercase().as_bytes()));
+        }
     }
 
     #[test]

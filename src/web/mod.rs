@@ -32,7 +32,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
             Ok(redirect(&app.hub.external(paths::HOME)))
         }
         (Method::GET | Method::HEAD, p) if p.starts_with(paths::STATIC) => static_file(p),
-        (Method::GET | Method::HEAD, paths::LOGIN) => login_form(app, req, None).await,
+        (Method::GET | Method::HEAD, paths::LOGIN) => login_form(app, req, ctx, None).await,
         (Method::POST, paths::LOGIN) => login(app, req, ctx).await,
         (Method::GET | Method::HEAD, paths::OIDC_LOGIN) if app.oidc.is_some() => {
             oidc_login(app, &req).await
@@ -41,18 +41,18 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
             oidc_callback(app, &req, ctx).await
         }
         (Method::GET | Method::POST, paths::LOGOUT) => logout(app, req, ctx).await,
-        (Method::GET | Method::HEAD, paths::HOME) => home(app, req).await,
+        (Method::GET | Method::HEAD, paths::HOME) => home(app, req, ctx).await,
         (Method::GET | Method::HEAD, paths::ACCEPT_SHARE) => accept_form(app, req, ctx).await,
         (Method::POST, paths::ACCEPT_SHARE) => accept(app, req, ctx).await,
         (Method::POST, "/hub/leave") => leave(app, req, ctx).await,
         (Method::GET | Method::HEAD, p) if p.starts_with(paths::SHARING) => {
-            sharing_page(app, req).await
+            sharing_page(app, req, ctx).await
         }
         (Method::POST, p) if p.starts_with(paths::SHARING) => sharing_action(app, req, ctx).await,
         (Method::GET | Method::HEAD, paths::TOKENS) => tokens_page(app, req, ctx).await,
         (Method::POST, paths::TOKENS) => tokens_action(app, req, ctx).await,
         (Method::GET | Method::HEAD, paths::HOST_HANDOFF) if app.config.hosts.is_some() => {
-            host_handoff(app, req).await
+            host_handoff(app, req, ctx).await
         }
         (_, paths::LOGIN | paths::HOME | paths::ACCEPT_SHARE | paths::TOKENS | "/hub/leave") => {
             Err(Error::MethodNotAllowed)
@@ -143,7 +143,7 @@ const HANDOFF_CODE_SECONDS: i64 = 60;
 
 /// On latchkey's host: hands the browser's sign-in over to a user's host as a one-time code
 /// for that host (after signing in, if needed).
-async fn host_handoff(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+async fn host_handoff(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
     let Some(hosts) = &app.config.hosts else {
         return Err(Error::NotFound("There is no such page.".into()));
     };
@@ -156,7 +156,7 @@ async fn host_handoff(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     {
         return Err(Error::bad_request("Open this address as a page."));
     }
-    let caller = signed_in(app, &req).await?;
+    let caller = signed_in(app, &req, ctx).await?;
     let Some(parent) = caller
         .login
         .filter(|_| caller.credential == Credential::Cookie)
@@ -370,8 +370,8 @@ pub fn safe_next(next: Option<&str>) -> Option<String> {
 }
 
 /// The caller for a page: signed in with the cookie, or sent to the sign-in page.
-async fn signed_in(app: &App, req: &Request<Incoming>) -> Result<Caller> {
-    match app.identify(req.headers()).await? {
+async fn signed_in(app: &App, req: &Request<Incoming>, ctx: &Ctx) -> Result<Caller> {
+    match app.identify(req.headers(), ctx.trusted_peer).await? {
         Some(c) => Ok(c),
         None => {
             let next = req
@@ -410,12 +410,13 @@ async fn read_form(
 async fn login_form(
     app: &App,
     req: Request<Incoming>,
+    ctx: &Ctx,
     error: Option<(StatusCode, String, String)>,
 ) -> Result<Response<Body>> {
     let next = safe_next(http_util::query_value(req.uri().query(), "next").as_deref())
         .unwrap_or_else(|| app.hub.external(paths::HOME));
     if error.is_none()
-        && let Some(_) = app.identify(req.headers()).await?
+        && let Some(_) = app.identify(req.headers(), ctx.trusted_peer).await?
     {
         return Ok(redirect(&next));
     }
@@ -600,8 +601,8 @@ async fn oidc_callback(app: &App, req: &Request<Incoming>, ctx: &Ctx) -> Result<
 }
 
 /// "Sign out of latchkey?", with the button that does it.
-async fn sign_out_page(app: &App, req: &Request<Incoming>) -> Result<Response<Body>> {
-    let Some(caller) = app.identify(req.headers()).await? else {
+async fn sign_out_page(app: &App, req: &Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let Some(caller) = app.identify(req.headers(), ctx.trusted_peer).await? else {
         return Ok(redirect(&app.hub.external(paths::LOGIN)));
     };
     let xsrf = Xsrf::of(req.headers());
@@ -644,7 +645,7 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
                 })
             });
         if !from_here {
-            return sign_out_page(app, &req).await;
+            return sign_out_page(app, &req, ctx).await;
         }
         req.headers().clone()
     };
@@ -655,14 +656,21 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
     {
         app.end_login(&crate::secret::TokenHash::of(id)).await?;
     }
-    let mut resp = redirect(&app.hub.external(paths::LOGIN));
+    // Signed in by the proxy in front: only its own sign-out ends that.
+    let to = match &app.config.trusted_header {
+        Some(th) if ctx.trusted_peer && headers.contains_key(th.user.as_str()) => {
+            th.logout_url.clone()
+        }
+        _ => None,
+    };
+    let mut resp = redirect(&to.unwrap_or_else(|| app.hub.external(paths::LOGIN)));
     resp.headers_mut()
         .append(header::SET_COOKIE, app.cookies.clear_session_cookie());
     Ok(resp)
 }
 
-async fn home(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
-    let caller = signed_in(app, &req).await?;
+async fn home(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let caller = signed_in(app, &req, ctx).await?;
     let xsrf = Xsrf::of(req.headers());
     // A server's key from the address, never free text: a link cannot put words on the page.
     let notice = http_util::query_value(req.uri().query(), "left")
@@ -744,8 +752,8 @@ fn sharing_target(path: &str) -> Result<ServerRef> {
     Ok(ServerRef::new(owner, name))
 }
 
-async fn sharing_page(app: &App, req: Request<Incoming>) -> Result<Response<Body>> {
-    let caller = signed_in(app, &req).await?;
+async fn sharing_page(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
+    let caller = signed_in(app, &req, ctx).await?;
     let server = sharing_target(req.uri().path())?;
     let xsrf = Xsrf::of(req.headers());
     let shown = Shown {
@@ -864,7 +872,7 @@ async fn render_sharing(
 }
 
 async fn tokens_page(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
-    let caller = signed_in(app, &req).await?;
+    let caller = signed_in(app, &req, ctx).await?;
     let xsrf = Xsrf::of(req.headers());
     // Only a token id from the address, never free text: a link cannot put words on this page.
     let notice = http_util::query_value(req.uri().query(), "deleted")
@@ -887,7 +895,7 @@ struct TokensView<'a> {
 }
 
 async fn tokens_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
-    let caller = signed_in(app, &req).await?;
+    let caller = signed_in(app, &req, ctx).await?;
     let origin = app.own_origin(req.headers(), ctx.tls);
     let (headers, form) = read_form(app, req, ctx).await?;
     let xsrf = Xsrf::of(&headers);
@@ -1007,7 +1015,7 @@ fn describe_duration(s: u64) -> String {
 }
 
 async fn sharing_action(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
-    let caller = signed_in(app, &req).await?;
+    let caller = signed_in(app, &req, ctx).await?;
     let server = sharing_target(req.uri().path())?;
     let origin = app.own_origin(req.headers(), ctx.tls);
     let (headers, form) = read_form(app, req, ctx).await?;
@@ -1186,7 +1194,7 @@ fn parse_grantee(form: &[(String, String)]) -> Result<Grantee> {
 }
 
 async fn accept_form(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
-    let caller = signed_in(app, &req).await?;
+    let caller = signed_in(app, &req, ctx).await?;
     let now = clock::now();
     if let Some(wait) = app.limiter.blocked_for(ctx.client_ip, now) {
         return Err(Error::TooManyRequests { retry_after: wait });
@@ -1235,7 +1243,7 @@ async fn accept_form(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Res
 }
 
 async fn accept(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
-    let caller = signed_in(app, &req).await?;
+    let caller = signed_in(app, &req, ctx).await?;
     let now = clock::now();
     if let Some(wait) = app.limiter.blocked_for(ctx.client_ip, now) {
         return Err(Error::TooManyRequests { retry_after: wait });
@@ -1259,7 +1267,7 @@ async fn accept(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
 }
 
 async fn leave(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
-    let caller = signed_in(app, &req).await?;
+    let caller = signed_in(app, &req, ctx).await?;
     let (_, form) = read_form(app, req, ctx).await?;
     let server =
         ServerRef::parse(form_value(&form, "server").unwrap_or("")).map_err(Error::BadRequest)?;

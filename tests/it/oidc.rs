@@ -1,6 +1,7 @@
-//! Users from an OpenID Connect provider, beyond the browser test against a real provider
-//! (tests/e2e/oidc.test.mjs): known to every instance on one Redis, reachable by a share with
-//! the groups the provider gave them, and a provider that cannot be reached.
+//! Users from an OpenID Connect provider (beyond the browser test against a real provider
+//! tests/e2e/oidc.test.mjs): known to every instance on one Redis, reachable by a share with
+//! the groups the provider gave them, and a provider that cannot be reached; and users named
+//! by a trusted proxy in a header.
 
 use std::time::Duration;
 
@@ -189,5 +190,121 @@ async fn without_oidc_its_paths_are_not_pages() {
     }
     let html = lk.browser().get("/hub/login").await.text().await.unwrap();
     assert!(!html.contains("oauth_login"));
+    lk.stop().await;
+}
+
+/// A proxy in front that signs people in and names them in headers (oauth2-proxy's).
+const TRUSTED_HEADER: &str = r#"
+[trusted_header]
+user = "X-Forwarded-User"
+groups = "X-Forwarded-Groups"
+logout_url = "https://auth.example.org/oauth2/sign_out"
+"#;
+
+#[tokio::test]
+async fn a_user_named_by_a_trusted_proxy_is_signed_in_and_the_header_never_reaches_the_upstream() {
+    let upstream = Upstream::spawn().await;
+    // The test's requests come from 127.0.0.1: the trusted proxy.
+    let lk = Latchkey::start_with_env(
+        None,
+        TRUSTED_HEADER,
+        &[("LATCHKEY_SERVER_TRUSTED_PROXIES", "127.0.0.1")],
+    )
+    .await;
+    lk.register_john(&upstream).await;
+    let john = lk.signed_in("john").await;
+    let proxy = |path: &str| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(lk.url(path))
+            .header("X-Forwarded-User", "Bob")
+            .header("X-Forwarded-Groups", "lab, /physics, not a group")
+    };
+
+    let home = proxy("/hub/home").send().await.unwrap();
+    assert_eq!(home.status(), StatusCode::OK);
+    assert!(home.text().await.unwrap().contains("bob"));
+    let r = proxy("/user/john/").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "nothing shared yet");
+
+    // bob's groups are known now: john shares with one of them.
+    let r = john
+        .sharing_form(&[
+            ("action", "share"),
+            ("kind", "group"),
+            ("name", "physics"),
+            ("role", "use"),
+        ])
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let r = proxy("/user/john/").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-latchkey-user"], "bob");
+    for h in ["x-forwarded-user", "x-forwarded-groups"] {
+        assert!(!seen.headers.contains_key(h), "{h} reached the upstream");
+    }
+
+    // A browser's state changes still need the XSRF token.
+    let r = reqwest::Client::new()
+        .post(lk.url("/hub/leave"))
+        .header("X-Forwarded-User", "bob")
+        .form(&[("server", "john/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // Signing out goes to the proxy's own sign-out.
+    let r = proxy("/hub/logout").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.headers()["location"],
+        "https://auth.example.org/oauth2/sign_out"
+    );
+
+    // A name latchkey cannot use, or one of its own users, is refused.
+    for (name, says) in [
+        ("bob smith", "cannot be used here"),
+        ("John", "is an account of latchkey"),
+    ] {
+        let r = reqwest::Client::new()
+            .get(lk.url("/hub/home"))
+            .header("X-Forwarded-User", name)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{name}");
+        assert!(r.text().await.unwrap().contains(says), "{name}");
+    }
+    lk.stop().await;
+}
+
+#[tokio::test]
+async fn the_user_header_from_anyone_but_a_trusted_proxy_is_ignored() {
+    let lk = Latchkey::start_with_env(
+        None,
+        TRUSTED_HEADER,
+        &[("LATCHKEY_SERVER_TRUSTED_PROXIES", "10.0.0.1")],
+    )
+    .await;
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(lk.url("/hub/home"))
+        .header("X-Forwarded-User", "bob")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND, "sent to sign in");
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/hub/login")
+    );
     lk.stop().await;
 }

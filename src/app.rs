@@ -100,8 +100,11 @@ pub struct Prepared {
     caller: Option<Caller>,
     /// The caller's role on a guarded route.
     role: Option<&'static str>,
-    /// The caller signed in with an API token (in `Authorization`).
+    /// `Authorization` is a credential the upstream must not see: the caller signed in with an
+    /// API token, or was named by the sign-in proxy in front (which may pass its own).
     token: bool,
+    /// With `[trusted_header]`: the sign-in proxy's cookies, removed like latchkey's.
+    proxy_cookies: Option<Arc<[String]>>,
     /// [`Ctx::sweeps_seen`].
     sweeps_seen: u64,
 }
@@ -119,6 +122,7 @@ impl Prepared {
             role: self.role,
             request_id: &ctx.request_id,
             drop_authorization: self.token,
+            drop_cookies: self.proxy_cookies.as_deref().unwrap_or(&[]),
             upstream_headers: &self.route.upstream_headers,
             websocket: self.websocket,
         }
@@ -182,6 +186,8 @@ pub struct Caller {
     pub expires: Option<crate::clock::Timestamp>,
     /// The hashed API token, when called with one.
     pub token: Option<TokenHash>,
+    /// Named by the sign-in proxy in front (`[trusted_header]`).
+    pub by_proxy: bool,
 }
 
 /// The answer on a host that is neither latchkey's nor a user's (host-based routing).
@@ -629,13 +635,18 @@ impl App {
         let guarded = route.server.is_some();
         let token = caller
             .as_ref()
-            .is_some_and(|c| c.credential == Credential::Token);
+            .is_some_and(|c| c.credential == Credential::Token || c.by_proxy);
         Ok(Proxied::Forward(Prepared {
             route,
             websocket,
             caller: if guarded { caller } else { None },
             role,
             token,
+            proxy_cookies: self
+                .config
+                .trusted_header
+                .as_ref()
+                .map(|t| t.proxy_cookies.clone()),
             sweeps_seen: ctx.sweeps_seen,
         }))
     }
@@ -784,6 +795,7 @@ impl App {
                     // What was opened with a token closes when the token expires.
                     expires: rec.expires_at,
                     token: Some(hash),
+                    by_proxy: false,
                 }));
             }
         }
@@ -791,6 +803,14 @@ impl App {
             && let Some(th) = &self.config.trusted_header
             && let Some(name) = headers.get(&th.user)
         {
+            // One value: a proxy that adds its header to the client's instead of replacing it
+            // would otherwise let the client's come first.
+            if headers.get_all(&th.user).nth(1).is_some() {
+                return Err(Error::bad_request(format!(
+                    "The request names its user twice ({}).",
+                    th.user
+                )));
+            }
             let groups = th.groups.as_deref().and_then(|g| headers.get(g));
             let identity = self.proxy_named(name, groups).await?;
             return Ok(Some(Caller {
@@ -800,6 +820,7 @@ impl App {
                 login: None,
                 expires: None,
                 token: None,
+                by_proxy: true,
             }));
         }
         // Usually one cookie; a page of the same host may have planted another of the same name
@@ -827,14 +848,15 @@ impl App {
                 login: Some(login),
                 expires: Some(expires),
                 token: None,
+                by_proxy: false,
             }));
         }
         Ok(None)
     }
 
-    /// Who a user is: one of the configuration's, or one who signed in through the identity
-    /// provider (none once that sign-in is no longer configured, or their groups at their last
-    /// sign-in are no longer among the allowed ones).
+    /// Who a user is: one of the configuration's, one who signed in through the identity
+    /// provider (while that sign-in is configured and `allowed_groups` admits their groups at
+    /// their last sign-in), or one the sign-in proxy named (while `[trusted_header]` is on).
     pub async fn identity_of(&self, name: &UserName) -> Result<Option<Arc<Identity>>> {
         if let Some(identity) = self.users.identity(name) {
             return Ok(Some(identity));
@@ -842,15 +864,15 @@ impl App {
         if self.oidc.is_none() && self.config.trusted_header.is_none() {
             return Ok(None);
         }
-        Ok(self
-            .cache
-            .user(self.store.as_ref(), name)
-            .await?
-            .filter(|i| {
-                self.oidc
-                    .as_ref()
-                    .is_none_or(|o| o.config().admits(&i.groups))
-            }))
+        let Some(user) = self.cache.user(self.store.as_ref(), name).await? else {
+            return Ok(None);
+        };
+        let admitted = match (&self.oidc, user.from_provider) {
+            (Some(oidc), true) => oidc.config().admits(&user.identity.groups),
+            (None, true) => false,
+            (_, false) => self.config.trusted_header.is_some(),
+        };
+        Ok(admitted.then_some(user.identity))
     }
 
     /// The user a trusted proxy names in its header (lower-cased), with the groups of its
@@ -881,16 +903,21 @@ impl App {
         groups.sort();
         groups.dedup();
         if let Some(known) = self.cache.user(self.store.as_ref(), &name).await?
-            && known.groups == groups
+            && !known.from_provider
+            && known.identity.groups == groups
         {
-            return Ok(known);
+            return Ok(known.identity);
         }
         let now = clock::now();
-        let first_seen = self
-            .store
-            .get_user(&name)
-            .await?
-            .map_or(now, |u| u.first_seen);
+        let known = self.store.get_user(&name).await?;
+        if known.as_ref().is_some_and(|u| !u.subject.is_empty()) {
+            // The name is an account's at the OpenID Connect provider: not the proxy's to give.
+            tracing::warn!(user = %name, "refused: the proxy names a user of the sign-in provider");
+            return Err(Error::Forbidden(format!(
+                "The user name {name} belongs to an account at the sign-in provider. Ask an administrator."
+            )));
+        }
+        let first_seen = known.map_or(now, |u| u.first_seen);
         self.store
             .put_user(&crate::store::UserRecord {
                 name: name.clone(),
@@ -900,7 +927,7 @@ impl App {
                 last_seen: now,
             })
             .await?;
-        Ok(self.cache.remember_user(name, groups))
+        Ok(self.cache.remember_user(name, groups, false).identity)
     }
 
     /// Whether a group has members: in the configuration, or among the users who signed in
@@ -1169,7 +1196,10 @@ impl App {
                 last_seen: now,
             })
             .await?;
-        let identity = self.cache.remember_user(identity.name, identity.groups);
+        let identity = self
+            .cache
+            .remember_user(identity.name, identity.groups, true)
+            .identity;
         let max_age = self
             .oidc
             .as_ref()

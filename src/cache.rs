@@ -24,6 +24,14 @@ const CREDENTIAL_TTL: Timestamp = 30;
 /// Sign-ins or API tokens by hash, each with the time it was read from the store.
 type Credentials<V> = RwLock<HashMap<TokenHash, (V, Timestamp)>>;
 
+/// A user not in the configuration: signed in through the OpenID Connect provider
+/// (`from_provider`), or named by the sign-in proxy in front.
+#[derive(Clone)]
+pub struct KnownUser {
+    pub identity: Arc<Identity>,
+    pub from_provider: bool,
+}
+
 #[derive(Default)]
 pub struct Cache {
     routes: RwLock<Arc<RouteTable>>,
@@ -37,8 +45,9 @@ pub struct Cache {
     /// the token's deletion).
     forgets: AtomicU64,
     tokens: Credentials<ApiTokenRecord>,
-    /// Users who signed in through an identity provider, with the time each was read.
-    users: RwLock<HashMap<UserName, (Arc<Identity>, Timestamp)>>,
+    /// Users who signed in through an identity provider or were named by the sign-in proxy
+    /// ([`KnownUser`]), with the time each was read.
+    users: RwLock<HashMap<UserName, (KnownUser, Timestamp)>>,
     /// The store revision seen by the last poll.
     revision: AtomicU64,
     /// The highest revision whose announcement arrived.
@@ -176,22 +185,27 @@ impl Cache {
         .await
     }
 
-    /// A user who signed in through an identity provider: as read from the store less than
-    /// `CREDENTIAL_TTL` ago while the cache is fresh (so a change of groups at another
-    /// instance's sign-in shows here within that time), else read again.
-    pub async fn user(&self, store: &dyn Store, name: &UserName) -> Result<Option<Arc<Identity>>> {
+    /// A user who signed in through an identity provider or was named by the sign-in proxy: as
+    /// read from the store less than `CREDENTIAL_TTL` ago while the cache is fresh (so a change
+    /// of groups at another instance's sign-in shows here within that time), else read again.
+    pub async fn user(&self, store: &dyn Store, name: &UserName) -> Result<Option<KnownUser>> {
         let now = clock::now();
         if self.is_fresh()
-            && let Some((identity, at)) = read(&self.users).get(name)
+            && let Some((user, at)) = read(&self.users).get(name)
             && now - at < CREDENTIAL_TTL
         {
-            return Ok(Some(identity.clone()));
+            return Ok(Some(user.clone()));
         }
         let Some(record) = store.get_user(name).await? else {
             write(&self.users).remove(name);
             return Ok(None);
         };
-        Ok(Some(self.remember_user(record.name, record.groups)))
+        let from_provider = !record.subject.is_empty();
+        Ok(Some(self.remember_user(
+            record.name,
+            record.groups,
+            from_provider,
+        )))
     }
 
     /// How many users the cache keeps before it starts over.
@@ -202,17 +216,21 @@ impl Cache {
         &self,
         name: UserName,
         groups: Vec<crate::ids::GroupName>,
-    ) -> Arc<Identity> {
-        let identity = Arc::new(Identity {
-            name: name.clone(),
-            groups,
-        });
+        from_provider: bool,
+    ) -> KnownUser {
+        let user = KnownUser {
+            identity: Arc::new(Identity {
+                name: name.clone(),
+                groups,
+            }),
+            from_provider,
+        };
         let mut users = write(&self.users);
         if users.len() >= Self::MAX_USERS {
             users.clear();
         }
-        users.insert(name, (identity.clone(), clock::now()));
-        identity
+        users.insert(name, (user.clone(), clock::now()));
+        user
     }
 
     /// Forgets a deleted API token.

@@ -140,7 +140,7 @@ impl Default for RawOidc {
 /// Sign-in by an authenticating proxy in front of latchkey (oauth2-proxy, Authelia,
 /// Authentik, ...), which names the user in a request header: on when `user` is set, believed
 /// only from `server.trusted_proxies`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTrustedHeader {
     /// The header with the user name, e.g. "X-Forwarded-User" or "Remote-User".
@@ -150,6 +150,28 @@ pub struct RawTrustedHeader {
     /// Where Sign out sends the browser (the proxy's own sign-out), instead of latchkey's
     /// sign-in page.
     pub logout_url: Option<String>,
+    /// Name prefixes of the proxy's own cookies, removed from every request latchkey forwards
+    /// (they are the users' credentials there).
+    pub proxy_cookies: Vec<String>,
+}
+
+impl Default for RawTrustedHeader {
+    fn default() -> Self {
+        RawTrustedHeader {
+            user: None,
+            groups: None,
+            logout_url: None,
+            proxy_cookies: [
+                "_oauth2_proxy",
+                "authelia_session",
+                "authentik_session",
+                "_pomerium",
+                "vouch-session",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
 }
 
 /// Checked `[trusted_header]` settings (header names lower-cased).
@@ -158,6 +180,7 @@ pub struct TrustedHeaderConfig {
     pub user: String,
     pub groups: Option<String>,
     pub logout_url: Option<String>,
+    pub proxy_cookies: std::sync::Arc<[String]>,
 }
 
 /// Checked `[oidc]` settings.
@@ -788,7 +811,7 @@ impl RawTrustedHeader {
         // Only names latchkey already removes from every request it forwards: the proxy's
         // header must never reach an upstream, whoever sent it.
         let named = |key: &str, name: &str, problems: &mut Vec<String>| {
-            if !crate::proxy::headers::is_identity_header(name.as_bytes()) {
+            if !crate::proxy::headers::TRUSTED_HEADER_NAMES.contains(&name) {
                 problems.push(format!(
                     "trusted_header.{key} = {name:?} is not a header latchkey removes before forwarding; use one of {}",
                     crate::proxy::headers::TRUSTED_HEADER_NAMES.join(", ")
@@ -809,6 +832,11 @@ impl RawTrustedHeader {
             user,
             groups,
             logout_url: self.logout_url,
+            proxy_cookies: self
+                .proxy_cookies
+                .into_iter()
+                .filter(|c| !c.is_empty())
+                .collect(),
         })
     }
 }

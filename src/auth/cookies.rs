@@ -133,14 +133,15 @@ pub fn find_all<'a>(headers: &'a impl Fields, name: &str) -> impl Iterator<Item 
 /// for byte.
 /// None when the Cookie fields hold none of latchkey's (they go on unchanged); else the cookies
 /// left, joined into one field (empty: send no Cookie field).
-pub fn without_own<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+/// `also`: name prefixes of more cookies to remove (those of the sign-in proxy in front).
+pub fn without_own<'a>(values: impl Iterator<Item = &'a [u8]>, also: &[String]) -> Option<Vec<u8>> {
     let is_ours = |pair: &[u8]| {
         let name = pair
             .split(|b| *b == b'=')
             .next()
             .unwrap_or(b"")
             .trim_ascii();
-        is_own(name)
+        is_own(name) || also.iter().any(|p| name.starts_with(p.as_bytes()))
     };
     // Bytes, not text: a cookie value with a non-ASCII byte must not hide latchkey's cookie.
     let mut ours = false;
@@ -176,7 +177,7 @@ mod tests {
             HeaderValue::from_bytes(b"z=\xc3\xa9; latchkey-session=s; a=1").unwrap(),
         );
         assert_eq!(find(&h, SESSION_COOKIE), Some("s"));
-        let kept = without_own(h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()));
+        let kept = without_own(h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()), &[]);
         assert_eq!(kept.as_deref(), Some(&b"z=\xc3\xa9; a=1"[..]));
     }
 
@@ -209,7 +210,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("latchkey-oidc-state=u; __Host-latchkey-oidc-state=v"),
         );
-        let kept = without_own(h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()));
+        let kept = without_own(h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()), &[]);
         assert_eq!(kept.as_deref(), Some(&b"_xsrf=jupyter; x=1"[..]));
     }
 
@@ -220,9 +221,16 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("latchkey-session=s"),
         );
-        let kept = without_own(h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()));
+        let kept = without_own(h.get_all(header::COOKIE).iter().map(|v| v.as_bytes()), &[]);
         assert_eq!(kept.as_deref(), Some(&b""[..]));
-        assert_eq!(without_own([&b"a=1; b=2"[..]].into_iter()), None);
+        assert_eq!(without_own([&b"a=1; b=2"[..]].into_iter(), &[]), None);
+        // The sign-in proxy's cookies, split or not, go too.
+        let proxy = ["_oauth2_proxy".to_owned()];
+        let kept = without_own(
+            [&b"_oauth2_proxy_0=a; x=1; _oauth2_proxy=b"[..]].into_iter(),
+            &proxy,
+        );
+        assert_eq!(kept.as_deref(), Some(&b"x=1"[..]));
     }
 
     #[test]

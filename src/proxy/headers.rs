@@ -167,8 +167,11 @@ pub struct Forwarding<'a> {
     pub user: Option<&'a str>,
     pub role: Option<&'static str>,
     pub request_id: &'a str,
-    /// Remove `Authorization`: it carried a latchkey API token.
+    /// Remove `Authorization`: it carried a latchkey API token, or the sign-in proxy's
+    /// credential.
     pub drop_authorization: bool,
+    /// Name prefixes of cookies to remove besides latchkey's: the sign-in proxy's.
+    pub drop_cookies: &'a [String],
     pub upstream_headers: &'a [(HeaderName, HeaderValue)],
     /// A WebSocket upgrade: `Upgrade` stays, and `Connection` says `upgrade`.
     pub websocket: bool,
@@ -209,7 +212,7 @@ pub fn rewrite_request(
             .iter()
             .any(|(h, _)| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
     };
-    let own_cookies = crate::auth::cookies::without_own(fields.get_all("cookie"));
+    let own_cookies = crate::auth::cookies::without_own(fields.get_all("cookie"), f.drop_cookies);
     let mut has = Has::default();
     // The host the client asked for (its first Host field), for X-Forwarded-Host.
     let mut client_host = None;
@@ -353,6 +356,7 @@ mod tests {
             role: Some("use"),
             request_id: "rid",
             drop_authorization: true,
+            drop_cookies: &[],
             upstream_headers: upstream,
             websocket: false,
         }

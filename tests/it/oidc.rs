@@ -139,6 +139,28 @@ async fn a_provider_user_is_known_to_every_instance_and_reaches_a_server_shared_
     let r = there.get("/user/john/").await;
     assert_eq!(r.status(), StatusCode::FOUND, "sent to sign in");
     strict.stop().await;
+
+    // A sign-in proxy in front of another instance cannot hand out the provider's bob.
+    let mixed = Latchkey::start_with_env(
+        Some(&rig.redis.url()),
+        &format!("{OIDC}{TRUSTED_HEADER}"),
+        &[("LATCHKEY_SERVER_TRUSTED_PROXIES", "127.0.0.1")],
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .get(mixed.url("/hub/home"))
+        .header("X-Forwarded-User", "bob")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("belongs to an account at the sign-in provider")
+    );
+    mixed.stop().await;
 }
 
 #[tokio::test]
@@ -239,13 +261,31 @@ async fn a_user_named_by_a_trusted_proxy_is_signed_in_and_the_header_never_reach
         ])
         .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let r = proxy("/user/john/").send().await.unwrap();
+    // The proxy's own credentials (its cookie, a token it passes on) stay with latchkey.
+    let r = proxy("/user/john/")
+        .header(
+            "Cookie",
+            "_oauth2_proxy=secret; _oauth2_proxy_1=more; theme=dark",
+        )
+        .header("Authorization", "Bearer id-token-of-bob")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let seen = upstream.last();
     assert_eq!(seen.headers["x-latchkey-user"], "bob");
-    for h in ["x-forwarded-user", "x-forwarded-groups"] {
+    for h in ["x-forwarded-user", "x-forwarded-groups", "authorization"] {
         assert!(!seen.headers.contains_key(h), "{h} reached the upstream");
     }
+    assert_eq!(seen.headers["cookie"], "theme=dark");
+
+    // A request that names its user twice (a proxy that appends) is refused.
+    let r = proxy("/hub/home")
+        .header("X-Forwarded-User", "john")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // A browser's state changes still need the XSRF token.
     let r = reqwest::Client::new()

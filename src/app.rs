@@ -583,6 +583,20 @@ impl App {
                 }
             }
         }
+        // A user's server at its bare path ("/user/john"): its pages' relative links need the
+        // slash, as JupyterHub's redirect gives them.
+        if route.server.is_some()
+            && uri.path() == route.path
+            && route.path != "/"
+            && !websocket
+            && (*method == Method::GET || *method == Method::HEAD)
+        {
+            let to = match uri.query() {
+                Some(q) => format!("{}/?{q}", route.path),
+                None => format!("{}/", route.path),
+            };
+            return Ok(Proxied::Answer(http_util::redirect(&to)));
+        }
         let caller = self
             .identify_on(headers, ctx.trusted_peer, user_host.as_deref(), memo)
             .await?;

@@ -462,3 +462,27 @@ async fn a_burst_of_sign_ins_waits_its_turn_and_all_get_in() {
         "{signed_in:?}"
     );
 }
+
+#[tokio::test]
+async fn a_users_server_at_its_bare_path_gets_the_slash_before_anything_else() {
+    let (upstream, lk) = johns_server(Backend::Memory).await;
+    let hits = upstream.hits();
+    for (path, to) in [
+        ("/user/john", "/user/john/"),
+        ("/user/john?token=x&a=1", "/user/john/?token=x&a=1"),
+    ] {
+        // Not signed in: the slash first, then the sign-in (on the next request).
+        let r = lk.browser().get(path).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(r.headers()["location"], to);
+    }
+    // Other methods and deeper paths are the server's.
+    let nina = lk.signed_in("nina").await;
+    assert_eq!(
+        nina.get("/user/johnny").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let r = nina.client.post(lk.url("/user/john")).send().await.unwrap();
+    assert_ne!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(upstream.hits(), hits, "nothing reached john's server");
+}

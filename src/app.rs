@@ -36,6 +36,8 @@ pub struct App {
     pub users: Users,
     /// Sign-in through an OpenID Connect provider, when configured.
     pub oidc: Option<crate::auth::oidc::Oidc>,
+    /// The Content-Security-Policy of latchkey's pages.
+    pub page_policy: http::HeaderValue,
     pub cache: Cache,
     pub connections: Arc<Connections>,
     pub client: UpstreamClient,
@@ -211,6 +213,7 @@ impl App {
         let app = Arc::new(App {
             cache: Cache::new(config.max_staleness),
             users: Users::new(&config.users),
+            page_policy: crate::web::page_policy(&config),
             oidc: config.oidc.clone().and_then(|c| {
                 crate::auth::oidc::Oidc::new(c)
                     .map_err(|e| tracing::error!(error = %e, "OpenID Connect sign-in is off"))
@@ -944,6 +947,14 @@ impl App {
         Ok(self.cache.remember_user(name, groups, false).identity)
     }
 
+    /// Whether a user signed in through the OpenID Connect provider (not one of the
+    /// configuration's or one the sign-in proxy named).
+    pub async fn is_provider_user(&self, name: &UserName) -> bool {
+        self.oidc.is_some()
+            && self.users.identity(name).is_none()
+            && matches!(self.cache.user(self.store.as_ref(), name).await, Ok(Some(u)) if u.from_provider)
+    }
+
     /// Whether a group has members: in the configuration, or among the users who signed in
     /// through the identity provider (as of their last sign-in).
     pub async fn group_exists(&self, group: &GroupName) -> Result<bool> {
@@ -1195,11 +1206,18 @@ impl App {
         if let Some(known) = &known
             && known.subject != subject
         {
-            tracing::warn!(user = %identity.name, "sign-in refused: the name belongs to another account at the provider");
-            return Err(Error::Forbidden(format!(
-                "The user name {} belongs to another account at the sign-in provider. Ask an administrator.",
-                identity.name
-            )));
+            tracing::warn!(user = %identity.name, "sign-in refused: the name belongs to another account");
+            return Err(Error::Forbidden(if known.subject.is_empty() {
+                format!(
+                    "The user name {} is already used by someone the sign-in proxy in front of latchkey named. Ask an administrator.",
+                    identity.name
+                )
+            } else {
+                format!(
+                    "The user name {} belongs to another account at the sign-in provider. Ask an administrator.",
+                    identity.name
+                )
+            }));
         }
         self.store
             .put_user(&crate::store::UserRecord {

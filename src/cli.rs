@@ -134,6 +134,9 @@ fn run(cli: Cli) -> ExitCode {
                     match &c.oidc {
                         Some(o) => format!(", OpenID Connect sign-in at {}", o.issuer),
                         None => String::new(),
+                    } + &match &c.trusted_header {
+                        Some(t) => format!(", sign-in by the proxy's {} header", t.user),
+                        None => String::new(),
                     }
                 );
                 ExitCode::SUCCESS

@@ -118,6 +118,9 @@ pub struct RawOidc {
     /// Seconds a sign-in through the provider lasts (at most `server.session_max_age`): how
     /// long someone removed at the provider keeps latchkey's pages and servers.
     pub session_max_age: u64,
+    /// Where Sign out sends a user who signed in through the provider (its own sign-out, so
+    /// that the next sign-in asks again), instead of latchkey's sign-in page.
+    pub logout_url: Option<String>,
 }
 
 impl Default for RawOidc {
@@ -133,6 +136,7 @@ impl Default for RawOidc {
             allowed_groups: vec![],
             display_name: "single sign-on".into(),
             session_max_age: 86_400,
+            logout_url: None,
         }
     }
 }
@@ -196,6 +200,7 @@ pub struct OidcConfig {
     pub allowed_groups: Vec<GroupName>,
     pub display_name: String,
     pub session_max_age: u64,
+    pub logout_url: Option<String>,
 }
 
 impl OidcConfig {
@@ -851,7 +856,14 @@ impl RawOidc {
     ) -> Option<OidcConfig> {
         // As the provider writes it (a trailing slash included): discovery checks that the
         // provider's metadata names exactly this issuer.
-        let issuer = self.issuer?;
+        let Some(issuer) = self.issuer else {
+            if !self.client_id.is_empty() {
+                problems.push(
+                    "oidc.client_id is set but oidc.issuer is not: OpenID Connect sign-in needs both".into(),
+                );
+            }
+            return None;
+        };
         let url_ok = |u: &str| {
             (u.starts_with("https://") || u.starts_with("http://"))
                 && u.parse::<http::Uri>().is_ok_and(|uri| uri.host().is_some())
@@ -914,6 +926,7 @@ impl RawOidc {
             allowed_groups,
             display_name: self.display_name,
             session_max_age: self.session_max_age.min(session_max_age),
+            logout_url: self.logout_url,
         })
     }
 }
@@ -986,6 +999,10 @@ mod tests {
     fn oidc_is_off_by_default_and_checked_when_on() {
         let token = "[api]\ntoken = \"0123456789abcdef\"\n";
         assert!(Config::from_sources(token, &[]).unwrap().oidc.is_none());
+        let problems = Config::from_sources(&format!("{token}[oidc]\nclient_id = \"x\"\n"), &[])
+            .unwrap_err()
+            .join("\n");
+        assert!(problems.contains("oidc.issuer is not"), "{problems}");
 
         let problems = Config::from_sources(
             &format!("{token}[oidc]\nissuer = \"id.example.org\"\nallowed_groups = [\"lab\"]\ngroups_claim = \"\"\n"),

@@ -88,7 +88,12 @@ impl Oidc {
         let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| {
-                tracing::warn!(issuer = %self.config.issuer, error = %e, "OpenID Connect discovery failed");
+                let cause = causes(&e);
+                if matches!(e, openidconnect::DiscoveryError::Validation(_)) {
+                    tracing::error!(issuer = %self.config.issuer, error = %cause, "OpenID Connect discovery: the provider's metadata does not match oidc.issuer, which must be exactly its \"issuer\" (a trailing slash included)");
+                } else {
+                    tracing::warn!(issuer = %self.config.issuer, error = %cause, "OpenID Connect discovery failed");
+                }
                 Error::IdentityProvider
             })?;
         let userinfo = metadata.userinfo_endpoint().map(|u| u.url().to_string());
@@ -148,14 +153,22 @@ impl Oidc {
             .request_async(&self.http)
             .await
             .map_err(|e| match e {
-                RequestTokenError::ServerResponse(r) => {
+                // The code: used already, expired, or not this browser's.
+                RequestTokenError::ServerResponse(r)
+                    if matches!(r.error(), openidconnect::core::CoreErrorResponseType::InvalidGrant) =>
+                {
                     tracing::info!(error = %r.error(), "the provider refused the code");
                     Error::bad_request(
                         "This sign-in was already completed or took too long. Sign in again.",
                     )
                 }
+                // latchkey itself: its client id or secret, most likely.
+                RequestTokenError::ServerResponse(r) => {
+                    tracing::error!(error = %r.error(), description = r.error_description().map(String::as_str).unwrap_or(""), "the provider refused latchkey's token request: check oidc.client_id and the client secret");
+                    Error::IdentityProvider
+                }
                 e => {
-                    tracing::warn!(error = %e, "token request to the provider failed");
+                    tracing::warn!(error = %causes(&e), "token request to the provider failed");
                     Error::IdentityProvider
                 }
             })?;
@@ -182,6 +195,12 @@ impl Oidc {
             Some(self.config.username_claim.as_str()),
             self.config.groups_claim.as_deref(),
         ];
+        let groups_missing = |claims: &Map<String, Value>| {
+            self.config
+                .groups_claim
+                .as_deref()
+                .is_some_and(|c| !claims.contains_key(c))
+        };
         if let Some(url) = &provider.userinfo
             && wanted.iter().flatten().any(|c| !claims.contains_key(*c))
         {
@@ -195,6 +214,12 @@ impl Oidc {
                     claims.insert(claim.to_owned(), v.clone());
                 }
             }
+        }
+        if groups_missing(&claims) {
+            tracing::warn!(
+                claim = self.config.groups_claim.as_deref().unwrap_or(""),
+                "the provider sent no groups claim: many providers send it only for a scope of its own (add it to oidc.scopes), or set oidc.groups_claim = \"\""
+            );
         }
         Ok(claims)
     }
@@ -241,6 +266,18 @@ fn state_for(secret: &str, next: &str) -> String {
         derive(secret, &format!("state\0{next}")),
         URL_SAFE_NO_PAD.encode(next)
     )
+}
+
+/// An error with its causes, for the log ("error sending request: ...: connection refused").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The page to come back to, when `state` (as the provider returned it) was made for the
@@ -336,6 +373,7 @@ mod tests {
                 .collect(),
             display_name: "Example".into(),
             session_max_age: 3600,
+            logout_url: None,
         }
     }
 

@@ -326,17 +326,37 @@ impl Xsrf {
     }
 }
 
-/// Frame-busting and content-type hygiene for every page latchkey renders itself.
-fn harden(app: &App, resp: &mut Response<Body>) {
+/// The Content-Security-Policy of latchkey's pages, made once at start. A form's redirects
+/// count as its action: signing in or accepting an invite ends on a user's host (host-based
+/// routing), and signing out may end at the sign-in provider's or proxy's own sign-out.
+pub fn page_policy(config: &crate::config::Config) -> HeaderValue {
     const POLICY: &str =
         "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
-    let policy = match &app.config.hosts {
-        // A form's redirects count as its action: signing in or accepting an invite ends on a
-        // user's host.
-        Some(hosts) => HeaderValue::from_str(&format!("{POLICY} {}", hosts.user_origin("*")))
-            .unwrap_or(HeaderValue::from_static(POLICY)),
-        None => HeaderValue::from_static(POLICY),
-    };
+    let mut policy = POLICY.to_owned();
+    if let Some(hosts) = &config.hosts {
+        policy.push(' ');
+        policy.push_str(&hosts.user_origin("*"));
+    }
+    let sign_outs = [
+        config.oidc.as_ref().and_then(|o| o.logout_url.as_deref()),
+        config
+            .trusted_header
+            .as_ref()
+            .and_then(|t| t.logout_url.as_deref()),
+    ];
+    for url in sign_outs.into_iter().flatten() {
+        if let Ok(uri) = url.parse::<http::Uri>()
+            && let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority())
+        {
+            policy.push_str(&format!(" {scheme}://{authority}"));
+        }
+    }
+    HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static(POLICY))
+}
+
+/// Frame-busting and content-type hygiene for every page latchkey renders itself.
+fn harden(app: &App, resp: &mut Response<Body>) {
+    let policy = app.page_policy.clone();
     let h = resp.headers_mut();
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert(
@@ -649,6 +669,19 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
         }
         req.headers().clone()
     };
+    // Signed in through the OpenID Connect provider: its sign-out too, when configured, so
+    // that the next sign-in asks again.
+    let mut provider_logout = None;
+    if let Some(url) = app
+        .oidc
+        .as_ref()
+        .and_then(|o| o.config().logout_url.clone())
+        && let Ok(Some(caller)) = app.identify(&headers, false).await
+        && caller.login.is_some()
+        && app.is_provider_user(&caller.identity.name).await
+    {
+        provider_logout = Some(url);
+    }
     // Every session cookie sent: one planted by a page of the same site, sent first, must not
     // leave the real sign-in (and the sign-ins handed over from it) alive.
     for id in cookies::find_all(&headers, app.cookies.session_name())
@@ -661,7 +694,7 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
         Some(th) if ctx.trusted_peer && headers.contains_key(th.user.as_str()) => {
             th.logout_url.clone()
         }
-        _ => None,
+        _ => provider_logout,
     };
     let mut resp = redirect(&to.unwrap_or_else(|| app.hub.external(paths::LOGIN)));
     resp.headers_mut()

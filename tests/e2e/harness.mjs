@@ -312,7 +312,7 @@ async function startLatchkeyOnce(dir, {
     `failure_window = ${login.failureWindow ?? 60}`,
     '',
     // Sign-in through an OpenID Connect provider: { issuer, clientId, clientSecret, scopes,
-    // allowedGroups, displayName }; the provider sends browsers back to this listener.
+    // allowedGroups, displayName, logoutUrl }; the provider sends browsers back to this listener.
     ...(oidc ? [
       '[oidc]',
       `issuer = "${oidc.issuer}"`,
@@ -322,6 +322,7 @@ async function startLatchkeyOnce(dir, {
       `scopes = ${JSON.stringify(oidc.scopes ?? ['profile', 'groups'])}`,
       `allowed_groups = ${JSON.stringify(oidc.allowedGroups ?? [])}`,
       `display_name = "${oidc.displayName ?? 'Test ID'}"`,
+      ...(oidc.logoutUrl ? [`logout_url = "${oidc.logoutUrl}"`] : []),
       '',
     ] : []),
     ...Object.values(u).flatMap((x) => [

@@ -23,10 +23,12 @@ const accounts = { bob: ['lab', 'physics'], eve: ['visitors'], john: ['lab'], ca
 let lk;
 let browser;
 let idp;
+let idpIssuer;
 
 before(async () => {
   const idpPort = await freePort();
   const issuer = `http://127.0.0.1:${idpPort}`;
+  idpIssuer = issuer;
   const upstreamPort = await freePort();
   const site = path.join(dir, 'site');
   fs.mkdirSync(site, { recursive: true });
@@ -36,7 +38,10 @@ before(async () => {
   // latchkey reads the provider's metadata at the first sign-in, so it may start first (and
   // then the provider knows where to send browsers back).
   lk = await startLatchkey(dir, {
-    oidc: { issuer, clientId: 'latchkey', clientSecret, allowedGroups: ['lab'], displayName: 'Test ID' },
+    oidc: {
+      issuer, clientId: 'latchkey', clientSecret, allowedGroups: ['lab'], displayName: 'Test ID',
+      logoutUrl: `${issuer}/session/end`,
+    },
   });
   const provider = new Provider(issuer, {
     clients: [{
@@ -135,6 +140,19 @@ test('bob signs in at the provider on his way to john\'s invite link, accepts, a
   await Promise.all([johnPage.waitForNavigation(), people.filter({ hasText: 'physics' }).getByRole('button', { name: /Revoke/ }).click()]);
   const refused = await bobPage.goto(lk.url('/user/john/'));
   assert.equal(refused.status(), 403);
+
+  // Sign out ends latchkey's sign-in and goes on to the provider's sign-out; john, who signed
+  // in with his password, goes to latchkey's sign-in page as before.
+  await bobPage.goto(lk.hub('home'));
+  await Promise.all([
+    bobPage.waitForURL((u) => u.href.startsWith(`${idpIssuer}/session/end`)),
+    bobPage.getByRole('button', { name: 'Sign out' }).click(),
+  ]);
+  assert.equal((await bob.cookies()).filter((c) => c.name === 'latchkey-session').length, 0);
+  await Promise.all([
+    johnPage.waitForURL((u) => u.pathname === `${lk.prefix}login`),
+    johnPage.getByRole('button', { name: 'Sign out' }).click(),
+  ]);
 });
 
 test('the provider\'s users outside the allowed groups, and local account names, are refused', async () => {

@@ -147,9 +147,7 @@ async fn a_provider_user_is_known_to_every_instance_and_reaches_a_server_shared_
         &[("LATCHKEY_SERVER_TRUSTED_PROXIES", "127.0.0.1")],
     )
     .await;
-    let r = reqwest::Client::new()
-        .get(mixed.url("/hub/home"))
-        .header("X-Forwarded-User", "bob")
+    let r = from_proxy(reqwest::Method::GET, mixed.url("/hub/home"), "bob")
         .send()
         .await
         .unwrap();
@@ -215,6 +213,17 @@ async fn without_oidc_its_paths_are_not_pages() {
     lk.stop().await;
 }
 
+/// A request as the sign-in proxy in front sends it: its user header naming `user`; redirects
+/// not followed.
+fn from_proxy(method: reqwest::Method, url: String, user: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .request(method, url)
+        .header("X-Forwarded-User", user)
+}
+
 /// A proxy in front that signs people in and names them in headers (oauth2-proxy's).
 const TRUSTED_HEADER: &str = r#"
 [trusted_header]
@@ -236,12 +245,7 @@ async fn a_user_named_by_a_trusted_proxy_is_signed_in_and_the_header_never_reach
     lk.register_john(&upstream).await;
     let john = lk.signed_in("john").await;
     let proxy = |path: &str| {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
-            .get(lk.url(path))
-            .header("X-Forwarded-User", "Bob")
+        from_proxy(reqwest::Method::GET, lk.url(path), "Bob")
             .header("X-Forwarded-Groups", "lab, /physics, not a group")
     };
 
@@ -288,9 +292,7 @@ async fn a_user_named_by_a_trusted_proxy_is_signed_in_and_the_header_never_reach
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // A browser's state changes still need the XSRF token.
-    let r = reqwest::Client::new()
-        .post(lk.url("/hub/leave"))
-        .header("X-Forwarded-User", "bob")
+    let r = from_proxy(reqwest::Method::POST, lk.url("/hub/leave"), "bob")
         .form(&[("server", "john/")])
         .send()
         .await
@@ -310,9 +312,7 @@ async fn a_user_named_by_a_trusted_proxy_is_signed_in_and_the_header_never_reach
         ("bob smith", "cannot be used here"),
         ("John", "is an account of latchkey"),
     ] {
-        let r = reqwest::Client::new()
-            .get(lk.url("/hub/home"))
-            .header("X-Forwarded-User", name)
+        let r = from_proxy(reqwest::Method::GET, lk.url("/hub/home"), name)
             .send()
             .await
             .unwrap();
@@ -330,12 +330,7 @@ async fn the_user_header_from_anyone_but_a_trusted_proxy_is_ignored() {
         &[("LATCHKEY_SERVER_TRUSTED_PROXIES", "10.0.0.1")],
     )
     .await;
-    let r = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(lk.url("/hub/home"))
-        .header("X-Forwarded-User", "bob")
+    let r = from_proxy(reqwest::Method::GET, lk.url("/hub/home"), "bob")
         .send()
         .await
         .unwrap();

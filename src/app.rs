@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::cookies::{self, CookiePolicy};
+use crate::auth::oidc::Oidc;
 use crate::auth::ratelimit::{FailureLimiter, SignInLimit};
 use crate::auth::{Credential, Identity, Users};
 use crate::cache::Cache;
@@ -27,7 +28,7 @@ use crate::proxy::{self, UpstreamClient, headers::Forwarding};
 use crate::routes::Route;
 use crate::secret::{self, Secret, TokenHash};
 use crate::sharing::access::{self, Decision, RequestKind, Standing};
-use crate::store::{ServerGrants, Store, StoreEvent};
+use crate::store::{ServerGrants, Store, StoreEvent, UserRecord};
 
 /// Shared state of one latchkey instance.
 pub struct App {
@@ -35,7 +36,7 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub users: Users,
     /// Sign-in through an OpenID Connect provider, when configured.
-    pub oidc: Option<crate::auth::oidc::Oidc>,
+    pub oidc: Option<Oidc>,
     /// The Content-Security-Policy of latchkey's pages.
     pub page_policy: http::HeaderValue,
     pub cache: Cache,
@@ -104,7 +105,7 @@ pub struct Prepared {
     role: Option<&'static str>,
     /// `Authorization` is a credential the upstream must not see: the caller signed in with an
     /// API token, or was named by the sign-in proxy in front (which may pass its own).
-    token: bool,
+    drop_authorization: bool,
     /// With `[trusted_header]`: the sign-in proxy's cookies, removed like latchkey's.
     proxy_cookies: Option<Arc<[String]>>,
     /// [`Ctx::sweeps_seen`].
@@ -123,7 +124,7 @@ impl Prepared {
             user: self.caller.as_ref().map(|c| c.identity.name.as_str()),
             role: self.role,
             request_id: &ctx.request_id,
-            drop_authorization: self.token,
+            drop_authorization: self.drop_authorization,
             drop_cookies: self.proxy_cookies.as_deref().unwrap_or(&[]),
             upstream_headers: &self.route.upstream_headers,
             websocket: self.websocket,
@@ -215,7 +216,7 @@ impl App {
             users: Users::new(&config.users),
             page_policy: crate::web::page_policy(&config),
             oidc: config.oidc.clone().and_then(|c| {
-                crate::auth::oidc::Oidc::new(c)
+                Oidc::new(c)
                     .map_err(|e| tracing::error!(error = %e, "OpenID Connect sign-in is off"))
                     .ok()
             }),
@@ -650,7 +651,7 @@ impl App {
         }
 
         let guarded = route.server.is_some();
-        let token = caller
+        let drop_authorization = caller
             .as_ref()
             .is_some_and(|c| c.credential == Credential::Token || c.by_proxy);
         Ok(Proxied::Forward(Prepared {
@@ -658,7 +659,7 @@ impl App {
             websocket,
             caller: if guarded { caller } else { None },
             role,
-            token,
+            drop_authorization,
             proxy_cookies: self
                 .config
                 .trusted_header
@@ -884,67 +885,83 @@ impl App {
         let Some(user) = self.cache.user(self.store.as_ref(), name).await? else {
             return Ok(None);
         };
-        let admitted = match (&self.oidc, user.from_provider) {
-            (Some(oidc), true) => oidc.config().admits(&user.identity.groups),
-            (None, true) => false,
-            (_, false) => self.config.trusted_header.is_some(),
-        };
+        let admitted = crate::auth::admitted(
+            user.from_provider,
+            &user.identity.groups,
+            self.oidc.as_ref().map(Oidc::config),
+            self.config.trusted_header.is_some(),
+        );
         Ok(admitted.then_some(user.identity))
     }
 
     /// The user a trusted proxy names in its header (lower-cased), with the groups of its
-    /// groups header (comma-separated; names latchkey cannot use are left out). Recorded in the
-    /// store like a provider's user when new or when the groups changed, so that they may be
-    /// shared with by name; a name of the configuration's users is refused.
+    /// groups header (comma-separated; names latchkey cannot use are left out), recorded when
+    /// new or when the groups changed (see [`record_user`](Self::record_user)).
     async fn proxy_named(&self, name: &[u8], groups: Option<&[u8]>) -> Result<Arc<Identity>> {
-        let unusable = || {
-            Error::Forbidden(
-                "The user name your sign-in proxy sent cannot be used here: latchkey's names are 1 to 64 letters, digits, '.', '_', '-' or '@'.".into(),
-            )
-        };
         let name = std::str::from_utf8(name)
             .ok()
-            .and_then(|n| UserName::parse(&n.trim().to_lowercase()).ok())
-            .ok_or_else(unusable)?;
-        if self.users.exists(&name) {
-            return Err(Error::Forbidden(format!(
-                "{name} is an account of latchkey's own: sign in with its password."
-            )));
-        }
-        let mut groups: Vec<GroupName> = groups
-            .and_then(|g| std::str::from_utf8(g).ok())
-            .into_iter()
-            .flat_map(|g| g.split(','))
-            .filter_map(|g| GroupName::parse(g.trim().trim_start_matches('/')).ok())
-            .collect();
-        groups.sort();
-        groups.dedup();
-        if let Some(known) = self.cache.user(self.store.as_ref(), &name).await?
+            .and_then(crate::auth::external_name)
+            .ok_or_else(|| {
+                Error::Forbidden(
+                    "The user name your sign-in proxy sent cannot be used here: latchkey's names are 1 to 64 letters, digits, '.', '_', '-' or '@'.".into(),
+                )
+            })?;
+        let groups = crate::auth::external_groups(
+            groups
+                .and_then(|g| std::str::from_utf8(g).ok())
+                .into_iter()
+                .flat_map(|g| g.split(',')),
+        );
+        if !self.users.exists(&name)
+            && let Some(known) = self.cache.user(self.store.as_ref(), &name).await?
             && !known.from_provider
             && known.identity.groups == groups
         {
             return Ok(known.identity);
         }
-        let now = clock::now();
-        let known = self.store.get_user(&name).await?;
-        if known.as_ref().is_some_and(|u| !u.subject.is_empty()) {
-            // The name is an account's at the OpenID Connect provider: not the proxy's to give.
-            tracing::warn!(user = %name, "refused: the proxy names a user of the sign-in provider");
+        self.record_user(Identity { name, groups }, "").await
+    }
+
+    /// Records a user a login method outside latchkey vouched for (`subject`: the OpenID
+    /// Connect provider's `sub`, "" for the sign-in proxy's users) with their groups now, so
+    /// that they may be shared with by name and every instance knows them. A name stays with
+    /// the account that first used it, and the configuration's names are not theirs: refused.
+    async fn record_user(&self, identity: Identity, subject: &str) -> Result<Arc<Identity>> {
+        let name = identity.name;
+        if self.users.exists(&name) {
             return Err(Error::Forbidden(format!(
-                "The user name {name} belongs to an account at the sign-in provider. Ask an administrator."
+                "{name} is an account of latchkey's own: sign in with its password."
             )));
         }
-        let first_seen = known.map_or(now, |u| u.first_seen);
+        let now = clock::now();
+        let known = self.store.get_user(&name).await?;
+        if let Some(known) = &known
+            && known.subject != subject
+        {
+            tracing::warn!(user = %name, "sign-in refused: the name belongs to another account");
+            return Err(Error::Forbidden(if known.subject.is_empty() {
+                format!(
+                    "The user name {name} is already used by someone the sign-in proxy in front of latchkey named. Ask an administrator."
+                )
+            } else {
+                format!(
+                    "The user name {name} belongs to another account at the sign-in provider. Ask an administrator."
+                )
+            }));
+        }
         self.store
-            .put_user(&crate::store::UserRecord {
+            .put_user(&UserRecord {
                 name: name.clone(),
-                subject: String::new(),
-                groups: groups.clone(),
-                first_seen,
+                subject: subject.to_owned(),
+                groups: identity.groups.clone(),
+                first_seen: known.map_or(now, |u| u.first_seen),
                 last_seen: now,
             })
             .await?;
-        Ok(self.cache.remember_user(name, groups, false).identity)
+        Ok(self
+            .cache
+            .remember_user(name, identity.groups, !subject.is_empty())
+            .identity)
     }
 
     /// Whether a user signed in through the OpenID Connect provider (not one of the
@@ -955,8 +972,8 @@ impl App {
             && matches!(self.cache.user(self.store.as_ref(), name).await, Ok(Some(u)) if u.from_provider)
     }
 
-    /// Whether a group has members: in the configuration, or among the users who signed in
-    /// through the identity provider (as of their last sign-in).
+    /// Whether a group has members: in the configuration, or among the users from outside it
+    /// who may use the service (their groups as of their last sign-in).
     pub async fn group_exists(&self, group: &GroupName) -> Result<bool> {
         if self.users.is_group(group) {
             return Ok(true);
@@ -964,12 +981,12 @@ impl App {
         if self.oidc.is_none() && self.config.trusted_header.is_none() {
             return Ok(false);
         }
-        Ok(self
-            .store
-            .list_users()
-            .await?
-            .iter()
-            .any(|u| u.groups.contains(group)))
+        let oidc = self.oidc.as_ref().map(Oidc::config);
+        let trusted_header = self.config.trusted_header.is_some();
+        Ok(self.store.list_users().await?.iter().any(|u| {
+            u.groups.contains(group)
+                && crate::auth::admitted(!u.subject.is_empty(), &u.groups, oidc, trusted_header)
+        }))
     }
 
     /// Whether a sign-in record is good on this host (`user_host` None: latchkey's own): the
@@ -1193,45 +1210,14 @@ impl App {
     }
 
     /// Signs in a user the identity provider vouched for (`subject`: the provider's `sub`):
-    /// stores them with the groups the provider gives now (shared with by name from then on,
-    /// and known to every instance), then starts a sign-in of `[oidc] session_max_age`. A name
-    /// first seen with another subject stays that account's: refused.
+    /// records them (see [`record_user`](Self::record_user)), then starts a sign-in of
+    /// `[oidc] session_max_age`.
     pub async fn start_provider_login(
         &self,
         identity: Identity,
         subject: &str,
     ) -> Result<(Arc<Identity>, Secret)> {
-        let now = clock::now();
-        let known = self.store.get_user(&identity.name).await?;
-        if let Some(known) = &known
-            && known.subject != subject
-        {
-            tracing::warn!(user = %identity.name, "sign-in refused: the name belongs to another account");
-            return Err(Error::Forbidden(if known.subject.is_empty() {
-                format!(
-                    "The user name {} is already used by someone the sign-in proxy in front of latchkey named. Ask an administrator.",
-                    identity.name
-                )
-            } else {
-                format!(
-                    "The user name {} belongs to another account at the sign-in provider. Ask an administrator.",
-                    identity.name
-                )
-            }));
-        }
-        self.store
-            .put_user(&crate::store::UserRecord {
-                name: identity.name.clone(),
-                subject: subject.to_owned(),
-                groups: identity.groups.clone(),
-                first_seen: known.map_or(now, |u| u.first_seen),
-                last_seen: now,
-            })
-            .await?;
-        let identity = self
-            .cache
-            .remember_user(identity.name, identity.groups, true)
-            .identity;
+        let identity = self.record_user(identity, subject).await?;
         let max_age = self
             .oidc
             .as_ref()

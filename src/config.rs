@@ -810,6 +810,19 @@ impl RawConfig {
     }
 }
 
+/// A sign-out URL is absolute, http(s), and fits in a `Location` header.
+fn check_logout_url(section: &str, url: Option<&str>, problems: &mut Vec<String>) {
+    let Some(url) = url else { return };
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.parse::<http::Uri>().is_ok_and(|u| u.host().is_some())
+        && http::HeaderValue::from_str(url).is_ok();
+    if !ok {
+        problems.push(format!(
+            "{section}.logout_url = {url:?} must be a URL like \"https://id.example.org/logout\""
+        ));
+    }
+}
+
 impl RawTrustedHeader {
     fn check(self, have_proxies: bool, problems: &mut Vec<String>) -> Option<TrustedHeaderConfig> {
         let user = self.user?.to_ascii_lowercase();
@@ -833,6 +846,7 @@ impl RawTrustedHeader {
                 "trusted_header needs server.trusted_proxies: the addresses of the proxy that sets the header (from anyone else it is ignored)".into(),
             );
         }
+        check_logout_url("trusted_header", self.logout_url.as_deref(), problems);
         Some(TrustedHeaderConfig {
             user,
             groups,
@@ -911,6 +925,7 @@ impl RawOidc {
                     .into(),
             );
         }
+        check_logout_url("oidc", self.logout_url.as_deref(), problems);
         Some(OidcConfig {
             issuer,
             client_id: self.client_id,
@@ -1060,7 +1075,7 @@ mod tests {
     fn a_trusted_header_needs_trusted_proxies_and_a_header_that_is_stripped() {
         let token = "[api]\ntoken = \"0123456789abcdef\"\n";
         let problems = Config::from_sources(
-            &format!("{token}[trusted_header]\nuser = \"X-User\"\ngroups = \"Remote-Groups\"\n"),
+            &format!("{token}[trusted_header]\nuser = \"X-User\"\ngroups = \"Remote-Groups\"\nlogout_url = \"/oauth2/sign_out\"\n"),
             &[],
         )
         .unwrap_err()
@@ -1071,7 +1086,8 @@ mod tests {
         );
         assert!(!problems.contains("trusted_header.groups"), "{problems}");
         assert!(
-            problems.contains("needs server.trusted_proxies"),
+            problems.contains("trusted_header.logout_url")
+                && problems.contains("needs server.trusted_proxies"),
             "{problems}"
         );
         let c = Config::from_sources(

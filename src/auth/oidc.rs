@@ -24,7 +24,6 @@ use sha2::{Digest, Sha256};
 use super::Identity;
 use crate::config::OidcConfig;
 use crate::error::{Error, Result};
-use crate::ids::{GroupName, UserName};
 use crate::secret;
 
 type Client = CoreClient<
@@ -326,25 +325,16 @@ pub fn identity_from_claims(
     let raw = claims.get(claim).and_then(Value::as_str).ok_or_else(|| {
         format!("Your account at the sign-in provider has no {claim:?} to use as your user name.")
     })?;
-    let name = UserName::parse(&raw.to_lowercase()).map_err(|_| {
+    let name = super::external_name(raw).ok_or_else(|| {
         format!(
             "Your user name at the sign-in provider ({claim:?}) cannot be used here: latchkey's names are 1 to 64 letters, digits, '.', '_', '-' or '@'."
         )
     })?;
-    let mut groups: Vec<GroupName> = match config.groups_claim.as_ref().and_then(|c| claims.get(c))
-    {
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .filter_map(|g| GroupName::parse(g.trim_start_matches('/')).ok())
-            .collect(),
-        Some(Value::String(g)) => GroupName::parse(g.trim_start_matches('/'))
-            .into_iter()
-            .collect(),
+    let groups = match config.groups_claim.as_ref().and_then(|c| claims.get(c)) {
+        Some(Value::Array(list)) => super::external_groups(list.iter().filter_map(Value::as_str)),
+        Some(Value::String(g)) => super::external_groups(std::iter::once(g.as_str())),
         _ => vec![],
     };
-    groups.sort();
-    groups.dedup();
     if !config.admits(&groups) {
         return Err(format!(
             "{name} is not in a group that may use this service. Ask an administrator to add you to one."
@@ -356,6 +346,7 @@ pub fn identity_from_claims(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::GroupName;
     use serde_json::json;
 
     fn config(allowed: &[&str]) -> OidcConfig {

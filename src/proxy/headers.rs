@@ -27,12 +27,6 @@ pub const TRUSTED_HEADER_NAMES: [&str; 14] = [
     "x-remote-group",
 ];
 
-/// Whether latchkey removes this header (any case) from every request it forwards as one that
-/// says who the caller is.
-pub fn is_identity_header(name: &[u8]) -> bool {
-    kind(name) == Kind::Identity
-}
-
 /// What a header field is to the proxy.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -434,7 +428,7 @@ mod tests {
             );
             prepare_request(&mut h, &forwarding(&[]));
             assert!(!h.contains_key(name), "{name}");
-            assert!(is_identity_header(name.to_ascii_uppercase().as_bytes()));
+            assert_eq!(kind(name.to_ascii_uppercase().as_bytes()), Kind::Identity);
         }
     }
 

@@ -55,13 +55,14 @@ pub struct RouteChange {
     pub ended: Option<(ServerRef, String)>,
 }
 
-/// A user who signed in through an identity provider (OpenID Connect), as last seen: users of
-/// the service like those in the configuration, so they may be shared with by name.
+/// A user from a login method outside the configuration, as last seen: one who signed in
+/// through the OpenID Connect provider, or whom the sign-in proxy in front named. Users of the
+/// service like those in the configuration, so they may be shared with by name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserRecord {
     pub name: UserName,
-    /// The provider's subject (`sub`) the name belongs to: another account that later calls
-    /// itself by the same name at the provider does not become this user.
+    /// The provider's subject (`sub`) the name belongs to ("" for the sign-in proxy's users):
+    /// another account that later calls itself by the same name does not become this user.
     pub subject: String,
     pub groups: Vec<GroupName>,
     pub first_seen: Timestamp,
@@ -196,8 +197,8 @@ pub trait Store: Send + Sync + 'static {
     /// `client`'s failed sign-ins in its open window, if it has one (`window`: the length a
     /// window found without an end is given).
     async fn sign_in_failures(&self, client: &str, window: u64) -> Result<Option<Failures>>;
-    /// Stores a user who signed in through an identity provider, replacing what was known of
-    /// them (their groups are the provider's at their last sign-in).
+    /// Stores a user from a login method outside the configuration, replacing what was known
+    /// of them (their groups are those of their last sign-in).
     async fn put_user(&self, user: &UserRecord) -> Result<()>;
     async fn get_user(&self, name: &UserName) -> Result<Option<UserRecord>>;
     /// Every user stored with `put_user`, by name.

@@ -28,7 +28,7 @@ use crate::sharing::{EndReason, Grant, Grantee, InviteRecord};
 const ROUTES: &str = "{lk}:routes";
 const ROUTE_SESSIONS: &str = "{lk}:route_sessions";
 const ACTIVITY: &str = "{lk}:activity";
-/// Users who signed in through an identity provider: name -> record.
+/// Users from the OpenID Connect provider or the sign-in proxy: name -> record.
 const USERS: &str = "lk:users";
 const REVISION: &str = "{lk}:rev";
 /// The pub/sub channel on which every write is announced.

@@ -597,14 +597,6 @@ async fn oidc_callback(app: &App, req: &Request<Incoming>, ctx: &Ctx) -> Result<
             tracing::info!(client = %ctx.client_ip, "sign-in through the provider refused");
             Error::Forbidden(message)
         })?;
-    if app.users.exists(&identity.name) {
-        // A local account keeps its name: whoever controls a provider account of the same
-        // name does not become that user.
-        return Err(Error::Forbidden(format!(
-            "{} is an account of latchkey's own: sign in with its password.",
-            identity.name
-        )));
-    }
     if let Some(old) = cookies::find(req.headers(), app.cookies.session_name())
         && secret::looks_like_token(old)
     {

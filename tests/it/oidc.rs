@@ -156,7 +156,7 @@ async fn a_provider_user_is_known_to_every_instance_and_reaches_a_server_shared_
         r.text()
             .await
             .unwrap()
-            .contains("belongs to an account at the sign-in provider")
+            .contains("belongs to another account at the sign-in provider")
     );
     mixed.stop().await;
 }

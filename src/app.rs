@@ -1226,6 +1226,17 @@ impl App {
         Ok((identity, id))
     }
 
+    /// Removes a user from outside the configuration (an OpenID Connect or sign-in proxy
+    /// user): their sign-ins and API tokens stop working and their connections close, here at
+    /// once and on every instance as soon as the announcement arrives. They are back at their
+    /// next sign-in, if the provider or the proxy still vouches for them. False when unknown.
+    pub async fn remove_user(&self, name: &UserName) -> Result<bool> {
+        let deleted = self.store.delete_user(name).await?;
+        self.cache.forget_users(Some(name));
+        self.recheck_connections(None).await;
+        Ok(deleted)
+    }
+
     /// Ends a sign-in session and closes the connections opened with it.
     pub async fn end_login(&self, login: &TokenHash) -> Result<()> {
         // Here at once, whatever the store says.
@@ -1250,6 +1261,10 @@ impl App {
             StoreEvent::Server(server) => self.sharing_changed(&server).await,
             StoreEvent::LoginEnded(login) => self.forget_login(&login),
             StoreEvent::ApiTokenDeleted(token) => self.forget_api_token(&token),
+            StoreEvent::User(name) => {
+                self.cache.forget_users(Some(&name));
+                self.recheck_connections(None).await;
+            }
             StoreEvent::Resync => self.revalidate().await,
             StoreEvent::Seen(revision) => {
                 if self.cache.note_announced(revision) {
@@ -1272,6 +1287,7 @@ impl App {
         self.cache.forget_grants();
         self.cache.forget_logins();
         self.cache.forget_api_tokens();
+        self.cache.forget_users(None);
         self.recheck_connections(None).await;
         let open = self.connections.snapshot();
         for login in distinct(open.iter().filter_map(|c| c.login)) {

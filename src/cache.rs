@@ -208,6 +208,17 @@ impl Cache {
         )))
     }
 
+    /// Forgets a user (`None`: every user), to be read from the store again.
+    pub fn forget_users(&self, name: Option<&UserName>) {
+        match name {
+            Some(name) => write(&self.users).remove(name),
+            None => {
+                write(&self.users).clear();
+                None
+            }
+        };
+    }
+
     /// How many users the cache keeps before it starts over.
     const MAX_USERS: usize = 100_000;
 

@@ -79,6 +79,13 @@ enum Command {
         #[arg(long, required = true)]
         shared: bool,
     },
+    /// Users from a sign-in provider or proxy: list them, remove one (route API listener).
+    Users {
+        #[command(flatten)]
+        api: crate::remote::RouteApi,
+        #[command(subcommand)]
+        command: crate::remote::Users,
+    },
     /// Drive the route API (configurable-http-proxy compatible).
     Routes {
         #[command(flatten)]
@@ -109,6 +116,10 @@ fn run(cli: Cli) -> ExitCode {
         Command::Routes { api, command } => {
             let json = remote.json;
             runtime().block_on(crate::remote::routes(api, json, command))
+        }
+        Command::Users { api, command } => {
+            let json = remote.json;
+            runtime().block_on(crate::remote::users(api, json, command))
         }
         Command::Serve { config, drain } => match Config::load(config.as_deref()) {
             Ok(config) => runtime().block_on(serve(config, Duration::from_secs(drain))),

@@ -28,6 +28,9 @@ pub const CHP_HEALTHZ: &str = "/_chp_healthz";
 
 /// Route API (configurable-http-proxy compatible), on its own listener.
 pub const ROUTES_API: &str = "/api/routes";
+/// The users from outside the configuration (OpenID Connect, sign-in proxy), on the same
+/// listener and token as the route API: list, and remove one.
+pub const USERS_API: &str = "/api/users";
 /// Prometheus metrics (OpenMetrics text), on the route API listener only.
 pub const METRICS: &str = "/metrics";
 

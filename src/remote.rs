@@ -122,6 +122,17 @@ pub enum Routes {
     Remove { path: String },
 }
 
+/// Users from outside the configuration (OpenID Connect, sign-in proxy), through the route
+/// API's listener.
+#[derive(Subcommand)]
+pub enum Users {
+    /// List them: name, how they signed in, groups, last seen.
+    List,
+    /// Remove one: their sign-ins and API tokens stop working and their connections close on
+    /// every instance (they are back at their next sign-in if the provider still vouches).
+    Remove { name: String },
+}
+
 /// The route API's address and token.
 #[derive(Args, Clone)]
 pub struct RouteApi {
@@ -526,6 +537,49 @@ pub async fn routes(api: RouteApi, json_out: bool, cmd: Routes) -> ExitCode {
                     let path = format!("/{}", path.trim_start_matches('/'));
                     call(format!("{base}{path}"), Some(token), Method::DELETE, None).await?;
                     println!("removed route {path}");
+                }
+            }
+            Ok(())
+        }
+        .await,
+    )
+}
+
+pub async fn users(api: RouteApi, json_out: bool, cmd: Users) -> ExitCode {
+    finish(
+        async {
+            let token = api
+                .api_token
+                .as_deref()
+                .ok_or("set CONFIGPROXY_AUTH_TOKEN (or --api-token) to the route API token")?;
+            let base = format!("{}/api/users", api.api_url.trim_end_matches('/'));
+            match cmd {
+                Users::List => {
+                    let v = call(base, Some(token), Method::GET, None).await?.body;
+                    if json_out {
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    } else {
+                        for u in v["users"].as_array().into_iter().flatten() {
+                            let groups: Vec<&str> = u["groups"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|g| g.as_str())
+                                .collect();
+                            println!(
+                                "{:<24} {:<15} last seen {}  groups {}",
+                                u["name"].as_str().unwrap_or("?"),
+                                u["via"].as_str().unwrap_or("?"),
+                                u["last_seen"].as_str().unwrap_or("?"),
+                                groups.join(",")
+                            );
+                        }
+                    }
+                }
+                Users::Remove { name } => {
+                    let url = format!("{base}/{}", crate::http_util::percent_encode(&name));
+                    call(url, Some(token), Method::DELETE, None).await?;
+                    println!("removed user {name}");
                 }
             }
             Ok(())

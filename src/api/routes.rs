@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::app::App;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::http_util::{self, Body, json_response, no_content};
+use crate::ids::UserName;
 use crate::metrics::{Class, Live, Revocation};
 use crate::paths;
 use crate::routes::{RouteSpec, normalize_path};
@@ -62,6 +63,17 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
         }
         return Ok(metrics(app));
     }
+    if let Some(rest) = path
+        .strip_prefix(paths::USERS_API)
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+    {
+        if !authorized(app, &req) {
+            return Err(Error::Forbidden(
+                "The users API needs Authorization: token <api token>.".into(),
+            ));
+        }
+        return users(app, req.method(), rest).await;
+    }
     let Some(route_path) = path
         .strip_prefix(paths::ROUTES_API)
         .filter(|r| r.is_empty() || r.starts_with('/'))
@@ -83,6 +95,42 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
             post(app, p, &body).await
         }
         (Method::DELETE, p) => delete(app, p).await,
+        _ => Err(Error::MethodNotAllowed),
+    }
+}
+
+/// `GET /api/users`: the users from outside the configuration, by name; `DELETE
+/// /api/users/{name}`: removes one (see [`App::remove_user`]).
+async fn users(app: &App, method: &Method, rest: &str) -> Result<Response<Body>> {
+    match (method, rest.trim_start_matches('/')) {
+        (&Method::GET, "") => {
+            let list: Vec<Value> = app
+                .store
+                .list_users()
+                .await?
+                .into_iter()
+                .map(|u| {
+                    json!({
+                        "name": u.name.as_str(),
+                        "groups": u.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+                        "via": if u.subject.is_empty() { "trusted_header" } else { "oidc" },
+                        "first_seen": clock::iso(u.first_seen),
+                        "last_seen": clock::iso(u.last_seen),
+                    })
+                })
+                .collect();
+            Ok(json_response(StatusCode::OK, &json!({ "users": list })))
+        }
+        (&Method::DELETE, name) if !name.is_empty() => {
+            let name = UserName::parse(name).map_err(Error::bad_request)?;
+            if !app.remove_user(&name).await? {
+                return Err(Error::NotFound(format!(
+                    "There is no user {name} from a sign-in provider or proxy."
+                )));
+            }
+            tracing::info!(user = %name, "user removed through the API");
+            Ok(no_content())
+        }
         _ => Err(Error::MethodNotAllowed),
     }
 }

@@ -256,6 +256,10 @@ impl Store for MemoryStore {
         Ok(self.lock().users.values().cloned().collect())
     }
 
+    async fn delete_user(&self, name: &UserName) -> Result<bool> {
+        Ok(self.lock().users.remove(name).is_some())
+    }
+
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {
         self.lock().tokens.insert(*token, record.clone());
         Ok(())

@@ -125,6 +125,11 @@ impl Store for MeteredStore {
         self.timed("list_users", self.inner.list_users()).await
     }
 
+    async fn delete_user(&self, name: &UserName) -> Result<bool> {
+        self.timed("delete_user", self.inner.delete_user(name))
+            .await
+    }
+
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()> {
         self.timed("put_api_token", self.inner.put_api_token(token, record))
             .await

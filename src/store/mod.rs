@@ -138,6 +138,8 @@ pub enum StoreEvent {
     LoginEnded(TokenHash),
     /// This API token was deleted.
     ApiTokenDeleted(TokenHash),
+    /// What is known of this user from outside the configuration changed, or was deleted.
+    User(UserName),
     /// Announcements may have been missed (the subscription was (re)established): revalidate
     /// everything.
     Resync,
@@ -203,6 +205,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_user(&self, name: &UserName) -> Result<Option<UserRecord>>;
     /// Every user stored with `put_user`, by name.
     async fn list_users(&self) -> Result<Vec<UserRecord>>;
+    /// Deletes a user's record (false when there was none). Both this and `put_user` are
+    /// announced, so that every instance reads the user again.
+    async fn delete_user(&self, name: &UserName) -> Result<bool>;
     async fn put_api_token(&self, token: &TokenHash, record: &ApiTokenRecord) -> Result<()>;
     async fn get_api_token(&self, token: &TokenHash) -> Result<Option<ApiTokenRecord>>;
     /// The user's live API tokens with their hashes, newest first.

@@ -312,7 +312,7 @@ async fn listen(
                 continue;
             };
             // "<revision> r" | "<revision> s <server>" | "<revision> l <login hash>" |
-            // "<revision> t <api token hash>"
+            // "<revision> t <api token hash>" | "<revision> u <user name>"
             let mut parts = payload.splitn(3, ' ');
             let revision = parts.next().and_then(|r| r.parse::<u64>().ok());
             let event = match (parts.next(), parts.next()) {
@@ -320,6 +320,7 @@ async fn listen(
                 (Some("s"), Some(server)) => ServerRef::parse(server).ok().map(StoreEvent::Server),
                 (Some("l"), Some(hex)) => TokenHash::from_hex(hex).map(StoreEvent::LoginEnded),
                 (Some("t"), Some(hex)) => TokenHash::from_hex(hex).map(StoreEvent::ApiTokenDeleted),
+                (Some("u"), Some(name)) => UserName::parse(name).ok().map(StoreEvent::User),
                 _ => None,
             };
             if let (Some(revision), Some(event)) = (revision, event)
@@ -595,7 +596,18 @@ impl Store for RedisStore {
         self.conn()
             .hset::<_, _, _, ()>(USERS, user.name.as_str(), encode(user))
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        self.announce(&[format!("u {}", user.name)]).await
+    }
+
+    async fn delete_user(&self, name: &UserName) -> Result<bool> {
+        let deleted: i64 = self
+            .conn()
+            .hdel(USERS, name.as_str())
+            .await
+            .map_err(unavailable)?;
+        self.announce(&[format!("u {name}")]).await?;
+        Ok(deleted > 0)
     }
 
     async fn get_user(&self, name: &UserName) -> Result<Option<UserRecord>> {

@@ -307,3 +307,39 @@ async fn the_demo_prints_how_to_sign_in_and_john_reaches_his_server_both_ways() 
         drop(demo);
     }
 }
+
+#[tokio::test]
+async fn users_from_a_sign_in_provider_are_listed_and_removed_from_the_command_line() {
+    let lk = Latchkey::spawn_with(
+        Backend::Memory,
+        "[oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"latchkey\"\nredirect_url = \"http://127.0.0.1:1/hub/oauth_callback\"\n",
+    )
+    .await;
+    let bob = latchkey::auth::Identity {
+        name: latchkey::ids::UserName::parse("bob").unwrap(),
+        groups: vec![latchkey::ids::GroupName::parse("lab").unwrap()],
+    };
+    lk.app
+        .start_provider_login(bob, "sub-of-bob")
+        .await
+        .unwrap();
+    let env = [
+        ("LATCHKEY_API_URL", lk.api.as_str()),
+        ("CONFIGPROXY_AUTH_TOKEN", API_TOKEN),
+    ];
+    let (ok, out, err) = latchkey(&["users", "list"], &env).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("bob ") && out.contains(" oidc ") && out.contains("groups lab"),
+        "{out}"
+    );
+    let (ok, out, err) = latchkey(&["users", "remove", "bob"], &env).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "removed user bob");
+    let (ok, _, err) = latchkey(&["users", "remove", "bob"], &env).await;
+    assert!(!ok, "removing an unknown user fails");
+    assert!(err.contains("There is no user bob"), "{err}");
+    let (ok, out, _) = latchkey(&["users", "list"], &env).await;
+    assert!(ok && out.is_empty(), "{out}");
+    lk.stop().await;
+}

@@ -9,7 +9,9 @@ use latchkey::auth::Identity;
 use latchkey::ids::{GroupName, UserName};
 use reqwest::StatusCode;
 
-use crate::helpers::{Backend, Browser, Latchkey, Rig, Upstream, eventually};
+use crate::helpers::{
+    API_TOKEN, Backend, Browser, Latchkey, Rig, Upstream, closed_within, eventually,
+};
 
 /// Sign-in through a provider at an address where nothing listens (latchkey reads its
 /// metadata at the first sign-in, not at start).
@@ -99,6 +101,59 @@ async fn a_provider_user_is_known_to_every_instance_and_reaches_a_server_shared_
             .and_then(|v| v.to_str().ok()),
         Some("bob")
     );
+
+    // Removed through the users API at instance a: his WebSocket at instance b closes, and
+    // his sign-in works nowhere (until he signs in at the provider again).
+    let mut ws = browser
+        .websocket("/user/john/ws")
+        .await
+        .expect("bob's WebSocket opens");
+    let listed: serde_json::Value = a
+        .route_api()
+        .get(format!("{}/api/users", a.api))
+        .header("authorization", format!("token {API_TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["users"][0]["name"], "bob");
+    assert_eq!(listed["users"][0]["via"], "oidc");
+    assert_eq!(listed["users"][0]["groups"], serde_json::json!(["lab"]));
+    let users_before = rig.redis_cli(&["HGET", "lk:users", "bob"]);
+    // (Put back below, for the checks that follow.)
+    let removed = a
+        .route_api()
+        .delete(format!("{}/api/users/bob", a.api))
+        .header("authorization", format!("token {API_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(1))
+            .await
+            .is_some(),
+        "bob's WebSocket at the other instance closed"
+    );
+    assert_eq!(browser.get("/hub/home").await.status(), StatusCode::FOUND);
+    let again = a
+        .route_api()
+        .delete(format!("{}/api/users/bob", a.api))
+        .header("authorization", format!("token {API_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+    let unauthorized = a
+        .route_api()
+        .get(format!("{}/api/users", a.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::FORBIDDEN);
+    rig.redis_cli(&["HSET", "lk:users", "bob", users_before.trim()]);
 
     // The provider's user record is in Redis; the session id and code never are.
     let users = rig.redis_cli(&["HGETALL", "lk:users"]);

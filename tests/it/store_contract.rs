@@ -1180,9 +1180,16 @@ async fn users_from_an_identity_provider_are_stored_replaced_and_listed(store: &
     );
     assert_eq!(
         store.list_users().await.unwrap(),
-        vec![ada, again],
+        vec![ada, again.clone()],
         "listed by name"
     );
+    assert!(store.delete_user(&user("ada")).await.unwrap());
+    assert!(
+        !store.delete_user(&user("ada")).await.unwrap(),
+        "gone already"
+    );
+    assert_eq!(store.get_user(&user("ada")).await.unwrap(), None);
+    assert_eq!(store.list_users().await.unwrap(), vec![again]);
 }
 
 async fn a_login_taken_is_gone_for_every_later_take(store: &dyn Store) {

@@ -3,6 +3,7 @@
 //! accept -> reserved path? (pages, API, health) -> route lookup -> who is calling -> pure access
 //! decision -> forward.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -1025,23 +1026,34 @@ impl App {
     /// Closes every open connection that its user may no longer hold: grant revoked or
     /// expired, server session ended, user removed. `only` limits the check to one server.
     pub async fn recheck_connections(&self, only: Option<&ServerRef>) {
-        let open = self.connections.snapshot();
+        self.recheck(|c| only.is_none_or(|o| o == &c.server)).await
+    }
+
+    /// [`recheck_connections`](Self::recheck_connections) for one user's connections: what
+    /// is known of them changed.
+    pub async fn recheck_user(&self, user: &UserName) {
+        self.recheck(|c| &c.user == user).await
+    }
+
+    /// Closes every open connection `concerned` picks that its user may no longer hold.
+    async fn recheck(&self, concerned: impl Fn(&OpenConnection) -> bool) {
+        let open: Vec<OpenConnection> = self
+            .connections
+            .snapshot()
+            .into_iter()
+            .filter(|c| concerned(c))
+            .collect();
         if open.is_empty() {
             return;
         }
         let table = self.cache.routes();
         let now = clock::now();
-        let mut servers: Vec<ServerRef> = open
-            .iter()
-            .map(|c| c.server.clone())
-            .filter(|s| only.is_none_or(|o| o == s))
-            .collect();
+        let mut servers: Vec<ServerRef> = open.iter().map(|c| c.server.clone()).collect();
         servers.sort();
         servers.dedup();
         // Who each connection's user is now (a user the store cannot tell about keeps theirs
         // until the next check, as with grants below).
-        let mut identities: std::collections::HashMap<UserName, Option<Arc<Identity>>> =
-            Default::default();
+        let mut identities: HashMap<UserName, Option<Arc<Identity>>> = HashMap::new();
         for c in &open {
             if !identities.contains_key(&c.user)
                 && let Ok(identity) = self.identity_of(&c.user).await
@@ -1055,6 +1067,7 @@ impl App {
             let grants = self.cache.grants(self.store.as_ref(), &server).await.ok();
             self.connections.close_where(|c| {
                 c.server == server
+                    && concerned(c)
                     && !self.may_stay(
                         c,
                         identities.get(&c.user),
@@ -1233,7 +1246,7 @@ impl App {
     pub async fn remove_user(&self, name: &UserName) -> Result<bool> {
         let deleted = self.store.delete_user(name).await?;
         self.cache.forget_users(Some(name));
-        self.recheck_connections(None).await;
+        self.recheck_user(name).await;
         Ok(deleted)
     }
 
@@ -1263,7 +1276,7 @@ impl App {
             StoreEvent::ApiTokenDeleted(token) => self.forget_api_token(&token),
             StoreEvent::User(name) => {
                 self.cache.forget_users(Some(&name));
-                self.recheck_connections(None).await;
+                self.recheck_user(&name).await;
             }
             StoreEvent::Resync => self.revalidate().await,
             StoreEvent::Seen(revision) => {

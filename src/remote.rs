@@ -485,14 +485,24 @@ pub async fn tokens(remote: Remote, cmd: Tokens) -> ExitCode {
     )
 }
 
+impl RouteApi {
+    /// The token, and the URL of `path` on the route API's listener.
+    fn endpoint(&self, path: &str) -> Result<(&str, String), String> {
+        let token = self
+            .api_token
+            .as_deref()
+            .ok_or("set CONFIGPROXY_AUTH_TOKEN (or --api-token) to the route API token")?;
+        Ok((
+            token,
+            format!("{}{path}", self.api_url.trim_end_matches('/')),
+        ))
+    }
+}
+
 pub async fn routes(api: RouteApi, json_out: bool, cmd: Routes) -> ExitCode {
     finish(
         async {
-            let token = api
-                .api_token
-                .as_deref()
-                .ok_or("set CONFIGPROXY_AUTH_TOKEN (or --api-token) to the route API token")?;
-            let base = format!("{}/api/routes", api.api_url.trim_end_matches('/'));
+            let (token, base) = api.endpoint("/api/routes")?;
             match cmd {
                 Routes::List => {
                     let v = call(base, Some(token), Method::GET, None).await?.body;
@@ -548,11 +558,7 @@ pub async fn routes(api: RouteApi, json_out: bool, cmd: Routes) -> ExitCode {
 pub async fn users(api: RouteApi, json_out: bool, cmd: Users) -> ExitCode {
     finish(
         async {
-            let token = api
-                .api_token
-                .as_deref()
-                .ok_or("set CONFIGPROXY_AUTH_TOKEN (or --api-token) to the route API token")?;
-            let base = format!("{}/api/users", api.api_url.trim_end_matches('/'));
+            let (token, base) = api.endpoint("/api/users")?;
             match cmd {
                 Users::List => {
                     let v = call(base, Some(token), Method::GET, None).await?.body;

@@ -23,6 +23,16 @@ redirect_url = "http://127.0.0.1:1/hub/oauth_callback"
 display_name = "Example ID"
 "#;
 
+/// A call of the users API on `lk`'s route API listener, with its token.
+async fn users_api(lk: &Latchkey, method: reqwest::Method, rest: &str) -> reqwest::Response {
+    lk.route_api()
+        .request(method, format!("{}/api/users{rest}", lk.api))
+        .header("authorization", format!("token {API_TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn bob() -> Identity {
     Identity {
         name: UserName::parse("bob").unwrap(),
@@ -108,13 +118,8 @@ async fn a_provider_user_is_known_to_every_instance_and_reaches_a_server_shared_
         .websocket("/user/john/ws")
         .await
         .expect("bob's WebSocket opens");
-    let listed: serde_json::Value = a
-        .route_api()
-        .get(format!("{}/api/users", a.api))
-        .header("authorization", format!("token {API_TOKEN}"))
-        .send()
+    let listed: serde_json::Value = users_api(a, reqwest::Method::GET, "")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -123,13 +128,7 @@ async fn a_provider_user_is_known_to_every_instance_and_reaches_a_server_shared_
     assert_eq!(listed["users"][0]["groups"], serde_json::json!(["lab"]));
     let users_before = rig.redis_cli(&["HGET", "lk:users", "bob"]);
     // (Put back below, for the checks that follow.)
-    let removed = a
-        .route_api()
-        .delete(format!("{}/api/users/bob", a.api))
-        .header("authorization", format!("token {API_TOKEN}"))
-        .send()
-        .await
-        .unwrap();
+    let removed = users_api(a, reqwest::Method::DELETE, "/bob").await;
     assert_eq!(removed.status(), StatusCode::NO_CONTENT);
     assert!(
         closed_within(&mut ws, Duration::from_secs(1))
@@ -138,13 +137,7 @@ async fn a_provider_user_is_known_to_every_instance_and_reaches_a_server_shared_
         "bob's WebSocket at the other instance closed"
     );
     assert_eq!(browser.get("/hub/home").await.status(), StatusCode::FOUND);
-    let again = a
-        .route_api()
-        .delete(format!("{}/api/users/bob", a.api))
-        .header("authorization", format!("token {API_TOKEN}"))
-        .send()
-        .await
-        .unwrap();
+    let again = users_api(a, reqwest::Method::DELETE, "/bob").await;
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
     let unauthorized = a
         .route_api()

@@ -190,8 +190,6 @@ pub struct Caller {
     pub expires: Option<crate::clock::Timestamp>,
     /// The hashed API token, when called with one.
     pub token: Option<TokenHash>,
-    /// Named by the sign-in proxy in front (`[trusted_header]`).
-    pub by_proxy: bool,
 }
 
 /// The answer on a host that is neither latchkey's nor a user's (host-based routing).
@@ -654,7 +652,7 @@ impl App {
         let guarded = route.server.is_some();
         let drop_authorization = caller
             .as_ref()
-            .is_some_and(|c| c.credential == Credential::Token || c.by_proxy);
+            .is_some_and(|c| matches!(c.credential, Credential::Token | Credential::Proxy));
         Ok(Proxied::Forward(Prepared {
             route,
             websocket,
@@ -769,14 +767,17 @@ impl App {
             .identify_on(headers, trusted_peer, user_host.as_deref(), None)
             .await
             .ok()??;
-        (caller.credential == Credential::Cookie).then(|| crate::error::Viewer {
-            name: caller.identity.name.to_string(),
-            xsrf: own_page
-                .then(|| cookies::find(headers, paths::XSRF_COOKIE))
-                .flatten()
-                .filter(|v| secret::looks_like_token(v))
-                .map(str::to_owned),
-        })
+        caller
+            .credential
+            .is_browser()
+            .then(|| crate::error::Viewer {
+                name: caller.identity.name.to_string(),
+                xsrf: own_page
+                    .then(|| cookies::find(headers, paths::XSRF_COOKIE))
+                    .flatten()
+                    .filter(|v| secret::looks_like_token(v))
+                    .map(str::to_owned),
+            })
     }
 
     /// Who is calling on latchkey's own host: an API token in `Authorization`, else the user
@@ -814,7 +815,6 @@ impl App {
                     // What was opened with a token closes when the token expires.
                     expires: rec.expires_at,
                     token: Some(hash),
-                    by_proxy: false,
                 }));
             }
         }
@@ -834,12 +834,10 @@ impl App {
             let identity = self.proxy_named(name, groups).await?;
             return Ok(Some(Caller {
                 identity,
-                // A browser: its state changes need the XSRF token, as with the cookie.
-                credential: Credential::Cookie,
+                credential: Credential::Proxy,
                 login: None,
                 expires: None,
                 token: None,
-                by_proxy: true,
             }));
         }
         // Usually one cookie; a page of the same host may have planted another of the same name
@@ -867,10 +865,15 @@ impl App {
                 login: Some(login),
                 expires: Some(expires),
                 token: None,
-                by_proxy: false,
             }));
         }
         Ok(None)
+    }
+
+    /// Whether users from outside the configuration may sign in (OpenID Connect, or a sign-in
+    /// proxy's header): only then is the store asked about names the configuration lacks.
+    fn outside_users(&self) -> bool {
+        self.oidc.is_some() || self.config.trusted_header.is_some()
     }
 
     /// Who a user is: one of the configuration's, one who signed in through the identity
@@ -880,7 +883,7 @@ impl App {
         if let Some(identity) = self.users.identity(name) {
             return Ok(Some(identity));
         }
-        if self.oidc.is_none() && self.config.trusted_header.is_none() {
+        if !self.outside_users() {
             return Ok(None);
         }
         let Some(user) = self.cache.user(self.store.as_ref(), name).await? else {
@@ -979,7 +982,7 @@ impl App {
         if self.users.is_group(group) {
             return Ok(true);
         }
-        if self.oidc.is_none() && self.config.trusted_header.is_none() {
+        if !self.outside_users() {
             return Ok(false);
         }
         let oidc = self.oidc.as_ref().map(Oidc::config);

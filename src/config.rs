@@ -528,10 +528,8 @@ impl RawConfig {
 
         let public_url = self.server.public_url.as_deref().map(|u| {
             let trimmed = u.trim_end_matches('/');
-            let ok = (trimmed.starts_with("http://") || trimmed.starts_with("https://"))
-                && trimmed.parse::<http::Uri>().is_ok_and(|uri| {
-                    uri.host().is_some() && uri.path_and_query().is_none_or(|p| p.as_str() == "/")
-                });
+            let ok = http_url(trimmed)
+                .is_some_and(|uri| uri.path_and_query().is_none_or(|p| p.as_str() == "/"));
             if !ok {
                 problems.push(format!(
                     "server.public_url = {u:?} must be like \"https://share.example.org\" (scheme and host, no path)"
@@ -811,15 +809,18 @@ impl RawConfig {
 }
 
 /// A sign-out URL is absolute, http(s), and fits in a `Location` header.
-fn check_logout_url(section: &str, url: Option<&str>, problems: &mut Vec<String>) {
-    let Some(url) = url else { return };
-    let ok = (url.starts_with("https://") || url.starts_with("http://"))
-        && url.parse::<http::Uri>().is_ok_and(|u| u.host().is_some())
-        && http::HeaderValue::from_str(url).is_ok();
-    if !ok {
-        problems.push(format!(
-            "{section}.logout_url = {url:?} must be a URL like \"https://id.example.org/logout\""
-        ));
+/// An absolute `http://` or `https://` URL with a host.
+fn http_url(url: &str) -> Option<http::Uri> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return None;
+    }
+    url.parse::<http::Uri>().ok().filter(|u| u.host().is_some())
+}
+
+/// A problem unless `url` is an absolute http(s) URL (and so fits in a `Location` header).
+fn check_url(key: &str, url: &str, example: &str, problems: &mut Vec<String>) {
+    if http_url(url).is_none() {
+        problems.push(format!("{key} = {url:?} must be a URL like \"{example}\""));
     }
 }
 
@@ -846,7 +847,14 @@ impl RawTrustedHeader {
                 "trusted_header needs server.trusted_proxies: the addresses of the proxy that sets the header (from anyone else it is ignored)".into(),
             );
         }
-        check_logout_url("trusted_header", self.logout_url.as_deref(), problems);
+        if let Some(url) = &self.logout_url {
+            check_url(
+                "trusted_header.logout_url",
+                url,
+                "https://share.example.org/oauth2/sign_out",
+                problems,
+            );
+        }
         Some(TrustedHeaderConfig {
             user,
             groups,
@@ -878,25 +886,23 @@ impl RawOidc {
             }
             return None;
         };
-        let url_ok = |u: &str| {
-            (u.starts_with("https://") || u.starts_with("http://"))
-                && u.parse::<http::Uri>().is_ok_and(|uri| uri.host().is_some())
-        };
-        if !url_ok(&issuer) {
-            problems.push(format!(
-                "oidc.issuer = {issuer:?} must be a URL like \"https://id.example.org/realms/lab\""
-            ));
-        }
+        check_url(
+            "oidc.issuer",
+            &issuer,
+            "https://id.example.org/realms/lab",
+            problems,
+        );
         if self.client_id.is_empty() {
             problems.push("oidc.client_id is required with oidc.issuer".into());
         }
         let redirect_url = match (self.redirect_url, public_url) {
             (Some(u), _) => {
-                if !url_ok(&u) {
-                    problems.push(format!(
-                        "oidc.redirect_url = {u:?} must be a URL like \"https://share.example.org/hub/oauth_callback\""
-                    ));
-                }
+                check_url(
+                    "oidc.redirect_url",
+                    &u,
+                    "https://share.example.org/hub/oauth_callback",
+                    problems,
+                );
                 u
             }
             // (The prefix is checked above: "/name/".)
@@ -925,7 +931,14 @@ impl RawOidc {
                     .into(),
             );
         }
-        check_logout_url("oidc", self.logout_url.as_deref(), problems);
+        if let Some(url) = &self.logout_url {
+            check_url(
+                "oidc.logout_url",
+                url,
+                "https://id.example.org/logout",
+                problems,
+            );
+        }
         Some(OidcConfig {
             issuer,
             client_id: self.client_id,

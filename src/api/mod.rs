@@ -12,7 +12,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::app::{App, Caller, Ctx};
-use crate::auth::Credential;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::http_util::{self, Body, json_response, no_content};
@@ -43,7 +42,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         .await?
         .ok_or(Error::Unauthorized)?;
     let changes_state = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if changes_state && caller.credential == Credential::Cookie {
+    if changes_state && caller.credential.is_browser() {
         crate::auth::csrf::check_form_origin(
             req.headers(),
             app.own_origin(req.headers(), ctx.tls).as_deref(),

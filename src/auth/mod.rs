@@ -24,8 +24,18 @@ pub struct Identity {
 pub enum Credential {
     /// The session cookie: state changes need the XSRF token too.
     Cookie,
+    /// Named by the sign-in proxy in front (`[trusted_header]`): a browser as with the
+    /// cookie; an `Authorization` it sends is the proxy's, never the upstream's.
+    Proxy,
     /// `Authorization: token X` / `Bearer X`: scripts, no XSRF needed.
     Token,
+}
+
+impl Credential {
+    /// A browser's: its state changes need the XSRF token and latchkey's own origin.
+    pub fn is_browser(self) -> bool {
+        !matches!(self, Credential::Token)
+    }
 }
 
 /// The users who may sign in with a password. Only they are "users of the service" who may

@@ -194,12 +194,6 @@ impl Oidc {
             Some(self.config.username_claim.as_str()),
             self.config.groups_claim.as_deref(),
         ];
-        let groups_missing = |claims: &Map<String, Value>| {
-            self.config
-                .groups_claim
-                .as_deref()
-                .is_some_and(|c| !claims.contains_key(c))
-        };
         if let Some(url) = &provider.userinfo
             && wanted.iter().flatten().any(|c| !claims.contains_key(*c))
         {
@@ -214,9 +208,11 @@ impl Oidc {
                 }
             }
         }
-        if groups_missing(&claims) {
+        if let Some(claim) = self.config.groups_claim.as_deref()
+            && !claims.contains_key(claim)
+        {
             tracing::warn!(
-                claim = self.config.groups_claim.as_deref().unwrap_or(""),
+                claim,
                 "the provider sent no groups claim: many providers send it only for a scope of its own (add it to oidc.scopes), or set oidc.groups_claim = \"\""
             );
         }

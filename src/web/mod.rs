@@ -34,12 +34,8 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, ctx: &Ctx) -> Result
         (Method::GET | Method::HEAD, p) if p.starts_with(paths::STATIC) => static_file(p),
         (Method::GET | Method::HEAD, paths::LOGIN) => login_form(app, req, ctx, None).await,
         (Method::POST, paths::LOGIN) => login(app, req, ctx).await,
-        (Method::GET | Method::HEAD, paths::OIDC_LOGIN) if app.oidc.is_some() => {
-            oidc_login(app, &req).await
-        }
-        (Method::GET, paths::OIDC_CALLBACK) if app.oidc.is_some() => {
-            oidc_callback(app, &req, ctx).await
-        }
+        (Method::GET | Method::HEAD, paths::OIDC_LOGIN) => oidc_login(app, &req).await,
+        (Method::GET, paths::OIDC_CALLBACK) => oidc_callback(app, &req, ctx).await,
         (Method::GET | Method::POST, paths::LOGOUT) => logout(app, req, ctx).await,
         (Method::GET | Method::HEAD, paths::HOME) => home(app, req, ctx).await,
         (Method::GET | Method::HEAD, paths::ACCEPT_SHARE) => accept_form(app, req, ctx).await,
@@ -449,20 +445,41 @@ async fn login_form(
         app,
         &xsrf,
         status,
-        &LoginPage {
-            prefix: app.hub.as_str().to_owned(),
-            user: None,
-            xsrf: xsrf.value.clone(),
-            next_encoded: http_util::percent_encode(&next),
-            username,
-            error: message,
-            provider: app.oidc.as_ref().map(|o| o.config().display_name.clone()),
-            passwords: !app.config.users.is_empty() || app.oidc.is_none(),
-        },
+        &login_page(app, &xsrf, &next, username, message),
     );
     // The login URL may carry an invite code in `next`.
     app.mark_sensitive(resp.headers_mut());
     Ok(resp)
+}
+
+/// The sign-in page: the provider's button when sign-in through one is on, and the password
+/// form when there are local users (or no other way in).
+fn login_page(
+    app: &App,
+    xsrf: &Xsrf,
+    next: &str,
+    username: String,
+    error: Option<String>,
+) -> LoginPage {
+    LoginPage {
+        prefix: app.hub.as_str().to_owned(),
+        user: None,
+        xsrf: xsrf.value.clone(),
+        next_encoded: http_util::percent_encode(next),
+        username,
+        error,
+        provider: app.oidc.as_ref().map(|o| o.config().display_name.clone()),
+        passwords: !app.config.users.is_empty() || app.oidc.is_none(),
+    }
+}
+
+/// A fresh id at every sign-in (no fixation): the session the browser had, if any, ends.
+async fn end_previous_login(app: &App, headers: &HeaderMap) {
+    if let Some(old) = cookies::find(headers, app.cookies.session_name())
+        && secret::looks_like_token(old)
+    {
+        let _ = app.end_login(&TokenHash::of(old)).await;
+    }
 }
 
 async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {
@@ -508,27 +525,19 @@ async fn login(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<
             app,
             &xsrf,
             StatusCode::FORBIDDEN,
-            &LoginPage {
-                prefix: app.hub.as_str().to_owned(),
-                user: None,
-                xsrf: xsrf.value.clone(),
-                next_encoded: http_util::percent_encode(&next),
+            &login_page(
+                app,
+                &xsrf,
+                &next,
                 username,
-                error: Some("Invalid user name or password.".into()),
-                provider: app.oidc.as_ref().map(|o| o.config().display_name.clone()),
-                passwords: true,
-            },
+                Some("Invalid user name or password.".into()),
+            ),
         ));
     };
     drop(checked);
     // Failures are not forgiven by a success: an attacker with an account of their own must
     // not reset the count between guesses at someone else's password.
-    // A fresh id at every sign-in (no fixation); the old session, if any, ends.
-    if let Some(old) = cookies::find(&headers, app.cookies.session_name())
-        && secret::looks_like_token(old)
-    {
-        let _ = app.end_login(&crate::secret::TokenHash::of(old)).await;
-    }
+    end_previous_login(app, &headers).await;
     let id = app.start_login(&identity).await?;
     tracing::info!(user = %identity.name, "signed in");
     let mut resp = redirect(&next);
@@ -597,11 +606,7 @@ async fn oidc_callback(app: &App, req: &Request<Incoming>, ctx: &Ctx) -> Result<
             tracing::info!(client = %ctx.client_ip, "sign-in through the provider refused");
             Error::Forbidden(message)
         })?;
-    if let Some(old) = cookies::find(req.headers(), app.cookies.session_name())
-        && secret::looks_like_token(old)
-    {
-        let _ = app.end_login(&TokenHash::of(old)).await;
-    }
+    end_previous_login(app, req.headers()).await;
     let (identity, id) = app.start_provider_login(identity, &subject).await?;
     tracing::info!(user = %identity.name, via = "oidc", "signed in");
     let mut resp = redirect(&next);
@@ -661,19 +666,8 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
         }
         req.headers().clone()
     };
-    // Signed in through the OpenID Connect provider: its sign-out too, when configured, so
-    // that the next sign-in asks again.
-    let mut provider_logout = None;
-    if let Some(url) = app
-        .oidc
-        .as_ref()
-        .and_then(|o| o.config().logout_url.clone())
-        && let Ok(Some(caller)) = app.identify(&headers, false).await
-        && caller.login.is_some()
-        && app.is_provider_user(&caller.identity.name).await
-    {
-        provider_logout = Some(url);
-    }
+    // Asked while the sign-in still exists.
+    let to = sign_out_destination(app, &headers, ctx).await;
     // Every session cookie sent: one planted by a page of the same site, sent first, must not
     // leave the real sign-in (and the sign-ins handed over from it) alive.
     for id in cookies::find_all(&headers, app.cookies.session_name())
@@ -681,17 +675,24 @@ async fn logout(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response
     {
         app.end_login(&crate::secret::TokenHash::of(id)).await?;
     }
-    // Signed in by the proxy in front: only its own sign-out ends that.
-    let to = match &app.config.trusted_header {
-        Some(th) if ctx.trusted_peer && headers.contains_key(th.user.as_str()) => {
-            th.logout_url.clone()
-        }
-        _ => provider_logout,
-    };
     let mut resp = redirect(&to.unwrap_or_else(|| app.hub.external(paths::LOGIN)));
     resp.headers_mut()
         .append(header::SET_COOKIE, app.cookies.clear_session_cookie());
     Ok(resp)
+}
+
+/// Where signing out ends, besides latchkey's sign-in page: for a user the proxy in front
+/// named, its own sign-out (only that ends their sign-in); for one who signed in through the
+/// OpenID Connect provider, the provider's, so that the next sign-in asks again.
+async fn sign_out_destination(app: &App, headers: &HeaderMap, ctx: &Ctx) -> Option<String> {
+    let caller = app.identify(headers, ctx.trusted_peer).await.ok()??;
+    match caller.credential {
+        Credential::Proxy => app.config.trusted_header.as_ref()?.logout_url.clone(),
+        Credential::Cookie if app.is_provider_user(&caller.identity.name).await => {
+            app.oidc.as_ref()?.config().logout_url.clone()
+        }
+        _ => None,
+    }
 }
 
 async fn home(app: &App, req: Request<Incoming>, ctx: &Ctx) -> Result<Response<Body>> {

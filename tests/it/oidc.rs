@@ -72,6 +72,15 @@ async fn a_provider_user_is_known_to_every_instance_and_reaches_a_server_shared_
         .start_provider_login(bob(), "sub-of-bob")
         .await
         .unwrap();
+    // A sign-in through the provider lasts [oidc] session_max_age (a day), not the local one.
+    let login = a
+        .app
+        .store
+        .get_login(&session.hash())
+        .await
+        .unwrap()
+        .expect("the sign-in is stored");
+    assert_eq!(login.expires_at - login.created_at, 86_400);
     let browser = Browser::new(&b.base);
     browser.jar.add_cookie_str(
         &format!("latchkey-session={}; Path=/", session.expose()),

@@ -245,6 +245,20 @@ impl Remote {
     }
 }
 
+/// The route API's answer as JSON (`--json`), else one line per item (nothing for none).
+fn print_lines(json_out: bool, value: &Value, lines: impl FnOnce(&Value) -> Vec<String>) {
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        for line in lines(value) {
+            println!("{line}");
+        }
+    }
+}
+
 /// `owner/server` in the API's path form, `owner/` for the default server.
 fn server_path(s: &str) -> Result<String, String> {
     ServerRef::parse(s).map(|r| r.key())
@@ -506,17 +520,19 @@ pub async fn routes(api: RouteApi, json_out: bool, cmd: Routes) -> ExitCode {
             match cmd {
                 Routes::List => {
                     let v = call(base, Some(token), Method::GET, None).await?.body;
-                    if json_out {
-                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                    } else if let Some(map) = v.as_object() {
-                        for (path, r) in map {
-                            println!(
-                                "{path:<32} {:<32} last activity {}",
-                                r["target"].as_str().unwrap_or("?"),
-                                r["last_activity"].as_str().unwrap_or("?")
-                            );
-                        }
-                    }
+                    print_lines(json_out, &v, |v| {
+                        v.as_object()
+                            .into_iter()
+                            .flatten()
+                            .map(|(path, r)| {
+                                format!(
+                                    "{path:<32} {:<32} last activity {}",
+                                    r["target"].as_str().unwrap_or("?"),
+                                    r["last_activity"].as_str().unwrap_or("?")
+                                )
+                            })
+                            .collect()
+                    });
                 }
                 Routes::Add {
                     path,
@@ -562,25 +578,28 @@ pub async fn users(api: RouteApi, json_out: bool, cmd: Users) -> ExitCode {
             match cmd {
                 Users::List => {
                     let v = call(base, Some(token), Method::GET, None).await?.body;
-                    if json_out {
-                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                    } else {
-                        for u in v["users"].as_array().into_iter().flatten() {
-                            let groups: Vec<&str> = u["groups"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .filter_map(|g| g.as_str())
-                                .collect();
-                            println!(
-                                "{:<24} {:<15} last seen {}  groups {}",
-                                u["name"].as_str().unwrap_or("?"),
-                                u["via"].as_str().unwrap_or("?"),
-                                u["last_seen"].as_str().unwrap_or("?"),
-                                groups.join(",")
-                            );
-                        }
-                    }
+                    print_lines(json_out, &v, |v| {
+                        v["users"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|u| {
+                                let groups: Vec<&str> = u["groups"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(|g| g.as_str())
+                                    .collect();
+                                format!(
+                                    "{:<24} {:<15} last seen {}  groups {}",
+                                    u["name"].as_str().unwrap_or("?"),
+                                    u["via"].as_str().unwrap_or("?"),
+                                    u["last_seen"].as_str().unwrap_or("?"),
+                                    groups.join(",")
+                                )
+                            })
+                            .collect()
+                    });
                 }
                 Users::Remove { name } => {
                     let url = format!("{base}/{}", crate::http_util::percent_encode(&name));
